@@ -1,0 +1,119 @@
+"""`pimail serve`: one process, one event loop, every listener.
+
+Startup order: take the data directory's lock (one server per data
+directory), open the databases, bring the index in line with the Maildirs,
+then listen. SIGTERM/SIGINT stop listening, let deliveries in flight finish,
+and persist the UID bounds before exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import IO
+
+from . import db
+from .auth.accounts import Directory
+from .config import Settings, parse_listen
+from .smtp.inbound import InboundHandler
+from .smtp.server import ConnectionLimiter, create_session
+from .store.store import Store
+
+log = logging.getLogger("pimail")
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def lock_data_dir(settings: Settings) -> IO[str]:
+    """An exclusive lock on <data>/pimail.lock, held for the process's life."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(settings.data_dir / "pimail.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        handle.close()
+        raise AlreadyRunning(f"a pimail server is running on {settings.data_dir}") from e
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.lock = lock_data_dir(settings)
+        self.directory = Directory(db.open_main(settings.db_path))
+        # The store's writer thread gets a connection of its own.
+        self.store = Store(settings, Directory(db.open_main(settings.db_path)))
+        self.listeners: list[asyncio.base_events.Server] = []
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        report = await loop.run_in_executor(None, self.store.open)
+        log.info(
+            "index ready rebuilt=%s mailboxes=%d added=%d removed=%d updated=%d seconds=%.2f",
+            report.rebuilt, report.mailboxes, report.added, report.removed, report.updated,
+            time.monotonic() - started,
+        )
+        await self._start_smtp()
+
+    async def _start_smtp(self) -> None:
+        s = self.settings.smtp
+        handler = InboundHandler(self.settings, self.directory, self.store)
+        limiter = ConnectionLimiter(s.max_connections_per_ip, s.max_connections)
+        incoming = self.settings.spool_dir / "incoming"
+
+        def factory() -> asyncio.Protocol:
+            return create_session(
+                handler, limiter, incoming, self.settings.hostname, s.max_message_size,
+                s.timeout, s.min_data_rate, s.max_command_line,
+            )
+
+        for address in s.listen:
+            await self._listen("smtp", factory, address)
+
+    async def _listen(self, name: str, factory: object, address: str) -> None:
+        host, port = parse_listen(address)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(factory, host, port, reuse_address=True)  # type: ignore[arg-type]
+        self.listeners.append(server)
+        log.info("listening service=%s address=%s", name, address)
+
+    async def stop(self) -> None:
+        for server in self.listeners:
+            server.close()
+        await self.store.aclose()
+        self.directory.con.close()
+        self.lock.close()
+        log.info("stopped")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # aiosmtpd logs every command line at INFO (addresses, AUTH data): keep it quiet.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+async def serve(settings: Settings) -> None:
+    server = Server(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stopping.set)
+    await server.start()
+    log.info("ready data_dir=%s pid=%d", Path(settings.data_dir).resolve(), os.getpid())
+    await server.stopping.wait()
+    await server.stop()

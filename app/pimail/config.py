@@ -1,0 +1,244 @@
+"""Settings: one model, three layers.
+
+Built-in defaults (a development profile or a device profile) < a TOML file
+< settings stored in the database (written by the setup wizard and the admin
+pages). Every setting has exactly one home here; nothing else reads the
+environment or files for configuration.
+
+TOML layout mirrors the dataclasses: top-level keys for `Settings`, one table
+per section (`[smtp]`, `[imap]`, ...). Database overrides use dotted keys
+(`smtp.max_message_size`) with JSON values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEV = "dev"
+DEVICE = "device"
+
+
+@dataclass
+class SmtpSettings:
+    # Inbound MX. "host:port" strings; IPv6 as "[::1]:25".
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2525"])
+    # RFC 1870 SIZE, in octets, advertised and enforced.
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 100
+    # Seconds a client may stay silent before we send 421 and close.
+    timeout: float = 300.0
+    # While receiving DATA, the deadline grows with every octet received at
+    # this rate (Postfix smtpd_min_data_rate); a trickle slower than this times out.
+    min_data_rate: int = 500
+    max_connections_per_ip: int = 20
+    max_connections: int = 500
+    max_command_line: int = 512
+
+
+@dataclass
+class SubmissionSettings:
+    listen_starttls: list[str] = field(default_factory=lambda: ["127.0.0.1:2587"])
+    listen_tls: list[str] = field(default_factory=lambda: ["127.0.0.1:2465"])
+
+
+@dataclass
+class ImapSettings:
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2143"])
+    listen_tls: list[str] = field(default_factory=lambda: ["127.0.0.1:2993"])
+
+
+@dataclass
+class Pop3Settings:
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2110"])
+    listen_tls: list[str] = field(default_factory=lambda: ["127.0.0.1:2995"])
+
+
+@dataclass
+class WebSettings:
+    listen_http: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
+    listen_https: list[str] = field(default_factory=lambda: ["127.0.0.1:8443"])
+
+
+@dataclass
+class Settings:
+    profile: str = DEV
+    data_dir: Path = Path("./var")
+    # The name this server gives itself in banners and Received: headers.
+    hostname: str = field(default_factory=socket.getfqdn)
+    log_level: str = "INFO"
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
+    imap: ImapSettings = field(default_factory=ImapSettings)
+    pop3: Pop3Settings = field(default_factory=Pop3Settings)
+    web: WebSettings = field(default_factory=WebSettings)
+
+    @property
+    def db_path(self) -> Path:
+        """Accounts, domains, aliases, settings: primary data, back it up."""
+        return self.data_dir / "pimail.db"
+
+    @property
+    def index_path(self) -> Path:
+        """The mail index: derived from the Maildirs, safe to delete."""
+        return self.data_dir / "index.db"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+
+def device_defaults() -> Settings:
+    """The appliance: data on /data, standard ports on every address."""
+    any4, any6 = "0.0.0.0", "[::]"
+
+    def both(port: int) -> list[str]:
+        return [f"{any4}:{port}", f"{any6}:{port}"]
+
+    return Settings(
+        profile=DEVICE,
+        data_dir=Path("/data"),
+        smtp=SmtpSettings(listen=both(25)),
+        submission=SubmissionSettings(listen_starttls=both(587), listen_tls=both(465)),
+        imap=ImapSettings(listen=both(143), listen_tls=both(993)),
+        pop3=Pop3Settings(listen=both(110), listen_tls=both(995)),
+        web=WebSettings(listen_http=both(80), listen_https=both(443)),
+    )
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _apply(target: Any, values: dict[str, Any], where: str) -> None:
+    """Lay `values` over the dataclass `target`, checking names and types."""
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            _apply(current, value, f"{where}.{key}")
+            continue
+        setattr(target, key, _coerce(current, value, f"{where}.{key}"))
+
+
+def _coerce(current: Any, value: Any, where: str) -> Any:
+    if isinstance(current, Path):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a path")
+        return Path(value)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value
+    if isinstance(current, float) and isinstance(value, int | float):
+        return float(value)
+    if isinstance(current, list):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return value
+    if not isinstance(value, type(current)) or isinstance(value, bool) != isinstance(current, bool):
+        raise ConfigError(f"{where}: expected {type(current).__name__}")
+    return value
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+# Settings that the database may not override: they say where the database is.
+_FILE_ONLY = {"profile", "data_dir"}
+
+
+def load(config_file: str | os.PathLike[str] | None = None,
+         data_dir: str | os.PathLike[str] | None = None) -> Settings:
+    """Defaults < TOML file < database. `data_dir` (the CLI's --data) wins over all."""
+    file_values: dict[str, Any] = {}
+    if config_file is None:
+        config_file = os.environ.get("PIMAIL_CONFIG") or None
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as f:
+                file_values = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{config_file}: {e}") from e
+    profile = file_values.get("profile", os.environ.get("PIMAIL_PROFILE", DEV))
+    if profile not in (DEV, DEVICE):
+        raise ConfigError(f"profile must be {DEV!r} or {DEVICE!r}")
+    settings = device_defaults() if profile == DEVICE else Settings()
+    _apply(settings, file_values, str(config_file))
+    if data_dir is None:
+        data_dir = os.environ.get("PIMAIL_DATA") or None
+    if data_dir is not None:
+        settings.data_dir = Path(data_dir)
+    if settings.db_path.exists():
+        _apply(settings, _nest(stored_overrides(settings.db_path)), "database settings")
+    return settings
+
+
+def stored_overrides(db_path: Path) -> dict[str, Any]:
+    """The settings table, as {dotted key: value}; file-only keys are ignored."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT key, value FROM settings").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return {}
+    return {k: json.loads(v) for k, v in rows if k not in _FILE_ONLY}
+
+
+def validate_override(key: str, value: Any) -> None:
+    """Raise ConfigError unless `key` = `value` is a valid database override."""
+    if key in _FILE_ONLY:
+        raise ConfigError(f"{key} can only be set in the configuration file")
+    _apply(Settings(), _nest({key: value}), "setting")
+
+
+def as_flat_dict(settings: Settings) -> dict[str, Any]:
+    values = dataclasses.asdict(settings)
+    values["data_dir"] = str(settings.data_dir)
+    return _flatten(values)
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """'127.0.0.1:25' -> ('127.0.0.1', 25); '[::]:25' -> ('::', 25)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"bad listen address {address!r}: expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)

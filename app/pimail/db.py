@@ -1,0 +1,133 @@
+"""SQLite databases and their versioned migrations.
+
+Two files under the data directory:
+
+- `pimail.db`: primary data (domains, accounts, aliases, settings). Back it up.
+- `index.db`: the mail index (mailboxes, messages). Derived from the Maildirs:
+  delete it and the server rebuilds it with the same UIDs, UIDVALIDITY and flags.
+
+Each database records its schema version in `PRAGMA user_version`; a migration
+is a list of SQL statements applied in one transaction, in order. Both run in
+WAL mode so that readers (the CLI, IMAP sessions) never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+MAIN_MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE domains (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,          -- lower case, IDNA A-label
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        localpart TEXT NOT NULL,            -- lower case
+        password_hash TEXT NOT NULL,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        quota_bytes INTEGER NOT NULL DEFAULT 0,   -- 0: no quota
+        created INTEGER NOT NULL,
+        UNIQUE (domain_id, localpart)
+    );
+    CREATE TABLE aliases (
+        id INTEGER PRIMARY KEY,
+        domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        localpart TEXT NOT NULL,            -- '' for the catch-all @domain
+        target TEXT NOT NULL,               -- a full address
+        UNIQUE (domain_id, localpart, target)
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL                 -- JSON
+    );
+    """,
+]
+
+INDEX_MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE mailboxes (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL,        -- accounts.id in pimail.db
+        name TEXT NOT NULL,                 -- IMAP name, '/' as separator, 'INBOX'
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL,
+        highestmodseq INTEGER NOT NULL,
+        special_use TEXT,                   -- RFC 6154: '\\Sent', ...
+        subscribed INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (account_id, name)
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        subdir TEXT NOT NULL,               -- 'new' or 'cur'
+        filename TEXT NOT NULL,             -- current name, flags suffix included
+        flags TEXT NOT NULL DEFAULT '',     -- space-separated IMAP flags
+        modseq INTEGER NOT NULL,
+        internaldate INTEGER NOT NULL,      -- unix time of receipt
+        size INTEGER NOT NULL,              -- octets as stored (CRLF)
+        hdr_date TEXT,
+        hdr_from TEXT,
+        hdr_to TEXT,
+        hdr_cc TEXT,
+        hdr_subject TEXT,
+        hdr_message_id TEXT,
+        hdr_in_reply_to TEXT,
+        UNIQUE (mailbox_id, uid)
+    );
+    CREATE INDEX messages_message_id ON messages(hdr_message_id);
+    """,
+]
+
+
+def connect(path: Path, migrations: list[str]) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate a database."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    con.row_factory = sqlite3.Row
+    con.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL: a commit is atomic and survives a process crash; after a
+    # power cut the last commits may be lost. For the index that is fine (the
+    # Maildir is the truth and startup reconciles); the main database holds
+    # rare admin writes, which use FULL (see `durable`).
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("PRAGMA foreign_keys=ON")
+    _migrate(con, migrations)
+    return con
+
+
+def _migrate(con: sqlite3.Connection, migrations: list[str]) -> None:
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(migrations):
+        raise RuntimeError(f"database schema {version} is newer than this pimail")
+    for number in range(version, len(migrations)):
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read inside the write lock: another process may have migrated.
+            if con.execute("PRAGMA user_version").fetchone()[0] > number:
+                con.execute("ROLLBACK")
+                continue
+            for statement in migrations[number].split(";"):
+                if statement.strip():
+                    con.execute(statement)
+            con.execute(f"PRAGMA user_version={number + 1}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def open_main(path: Path) -> sqlite3.Connection:
+    con = connect(path, MAIN_MIGRATIONS)
+    con.execute("PRAGMA synchronous=FULL")
+    return con
+
+
+def open_index(path: Path) -> sqlite3.Connection:
+    return connect(path, INDEX_MIGRATIONS)

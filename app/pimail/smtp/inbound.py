@@ -1,0 +1,130 @@
+"""Inbound MX policy: the aiosmtpd handler hooks for port 25.
+
+Who may receive (RCPT TO resolves through the directory: accounts, aliases,
+catch-all, plus-addressing), what a message gets on arrival (Return-Path and
+Received, RFC 5321 4.4), and delivery into the store before 250.
+
+No open relay: a recipient outside our domains is refused here, always. The
+routing tricks of old (`user%host@us`, `host!user@us`, `"user@host"@us`) are
+refused too; source routes (`@us:user@host`) are stripped by the parser, as RFC
+5321 4.1.1.3 asks, and what remains is then a foreign address.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import secrets
+from typing import Any
+
+from ..auth.accounts import Account, Directory, Resolution
+from ..config import Settings
+from ..store.spool import Incoming
+from ..store.store import Store
+
+log = logging.getLogger(__name__)
+
+_ROUTING = re.compile(r"[%!@]")
+_UNSAFE_HELO = re.compile(r"[^\x21-\x7e]")
+MAX_ADDRESS = 320
+
+
+class InboundHandler:
+    def __init__(self, settings: Settings, directory: Directory, store: Store) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.store = store
+        self.delivered = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        lines = [r[4:] for r in responses if r[4:] != "HELP"]
+        lines += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        # The null reverse-path of bounces (RFC 5321 4.5.5) stays "<>" in
+        # envelope.mail_from: aiosmtpd takes an empty one for "no MAIL yet".
+        if address != "<>" and (len(address) > MAX_ADDRESS or "@" not in address):
+            return "553 5.1.7 Sender address malformed"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.accounts = {}
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if len(address) > MAX_ADDRESS:
+            return "553 5.1.3 Recipient address too long"
+        localpart = address.rpartition("@")[0]
+        if _ROUTING.search(localpart.replace('"', "")):
+            log.warning("routing trick refused peer=%r rcpt=%r", session.peer, address)
+            return "550 5.7.1 <%s>: address routing (%%, !, @ in local part) refused" % address
+        resolution, accounts = self.directory.resolve(address)
+        if resolution is Resolution.RELAY_DENIED:
+            log.info("relay denied peer=%r rcpt=%r", session.peer, address)
+            return f"554 5.7.1 <{address}>: Relay access denied"
+        if resolution is Resolution.UNKNOWN_USER:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        for account in accounts:
+            envelope.accounts[account.id] = account
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA_START(
+        self, server: Any, session: Any, envelope: Any, message: Incoming
+    ) -> str | None:
+        envelope.queue_id = secrets.token_hex(6).upper()
+        message.write(self._trace_headers(server, session, envelope))
+        return None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message: Incoming = envelope.incoming
+        accounts: list[Account] = list(envelope.accounts.values())
+        try:
+            placements = await self.store.deliver(message, accounts)
+        except Exception:
+            log.exception("delivery failed id=%s", envelope.queue_id)
+            return "451 4.3.0 Local delivery failed, try again later"
+        self.delivered += 1
+        log.info(
+            "delivered id=%s from=<%s> rcpts=%d mailboxes=%d size=%d",
+            envelope.queue_id, reverse_path(envelope), len(envelope.rcpt_tos), len(placements),
+            message.size,
+        )
+        return f"250 2.0.0 Ok: delivered as {envelope.queue_id}"
+
+    def _trace_headers(self, server: Any, session: Any, envelope: Any) -> bytes:
+        """Return-Path and Received (RFC 5321 4.4), in that order, at the top."""
+        peer = session.peer[0] if session.peer else "unknown"
+        helo = _UNSAFE_HELO.sub("?", session.host_name or "")[:255]
+        protocol = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP"
+        if not session.extended_smtp:
+            protocol = "SMTP"
+        if session.ssl:
+            protocol += "S"
+        if session.authenticated:
+            protocol += "A"
+        received = (
+            f"Received: from {helo} ([{peer}])\r\n"
+            f"\tby {self.settings.hostname} (pimail) with {protocol} id {envelope.queue_id}"
+        )
+        if len(envelope.rcpt_tos) == 1:
+            received += f"\r\n\tfor <{envelope.rcpt_tos[0]}>"
+        received += f"; {email.utils.formatdate(localtime=True)}\r\n"
+        trace = f"Return-Path: <{reverse_path(envelope)}>\r\n{received}"
+        return trace.encode("utf-8", "surrogateescape")
+
+
+def reverse_path(envelope: Any) -> str:
+    """The envelope sender, '' for the null reverse-path."""
+    return "" if envelope.mail_from == "<>" else envelope.mail_from

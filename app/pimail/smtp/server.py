@@ -1,0 +1,282 @@
+"""The SMTP protocol engine: aiosmtpd's SMTP, subclassed narrowly.
+
+aiosmtpd does the command dispatch; pimail's policy lives in handler hooks
+(`inbound.py`). What this subclass changes, and why:
+
+- `smtp_DATA` streams the message into an `Incoming` (memory, then spool file)
+  instead of building it in RAM as a list of lines: a Pi cannot hold eight
+  50 MB messages. It also refuses bare CR/LF (SMTP smuggling, RFC 5321 2.3.8),
+  enforces SIZE while reading without storing the excess, and gives slow senders
+  a deadline that grows with the data received (a minimum data rate).
+- `push` adds RFC 3463 enhanced status codes to the replies aiosmtpd writes
+  itself, since we advertise ENHANCEDSTATUSCODES (RFC 2034 requires them on
+  every reply but the greeting and HELO/EHLO).
+- Command lines ending in a bare LF are refused (RFC 5321 2.3.8).
+- `connection_made` enforces the per-address and total connection limits.
+- A timeout says 421 before closing (RFC 5321 4.5.3.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import time
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from ..store.spool import Incoming
+from .data import DataDecoder
+
+log = logging.getLogger(__name__)
+
+# RFC 3463 defaults for replies that carry none.
+DEFAULT_ENHANCED = {
+    "211": "2.0.0", "214": "2.0.0", "221": "2.0.0", "235": "2.7.0", "250": "2.0.0",
+    "251": "2.1.5", "252": "2.0.0",
+    "421": "4.3.0", "450": "4.2.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0",
+    "455": "4.5.4",
+    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+    "530": "5.7.0", "534": "5.7.9", "535": "5.7.8", "538": "5.7.11", "550": "5.0.0",
+    "551": "5.1.6", "552": "5.3.4", "553": "5.1.3", "554": "5.0.0", "555": "5.5.4",
+}
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+
+
+# Per session: a client looping on these is not sending mail.
+CALL_LIMITS = {"*": 100_000, "EHLO": 20, "HELO": 20, "NOOP": 200, "VRFY": 20, "HELP": 20,
+               "EXPN": 20, "STARTTLS": 2}
+
+
+class BareLineEnd(Exception):
+    """A command line ended in a bare LF."""
+
+
+class ConnectionLimiter:
+    """Counts open connections, in total and per client address."""
+
+    def __init__(self, per_ip: int, total: int) -> None:
+        self.per_ip = per_ip
+        self.total = total
+        self.open: collections.Counter[str] = collections.Counter()
+
+    def acquire(self, ip: str) -> str | None:
+        """None if the connection may proceed, else the reason to refuse it."""
+        if sum(self.open.values()) >= self.total:
+            return "421 4.3.2 Too many connections, try again later"
+        if self.open[ip] >= self.per_ip:
+            return "421 4.7.0 Too many connections from your address, try again later"
+        self.open[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.open[ip] -= 1
+        if self.open[ip] <= 0:
+            del self.open[ip]
+
+
+class PimailSMTP(SMTP):
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        limiter: ConnectionLimiter,
+        spool_dir: Any,
+        min_data_rate: int = 500,
+        **kwargs: Any,
+    ) -> None:
+        # aiosmtpd keeps this dict on the class, shared by all sessions: make it ours.
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
+        super().__init__(handler, **kwargs)
+        self.limiter = limiter
+        self.spool_dir = spool_dir
+        self.min_data_rate = min_data_rate
+        self._peer_ip: str | None = None
+        self._refused = False
+        self._greeted = False
+        self._no_enhanced = False  # set while answering HELO/EHLO (RFC 2034 3)
+
+    # -- connections ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._peer_ip is None and self.transport is None:
+            peer = transport.get_extra_info("peername") or ("?", 0)
+            ip = str(peer[0])
+            refusal = self.limiter.acquire(ip)
+            if refusal is not None:
+                log.warning("connection refused ip=%s reason=%r", ip, refusal)
+                self._refused = True
+                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._peer_ip = ip
+        super().connection_made(transport)
+        # Wrap the reader so that command lines ending in a bare LF are refused.
+        raw_readuntil = self._reader.readuntil
+        self._raw_readuntil = raw_readuntil
+
+        async def readuntil(separator: bytes = b"\n") -> bytes:
+            line = await raw_readuntil(separator)
+            if separator == b"\n" and not line.endswith(b"\r\n"):
+                raise BareLineEnd()
+            return line
+
+        self._reader.readuntil = readuntil  # type: ignore[method-assign]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._peer_ip is not None:
+            self.limiter.release(self._peer_ip)
+            self._peer_ip = None
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        log.info("timeout peer=%r", self.session.peer if self.session else None)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(  # type: ignore[attr-defined]
+                f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode()
+            )
+        super()._timeout_cb()
+
+    # -- replies ---------------------------------------------------------------
+
+    async def push(self, status: Any) -> None:
+        if not self._greeted:  # the 220 greeting carries no enhanced code
+            self._greeted = True
+        elif isinstance(status, str) and not self._no_enhanced:
+            status = with_enhanced_code(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._no_enhanced = bool(hostname)
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._no_enhanced = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._no_enhanced = bool(hostname)
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._no_enhanced = False
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, BareLineEnd):
+            return "500 5.5.2 Bare LF in command line refused (RFC 5321 2.3.8)"
+        log.exception("smtp session error peer=%r", self.session.peer if self.session else None)
+        return "451 4.3.0 Internal error, try again later"
+
+    # -- DATA --------------------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None and self.session is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        message = Incoming(self.spool_dir)
+        prologue = await self._call_handler_hook("DATA_START", message)
+        if isinstance(prologue, str):  # the handler refuses before any data
+            await self.push(prologue)
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            status = await self._receive(message)
+            if status is None:
+                self.envelope.content = None
+                self.envelope.incoming = message  # type: ignore[attr-defined]
+                status = await self._call_handler_hook("DATA")
+        finally:
+            message.discard()  # delivered (linked) or refused: the spool copy goes
+            self._set_post_data_state()
+            self._reset_timeout()
+        await self.push(status)
+
+    async def _receive(self, message: Incoming) -> str | None:
+        """Read until <CRLF>.<CRLF>. Returns a refusal, or None if the message is good."""
+        decoder = DataDecoder()
+        limit = self.data_size_limit
+        too_big = False
+        started = last_arm = time.monotonic()
+        received = 0
+        while not decoder.done:
+            try:
+                chunk = await self._raw_readuntil(b"\n")
+            except asyncio.LimitOverrunError as e:
+                chunk = await self._reader.read(e.consumed)
+            except asyncio.IncompleteReadError as e:
+                raise ConnectionResetError("client closed during DATA") from e
+            received += len(chunk)
+            now = time.monotonic()
+            if now - last_arm > 0.5:
+                # Idle for `timeout` ends it, and so does a trickle below min_data_rate.
+                deadline = min(
+                    now + self._timeout_duration,
+                    started + self._timeout_duration + received / max(self.min_data_rate, 1),
+                )
+                self._reset_timeout(max(deadline - now, 0.01))
+                last_arm = now
+            data, _ = decoder.feed(chunk)
+            if too_big:
+                continue
+            if limit and message.size + len(data) > limit:
+                too_big = True  # keep reading to the end, store nothing more
+                message.discard()
+                continue
+            if data:
+                message.write(data)
+        if too_big:
+            return "552 5.3.4 Message size exceeds fixed maximum message size"
+        if decoder.bare_line_end:
+            log.warning("bare CR/LF in DATA refused peer=%r", self.session.peer)
+            return "550 5.5.2 Message contains bare CR or LF, refused (RFC 5321 2.3.8)"
+        return None
+
+
+def with_enhanced_code(status: str) -> str:
+    """'550 No such user' -> '550 5.0.0 No such user' (each line of a multi-line reply)."""
+    lines = status.split("\r\n")
+    out = []
+    for line in lines:
+        code = line[:3]
+        enhanced = DEFAULT_ENHANCED.get(code)
+        if enhanced is None or _HAS_ENHANCED.match(line) or len(line) < 3:
+            out.append(line)
+        else:
+            sep = line[3:4] or " "
+            out.append(f"{code}{sep}{enhanced} {line[4:]}".rstrip())
+    return "\r\n".join(out)
+
+
+def create_session(
+    handler: Any, limiter: ConnectionLimiter, spool_dir: Any, hostname: str,
+    max_message_size: int, timeout: float, min_data_rate: int, command_size: int,
+    **extra: Any,
+) -> PimailSMTP:
+    session = PimailSMTP(
+        handler,
+        limiter=limiter,
+        spool_dir=spool_dir,
+        min_data_rate=min_data_rate,
+        hostname=hostname,
+        ident="pimail ESMTP",
+        data_size_limit=max_message_size,
+        enable_SMTPUTF8=True,
+        decode_data=False,
+        timeout=timeout,
+        command_call_limit=CALL_LIMITS,
+        **extra,
+    )
+    session.command_size_limit = command_size
+    return session
+
+
+__all__ = ["ConnectionLimiter", "Envelope", "PimailSMTP", "Session", "create_session"]

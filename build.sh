@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# pimail's one entry point. Usage: ./build.sh run | test
+#   run   set up .venv, install pimail, start a server on development defaults
+#   test  install what the tests need, lint, run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+apt_install() {
+    # Install the Debian packages named, if any is missing.
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "==> apt-get install ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+ensure_venv() {
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        apt_install python3-venv python3-pip
+    fi
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    # Reinstall only when the project's dependencies changed.
+    local stamp="$VENV/.pimail-installed"
+    local want
+    want=$(sha256sum app/pyproject.toml | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "==> installing pimail into .venv"
+        "$VENV/bin/pip" install -q --upgrade pip
+        "$VENV/bin/pip" install -q -e "app[test]"
+        echo "$want" > "$stamp"
+    fi
+}
+
+cmd_run() {
+    ensure_venv
+    exec "$VENV/bin/pimail" serve "$@"
+}
+
+cmd_test() {
+    # Real peers the tests talk to.
+    apt_install swaks sqlite3
+    ensure_venv
+    echo "==> ruff"
+    "$VENV/bin/ruff" check app tests bench
+    echo "==> pytest"
+    "$VENV/bin/pytest" tests "$@"
+}
+
+case "${1:-}" in
+    run) shift; cmd_run "$@" ;;
+    test) shift; cmd_test "$@" ;;
+    *) echo "usage: $0 run | test" >&2; exit 2 ;;
+esac

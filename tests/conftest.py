@@ -1,0 +1,168 @@
+"""Shared test fixtures: a real `pimail serve` in a subprocess, on loopback.
+
+`PimailServer` owns a fresh data directory and free ports, runs the CLI as a
+user would, and starts/stops/kills the server process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PIMAIL = [sys.executable, "-m", "pimail.cli"]
+PASSWORD = "secret-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1) as s:
+                s.settimeout(2)
+                if s.recv(100).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing answered on port {port}")
+
+
+class PimailServer:
+    def __init__(self, data_dir: Path, **smtp: object) -> None:
+        self.data_dir = data_dir
+        self.smtp_port = free_port()
+        self.config = data_dir.parent / f"{data_dir.name}.toml"
+        lines = [
+            f'data_dir = "{data_dir}"',
+            'hostname = "mx.test"',
+            "[smtp]",
+            f'listen = ["127.0.0.1:{self.smtp_port}"]',
+        ]
+        for key, value in smtp.items():
+            lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+
+    # -- the CLI, as a user runs it ------------------------------------------
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*PIMAIL, "--config", str(self.config), *args],
+            input=input, capture_output=True, text=True, timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"pimail {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def add_user(self, address: str, password: str = PASSWORD) -> None:
+        self.cli("user", "add", address, input=password + "\n")
+
+    # -- the server process ----------------------------------------------------
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [*PIMAIL, "--config", str(self.config), "serve"], stdout=log, stderr=log
+        )
+        try:
+            wait_for_port(self.smtp_port)
+        except TimeoutError:
+            self.proc.kill()
+            raise AssertionError("server did not start:\n" + self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    # -- looking at what is stored ---------------------------------------------
+
+    def maildir(self, address: str, folder: str = "") -> Path:
+        local, domain = address.split("@")
+        path = self.data_dir / "mail" / domain / local
+        return path / folder if folder else path
+
+    def messages(self, address: str, folder: str = "") -> list[Path]:
+        base = self.maildir(address, folder)
+        return sorted(
+            p for sub in ("new", "cur") if (base / sub).is_dir() for p in (base / sub).iterdir()
+        )
+
+    def index_rows(self, address: str, folder: str = "INBOX") -> list[sqlite3.Row]:
+        main = sqlite3.connect(self.data_dir / "pimail.db")
+        local, domain = address.split("@")
+        row = main.execute(
+            "SELECT a.id FROM accounts a JOIN domains d ON d.id = a.domain_id"
+            " WHERE a.localpart = ? AND d.name = ?", (local, domain),
+        ).fetchone()
+        main.close()
+        con = sqlite3.connect(self.data_dir / "index.db")
+        con.row_factory = sqlite3.Row
+        rows = con.execute(
+            "SELECT m.*, b.uidvalidity FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
+            " WHERE b.account_id = ? AND b.name = ? ORDER BY m.uid", (row[0], folder),
+        ).fetchall()
+        con.close()
+        return rows
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[object]:
+    servers: list[PimailServer] = []
+
+    def make(name: str = "data", **smtp: object) -> PimailServer:
+        server = PimailServer(tmp_path / name, **smtp)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server: object) -> Iterator[PimailServer]:
+    """A running server with domain example.org, users alice and bob."""
+    s = make_server()  # type: ignore[operator]
+    s.cli("domain", "add", "example.org")
+    s.add_user("alice@example.org")
+    s.add_user("bob@example.org")
+    s.start()
+    yield s
+    s.stop()
+
+
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
