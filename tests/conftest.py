@@ -55,18 +55,23 @@ class PimailServer:
             f'listen = ["127.0.0.1:{self.smtp_port}"]',
         ]
         for key, value in smtp.items():
-            lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+            text = f'"{value}"' if isinstance(value, str) else repr(value)
+            lines.append(f"{key} = {text}")
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"{data_dir.name}.log"
 
     # -- the CLI, as a user runs it ------------------------------------------
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [*PIMAIL, "--config", str(self.config), *args],
-            input=input, capture_output=True, text=True, timeout=60,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"pimail {' '.join(args)} failed: {result.stderr}")
@@ -79,15 +84,15 @@ class PimailServer:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
-        log = open(self.log, "ab")
+        log = open(self.log, "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(
             [*PIMAIL, "--config", str(self.config), "serve"], stdout=log, stderr=log
         )
         try:
             wait_for_port(self.smtp_port)
-        except TimeoutError:
+        except TimeoutError as e:
             self.proc.kill()
-            raise AssertionError("server did not start:\n" + self.log.read_text()[-3000:])
+            raise AssertionError("server did not start:\n" + self.log.read_text()[-3000:]) from e
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -126,14 +131,16 @@ class PimailServer:
         local, domain = address.split("@")
         row = main.execute(
             "SELECT a.id FROM accounts a JOIN domains d ON d.id = a.domain_id"
-            " WHERE a.localpart = ? AND d.name = ?", (local, domain),
+            " WHERE a.localpart = ? AND d.name = ?",
+            (local, domain),
         ).fetchone()
         main.close()
         con = sqlite3.connect(self.data_dir / "index.db")
         con.row_factory = sqlite3.Row
         rows = con.execute(
             "SELECT m.*, b.uidvalidity FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id"
-            " WHERE b.account_id = ? AND b.name = ? ORDER BY m.uid", (row[0], folder),
+            " WHERE b.account_id = ? AND b.name = ? ORDER BY m.uid",
+            (row[0], folder),
         ).fetchall()
         con.close()
         return rows

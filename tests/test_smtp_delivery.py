@@ -7,11 +7,13 @@ import smtplib
 import subprocess
 
 import pytest
+
 from conftest import PimailServer
 
 
-def send(server: PimailServer, rcpts: list[str], body: bytes, sender: str = "a@remote.test",
-         **kw: object) -> dict:
+def send(
+    server: PimailServer, rcpts: list[str], body: bytes, sender: str = "a@remote.test", **kw: object
+) -> dict:
     with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as s:
         return s.sendmail(sender, rcpts, body, **kw)  # type: ignore[arg-type]
 
@@ -56,8 +58,7 @@ def test_delivery_lands_in_maildir_and_index(server: PimailServer) -> None:
 
 
 def test_several_recipients_one_file_each(server: PimailServer) -> None:
-    send(server, ["alice@example.org", "bob@example.org", "alice+x@example.org"],
-         message("shared"))
+    send(server, ["alice@example.org", "bob@example.org", "alice+x@example.org"], message("shared"))
     alice, bob = server.messages("alice@example.org"), server.messages("bob@example.org")
     assert len(alice) == 1 and len(bob) == 1  # alice once, though named twice
     assert os.stat(alice[0]).st_ino == os.stat(bob[0]).st_ino  # a hard link, one copy on disk
@@ -96,8 +97,13 @@ def test_user_added_while_running_receives_at_once(server: PimailServer) -> None
 def test_smtputf8_and_8bit(server: PimailServer) -> None:
     server.add_user("jörg@example.org")
     body = "From: jürgen@remote.test\r\nSubject: Grüße\r\n\r\nÄpfel und Öl\r\n".encode()
-    send(server, ["jörg@example.org"], body, sender="jürgen@remote.test",
-         mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    send(
+        server,
+        ["jörg@example.org"],
+        body,
+        sender="jürgen@remote.test",
+        mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+    )
     [row] = server.index_rows("jörg@example.org")
     assert row["hdr_subject"] == "Grüße"
     data = server.messages("jörg@example.org")[0].read_bytes()
@@ -124,8 +130,10 @@ def test_pipelined_transaction(server: PimailServer) -> None:
         s.sendall(b"EHLO c.test\r\n")
         while f.readline()[3:4] == b"-":
             pass
-        s.sendall(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.org>\r\n"
-                  b"RCPT TO:<nobody@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+        s.sendall(
+            b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.org>\r\n"
+            b"RCPT TO:<nobody@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n"
+        )
         replies = [f.readline()[:9] for _ in range(5)]
         assert replies == [b"250 2.1.0", b"250 2.1.5", b"550 5.1.1", b"250 2.1.5", b"354 End d"]
         s.sendall(message("pipelined") + b".\r\nQUIT\r\n")
@@ -136,10 +144,24 @@ def test_pipelined_transaction(server: PimailServer) -> None:
 
 def test_swaks_delivers(server: PimailServer) -> None:
     result = subprocess.run(
-        ["swaks", "--server", "127.0.0.1", "--port", str(server.smtp_port),
-         "--from", "sender@remote.test", "--to", "alice@example.org",
-         "--header", "Subject: from swaks", "--body", "sent by swaks"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "swaks",
+            "--server",
+            "127.0.0.1",
+            "--port",
+            str(server.smtp_port),
+            "--from",
+            "sender@remote.test",
+            "--to",
+            "alice@example.org",
+            "--header",
+            "Subject: from swaks",
+            "--body",
+            "sent by swaks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "<-  250 2.0.0 Ok: delivered as" in result.stdout

@@ -34,7 +34,7 @@ class AlreadyRunning(Exception):
 def lock_data_dir(settings: Settings) -> IO[str]:
     """An exclusive lock on <data>/pimail.lock, held for the process's life."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(settings.data_dir / "pimail.lock", "a+")
+    handle = open(settings.data_dir / "pimail.lock", "a+")  # noqa: SIM115 (held open)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as e:
@@ -63,7 +63,11 @@ class Server:
         report = await loop.run_in_executor(None, self.store.open)
         log.info(
             "index ready rebuilt=%s mailboxes=%d added=%d removed=%d updated=%d seconds=%.2f",
-            report.rebuilt, report.mailboxes, report.added, report.removed, report.updated,
+            report.rebuilt,
+            report.mailboxes,
+            report.added,
+            report.removed,
+            report.updated,
             time.monotonic() - started,
         )
         await self._start_smtp()
@@ -76,8 +80,14 @@ class Server:
 
         def factory() -> asyncio.Protocol:
             return create_session(
-                handler, limiter, incoming, self.settings.hostname, s.max_message_size,
-                s.timeout, s.min_data_rate, s.max_command_line,
+                handler,
+                limiter,
+                incoming,
+                self.settings.hostname,
+                s.max_message_size,
+                s.timeout,
+                s.min_data_rate,
+                s.max_command_line,
             )
 
         for address in s.listen:

@@ -165,8 +165,11 @@ def cmd_user_remove(settings: config.Settings, args: argparse.Namespace) -> None
     account = _directory(settings).remove_account(args.address)
     maildir = settings.mail_dir / account.domain / account.localpart
     if maildir.is_dir():
-        target = settings.data_dir / "removed" / account.domain / (
-            f"{account.localpart}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = (
+            settings.data_dir
+            / "removed"
+            / account.domain
+            / (f"{account.localpart}-{time.strftime('%Y%m%d-%H%M%S')}")
         )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(maildir), target)
@@ -205,8 +208,9 @@ def cmd_reindex(settings: config.Settings, args: argparse.Namespace) -> int:
     try:
         lock = lock_data_dir(settings)
     except AlreadyRunning as e:
-        print(f"pimail: {e}: stop it first (it also reconciles the index at start)",
-              file=sys.stderr)
+        print(
+            f"pimail: {e}: stop it first (it also reconciles the index at start)", file=sys.stderr
+        )
         return 1
     try:
         for suffix in ("", "-wal", "-shm"):

@@ -180,8 +180,10 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 _FILE_ONLY = {"profile", "data_dir"}
 
 
-def load(config_file: str | os.PathLike[str] | None = None,
-         data_dir: str | os.PathLike[str] | None = None) -> Settings:
+def load(
+    config_file: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> Settings:
     """Defaults < TOML file < database. `data_dir` (the CLI's --data) wins over all."""
     file_values: dict[str, Any] = {}
     if config_file is None:

@@ -41,9 +41,9 @@ class Account:
 
 
 class Resolution(Enum):
-    LOCAL = "local"          # delivered to the accounts listed
+    LOCAL = "local"  # delivered to the accounts listed
     UNKNOWN_USER = "unknown"  # our domain, nobody there: 550 5.1.1
-    RELAY_DENIED = "relay"   # not our domain: 554 5.7.1
+    RELAY_DENIED = "relay"  # not our domain: 554 5.7.1
 
 
 def normalize_domain(domain: str) -> str:
@@ -54,8 +54,10 @@ def normalize_domain(domain: str) -> str:
     except UnicodeError as e:
         raise DirectoryError(f"not a valid domain name: {domain!r}") from e
     labels = ascii_domain.split(".")
-    if len(ascii_domain) > 253 or len(labels) < 2 or not all(
-        _DOMAIN_LABEL.match(label) for label in labels
+    if (
+        len(ascii_domain) > 253
+        or len(labels) < 2
+        or not all(_DOMAIN_LABEL.match(label) for label in labels)
     ):
         raise DirectoryError(f"not a valid domain name: {domain!r}")
     return ascii_domain
@@ -264,7 +266,12 @@ class Directory:
         return Resolution.UNKNOWN_USER, []
 
     def _resolve_local(
-        self, domain_id: int, domain: str, localpart: str, seen: set[str], depth: int,
+        self,
+        domain_id: int,
+        domain: str,
+        localpart: str,
+        seen: set[str],
+        depth: int,
         catch_all: bool = True,
     ) -> list[Account]:
         candidates = [localpart]

@@ -30,7 +30,12 @@ def _unb64(text: str) -> bytes:
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=1 << LOG2_N, r=R, p=P, dklen=_DKLEN,
+        password.encode(),
+        salt=salt,
+        n=1 << LOG2_N,
+        r=R,
+        p=P,
+        dklen=_DKLEN,
         maxmem=64 * 1024 * 1024,
     )
     return f"$scrypt$ln={LOG2_N},r={R},p={P}${_b64(salt)}${_b64(digest)}"
@@ -48,8 +53,13 @@ def verify_password(password: str, stored: str) -> bool:
             return False
         expected = _unb64(digest)
         actual = hashlib.scrypt(
-            password.encode(), salt=_unb64(salt), n=1 << log2_n, r=r, p=p,
-            dklen=len(expected), maxmem=256 * 1024 * 1024,
+            password.encode(),
+            salt=_unb64(salt),
+            n=1 << log2_n,
+            r=r,
+            p=p,
+            dklen=len(expected),
+            maxmem=256 * 1024 * 1024,
         )
     except (ValueError, KeyError):
         return False

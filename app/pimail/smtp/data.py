@@ -18,13 +18,13 @@ END = b".\r\n"
 
 class DataDecoder:
     def __init__(self) -> None:
-        self._bol = True          # at the start of a line
-        self._head = b""          # a line start we cannot judge yet ("." or ".\r")
-        self._last = LF           # last octet passed on (LF: as if after a CRLF)
-        self._cr_open = False     # the last octet was a CR whose LF has not come yet
+        self._bol = True  # at the start of a line
+        self._head = b""  # a line start we cannot judge yet ("." or ".\r")
+        self._last = LF  # last octet passed on (LF: as if after a CRLF)
+        self._cr_open = False  # the last octet was a CR whose LF has not come yet
         self.done = False
         self.bare_line_end = False  # a bare CR or LF was seen
-        self.max_line = 0         # longest line, in octets with its CRLF
+        self.max_line = 0  # longest line, in octets with its CRLF
         self._line = 0
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
@@ -39,11 +39,11 @@ class DataDecoder:
         while pos < n:
             if self._bol:
                 if buf[pos] == DOT:
-                    rest = buf[pos:pos + 3]
+                    rest = buf[pos : pos + 3]
                     if rest == END:
                         self.done = True
                         self._track(3)
-                        return bytes(out), buf[pos + 3:]
+                        return bytes(out), buf[pos + 3 :]
                     if END.startswith(rest):  # "." or ".\r": wait for more
                         self._head = rest
                         break
@@ -54,20 +54,23 @@ class DataDecoder:
                     break
             nl = buf.find(b"\n", pos)
             end = n if nl < 0 else nl + 1
-            self._check(buf, pos, end)
+            crlf = self._check(buf, pos, end)
             out += buf[pos:end]
             self._line += end - pos
             if nl >= 0:
-                self._bol = True
+                # Only a CRLF starts a line: after a bare LF, ".\r\n" is not the end.
+                self._bol = crlf
                 self._track(0)
             pos = end
         return bytes(out), b""
 
-    def _check(self, buf: bytes, start: int, end: int) -> None:
-        """Look for bare CR / LF in buf[start:end] (which holds at most one LF, at the end)."""
+    def _check(self, buf: bytes, start: int, end: int) -> bool:
+        """Look for bare CR / LF in buf[start:end] (which holds at most one LF, at the
+        end). True if the segment ends in a proper CRLF."""
         if self._cr_open and buf[start] != LF:
             self.bare_line_end = True
         segment = buf[start:end]
+        before = -1
         if segment.endswith(b"\n"):
             before = segment[-2] if len(segment) >= 2 else (CR if self._cr_open else self._last)
             if before != CR:
@@ -79,6 +82,7 @@ class DataDecoder:
             self.bare_line_end = True
         self._cr_open = segment.endswith(b"\r")
         self._last = segment[-1]
+        return segment.endswith(b"\n") and before == CR
 
     def _track(self, extra: int) -> None:
         self.max_line = max(self.max_line, self._line + extra)

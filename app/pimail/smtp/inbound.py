@@ -67,7 +67,7 @@ class InboundHandler:
         localpart = address.rpartition("@")[0]
         if _ROUTING.search(localpart.replace('"', "")):
             log.warning("routing trick refused peer=%r rcpt=%r", session.peer, address)
-            return "550 5.7.1 <%s>: address routing (%%, !, @ in local part) refused" % address
+            return f"550 5.7.1 <{address}>: address routing (%, !, @ in local part) refused"
         resolution, accounts = self.directory.resolve(address)
         if resolution is Resolution.RELAY_DENIED:
             log.info("relay denied peer=%r rcpt=%r", session.peer, address)
@@ -98,7 +98,10 @@ class InboundHandler:
         self.delivered += 1
         log.info(
             "delivered id=%s from=<%s> rcpts=%d mailboxes=%d size=%d",
-            envelope.queue_id, reverse_path(envelope), len(envelope.rcpt_tos), len(placements),
+            envelope.queue_id,
+            reverse_path(envelope),
+            len(envelope.rcpt_tos),
+            len(placements),
             message.size,
         )
         return f"250 2.0.0 Ok: delivered as {envelope.queue_id}"

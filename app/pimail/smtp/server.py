@@ -34,20 +34,49 @@ log = logging.getLogger(__name__)
 
 # RFC 3463 defaults for replies that carry none.
 DEFAULT_ENHANCED = {
-    "211": "2.0.0", "214": "2.0.0", "221": "2.0.0", "235": "2.7.0", "250": "2.0.0",
-    "251": "2.1.5", "252": "2.0.0",
-    "421": "4.3.0", "450": "4.2.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0",
+    "211": "2.0.0",
+    "214": "2.0.0",
+    "221": "2.0.0",
+    "235": "2.7.0",
+    "250": "2.0.0",
+    "251": "2.1.5",
+    "252": "2.0.0",
+    "421": "4.3.0",
+    "450": "4.2.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "454": "4.7.0",
     "455": "4.5.4",
-    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
-    "530": "5.7.0", "534": "5.7.9", "535": "5.7.8", "538": "5.7.11", "550": "5.0.0",
-    "551": "5.1.6", "552": "5.3.4", "553": "5.1.3", "554": "5.0.0", "555": "5.5.4",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "534": "5.7.9",
+    "535": "5.7.8",
+    "538": "5.7.11",
+    "550": "5.0.0",
+    "551": "5.1.6",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
 }
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 
 # Per session: a client looping on these is not sending mail.
-CALL_LIMITS = {"*": 100_000, "EHLO": 20, "HELO": 20, "NOOP": 200, "VRFY": 20, "HELP": 20,
-               "EXPN": 20, "STARTTLS": 2}
+CALL_LIMITS = {
+    "*": 100_000,
+    "EHLO": 20,
+    "HELO": 20,
+    "NOOP": 200,
+    "VRFY": 20,
+    "HELP": 20,
+    "EXPN": 20,
+    "STARTTLS": 2,
+}
 
 
 class BareLineEnd(Exception):
@@ -257,8 +286,14 @@ def with_enhanced_code(status: str) -> str:
 
 
 def create_session(
-    handler: Any, limiter: ConnectionLimiter, spool_dir: Any, hostname: str,
-    max_message_size: int, timeout: float, min_data_rate: int, command_size: int,
+    handler: Any,
+    limiter: ConnectionLimiter,
+    spool_dir: Any,
+    hostname: str,
+    max_message_size: int,
+    timeout: float,
+    min_data_rate: int,
+    command_size: int,
     **extra: Any,
 ) -> PimailSMTP:
     session = PimailSMTP(

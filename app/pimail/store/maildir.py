@@ -51,10 +51,10 @@ _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072").replace
 class FileName:
     """A parsed Maildir file name."""
 
-    base: str                  # unique part, with ,S= and ,U= fields
+    base: str  # unique part, with ,S= and ,U= fields
     uid: int | None
     size: int | None
-    letters: str               # Maildir flag letters after ":2,"
+    letters: str  # Maildir flag letters after ":2,"
 
     @property
     def flags(self) -> list[str]:

@@ -25,10 +25,11 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .. import db
 from ..auth.accounts import Account, Directory
@@ -150,6 +151,8 @@ class Store:
 
     def close(self) -> None:
         """Persist UID/modseq bounds and stop the writer."""
+        if self._wcon is None:
+            return  # closed already
         if self._committer is not None:
             self._committer.cancel()
         self._writer.submit(self._save_states).result()
@@ -235,8 +238,14 @@ class Store:
                 (account.id, name, state.uidvalidity, state.uidnext, highestmodseq, special_use),
             )
             mbox = Mailbox(
-                cur.lastrowid or 0, account.id, name, path, state.uidvalidity, state.uidnext,
-                highestmodseq, saved=(state.uidnext, state.highestmodseq),
+                cur.lastrowid or 0,
+                account.id,
+                name,
+                path,
+                state.uidvalidity,
+                state.uidnext,
+                highestmodseq,
+                saved=(state.uidnext, state.highestmodseq),
             )
         self._mailboxes[key] = mbox
         return mbox
@@ -253,7 +262,8 @@ class Store:
         accounts = self.directory.accounts()
         known = {a.id for a in accounts}
         stale = [
-            r[0] for r in self.wcon.execute("SELECT DISTINCT account_id FROM mailboxes")
+            r[0]
+            for r in self.wcon.execute("SELECT DISTINCT account_id FROM mailboxes")
             if r[0] not in known
         ]
         for account_id in stale:  # accounts removed from the directory
@@ -327,8 +337,9 @@ class Store:
             for sub, name in unnamed:  # files dropped in by other tools: give them a UID
                 parsed = maildir.parse_name(name)
                 uid = mbox.uidnext
-                new = maildir.new_name(parsed.base.split(",U=")[0], self._size(mbox, sub, name),
-                                       uid)
+                new = maildir.new_name(
+                    parsed.base.split(",U=")[0], self._size(mbox, sub, name), uid
+                )
                 if parsed.letters or sub == "cur":
                     new += f":2,{parsed.letters}"
                 os.rename(mbox.path / sub / name, mbox.path / sub / new)
@@ -347,22 +358,49 @@ class Store:
             head = f.read(headers.MAX_HEADER)
         mbox.highestmodseq += 1
         self._insert_message(
-            mbox, uid, sub, name, maildir.parse_name(name).flags, mbox.highestmodseq,
-            int(st.st_mtime), st.st_size, headers.index_columns(head),
+            mbox,
+            uid,
+            sub,
+            name,
+            maildir.parse_name(name).flags,
+            mbox.highestmodseq,
+            int(st.st_mtime),
+            st.st_size,
+            headers.index_columns(head),
         )
 
     def _insert_message(
-        self, mbox: Mailbox, uid: int, sub: str, name: str, flags: list[str], modseq: int,
-        internaldate: int, size: int, columns: dict[str, str | None],
+        self,
+        mbox: Mailbox,
+        uid: int,
+        sub: str,
+        name: str,
+        flags: list[str],
+        modseq: int,
+        internaldate: int,
+        size: int,
+        columns: dict[str, str | None],
     ) -> None:
         self.wcon.execute(
             "INSERT OR REPLACE INTO messages (mailbox_id, uid, subdir, filename, flags, modseq,"
             " internaldate, size, hdr_date, hdr_from, hdr_to, hdr_cc, hdr_subject,"
             " hdr_message_id, hdr_in_reply_to) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                mbox.id, uid, sub, name, " ".join(flags), modseq, internaldate, size,
-                columns["hdr_date"], columns["hdr_from"], columns["hdr_to"], columns["hdr_cc"],
-                columns["hdr_subject"], columns["hdr_message_id"], columns["hdr_in_reply_to"],
+                mbox.id,
+                uid,
+                sub,
+                name,
+                " ".join(flags),
+                modseq,
+                internaldate,
+                size,
+                columns["hdr_date"],
+                columns["hdr_from"],
+                columns["hdr_to"],
+                columns["hdr_cc"],
+                columns["hdr_subject"],
+                columns["hdr_message_id"],
+                columns["hdr_in_reply_to"],
             ),
         )
 
@@ -377,7 +415,8 @@ class Store:
     async def deliver(self, message: Incoming, accounts: list[Account]) -> list[Placement]:
         """Deliver to each account's INBOX; returns once every copy is durable."""
         loop = asyncio.get_running_loop()
-        if self._wakeup is None:
+        committer = self._committer
+        if self._wakeup is None or committer is None or committer.get_loop() is not loop:
             self._wakeup = asyncio.Event()
             self._committer = loop.create_task(self._commit_loop(), name="store-committer")
         future: asyncio.Future[list[Placement]] = loop.create_future()
@@ -470,8 +509,15 @@ class Store:
                     mbox = self._mailboxes[(p.account_id, "INBOX")]
                     mbox.highestmodseq += 1
                     self._insert_message(
-                        mbox, p.uid, "new", p.path.name, [], mbox.highestmodseq, internaldate,
-                        d.message.size, columns,
+                        mbox,
+                        p.uid,
+                        "new",
+                        p.path.name,
+                        [],
+                        mbox.highestmodseq,
+                        internaldate,
+                        d.message.size,
+                        columns,
                     )
                     touched[mbox.id] = mbox
             for mbox in touched.values():
@@ -479,12 +525,16 @@ class Store:
 
     # -- flags ------------------------------------------------------------------
 
-    def set_flags(self, mailbox_id: int, uid: int, flags: list[str]) -> int:
-        """Replace a message's flags (writer thread). Renames the file into cur/
-        with the new Maildir letters; returns the new MODSEQ."""
+    def _by_id(self, mailbox_id: int) -> Mailbox:
         mbox = next((m for m in self._mailboxes.values() if m.id == mailbox_id), None)
         if mbox is None:
             raise KeyError(f"mailbox {mailbox_id} not open")
+        return mbox
+
+    def set_flags(self, mailbox_id: int, uid: int, flags: list[str]) -> int:
+        """Replace a message's flags (writer thread). Renames the file into cur/
+        with the new Maildir letters; returns the new MODSEQ."""
+        mbox = self._by_id(mailbox_id)
         row = self.wcon.execute(
             "SELECT subdir, filename FROM messages WHERE mailbox_id = ? AND uid = ?",
             (mailbox_id, uid),
@@ -504,6 +554,35 @@ class Store:
             )
             self._save_mailbox_row(mbox)
         return mbox.highestmodseq
+
+    def expunge(self, mailbox_id: int, uids: list[int]) -> list[int]:
+        """Remove messages for good (writer thread). Returns the UIDs removed."""
+        mbox = self._by_id(mailbox_id)
+        # RFC 9051 2.3.1.1: a UID is never reused. The index may be lost, so
+        # the Maildir's state file must know UIDNEXT before the files go.
+        if mbox.saved[0] != mbox.uidnext:
+            maildir.write_state(mbox.path, mbox.state())
+            mbox.saved = (mbox.uidnext, mbox.highestmodseq)
+        removed: list[int] = []
+        for uid in uids:
+            row = self.wcon.execute(
+                "SELECT subdir, filename FROM messages WHERE mailbox_id = ? AND uid = ?",
+                (mailbox_id, uid),
+            ).fetchone()
+            if row is None:
+                continue
+            _unlink_quietly(mbox.path / row[0] / row[1])
+            removed.append(uid)
+        for sub in ("cur", "new"):
+            maildir.fsync_dir(mbox.path / sub)
+        mbox.highestmodseq += 1
+        with self.wcon:
+            self.wcon.executemany(
+                "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
+                [(mailbox_id, uid) for uid in removed],
+            )
+            self._save_mailbox_row(mbox)
+        return removed
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -1,0 +1,140 @@
+"""The store in-process, on real files: UIDs, group commit, reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from pimail import config
+from pimail.auth.accounts import Directory
+from pimail.auth.passwords import hash_password, verify_password
+from pimail.db import open_main
+from pimail.store import maildir
+from pimail.store.spool import Incoming
+from pimail.store.store import Store
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    settings = config.load(None, tmp_path / "data")
+    directory = Directory(open_main(settings.db_path))
+    directory.add_domain("example.org")
+    alice = directory.add_account("alice@example.org", "x")
+    bob = directory.add_account("bob@example.org", "x")
+    store = Store(settings, Directory(open_main(settings.db_path)))
+    store.open()
+    yield settings, store, alice, bob
+    store.close()
+
+
+def incoming(store: Store, text: str) -> Incoming:
+    message = Incoming(store.incoming_dir)
+    message.write(text.encode())
+    return message
+
+
+def rows(settings: config.Settings, account_id: int, folder: str = "INBOX") -> list[tuple]:
+    import sqlite3
+
+    con = sqlite3.connect(settings.index_path)
+    out = con.execute(
+        "SELECT m.uid, m.subdir, m.filename, m.flags FROM messages m"
+        " JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = ? AND b.name = ?"
+        " ORDER BY m.uid",
+        (account_id, folder),
+    ).fetchall()
+    con.close()
+    return out
+
+
+def test_concurrent_deliveries_get_distinct_uids_in_few_commits(env) -> None:
+    settings, store, alice, bob = env
+
+    async def go() -> list:
+        return await asyncio.gather(
+            *(
+                store.deliver(incoming(store, f"Subject: {i}\r\n\r\nbody\r\n"), [alice, bob])
+                for i in range(200)
+            )
+        )
+
+    placements = asyncio.run(go())
+    alice_uids = sorted(p.uid for group in placements for p in group if p.account_id == alice.id)
+    assert alice_uids == list(range(1, 201))
+    assert len(rows(settings, bob.id)) == 200
+    # Group commit: 200 concurrent deliveries shared far fewer fsync rounds.
+    assert store.batches < 20
+    assert not os.listdir(store.incoming_dir)
+
+
+def test_files_dropped_in_by_other_tools_get_uids(env, tmp_path: Path) -> None:
+    settings, store, alice, _ = env
+    asyncio.run(store.deliver(incoming(store, "Subject: one\r\n\r\n"), [alice]))
+    inbox = settings.mail_dir / "example.org" / "alice"
+    (inbox / "cur" / "1700000000.foreign.host:2,S").write_bytes(b"Subject: copied\r\n\r\nx\r\n")
+    (inbox / "new" / "1700000001.other.host").write_bytes(b"Subject: other\r\n\r\nx\r\n")
+    report = store.reconcile()
+    assert report.renamed == 2
+    got = rows(settings, alice.id)
+    assert [r[0] for r in got] == [1, 2, 3]
+    copied = next(r for r in got if "foreign" in r[2])
+    assert copied[3] == "\\Seen" and ",U=" in copied[2]
+
+
+def test_uidnext_survives_expunge_and_lost_index(env) -> None:
+    settings, store, alice, _ = env
+
+    async def deliver3() -> None:
+        for i in range(3):
+            await store.deliver(incoming(store, f"Subject: {i}\r\n\r\n"), [alice])
+
+    asyncio.run(deliver3())
+    mailbox_id = store._mailboxes[(alice.id, "INBOX")].id
+    assert store.expunge(mailbox_id, [2, 3]) == [2, 3]
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{settings.index_path}{suffix}").unlink(missing_ok=True)
+    store2 = Store(settings, Directory(open_main(settings.db_path)))
+    store2.open()
+    try:
+        placements = asyncio.run(store2.deliver(incoming(store2, "Subject: new\r\n\r\n"), [alice]))
+        # UIDs 2 and 3 were handed out once: never again (RFC 9051 2.3.1.1).
+        assert placements[0].uid == 4
+    finally:
+        store2.close()
+
+
+def test_folder_names_cannot_escape() -> None:
+    for name in ["../../etc", "a/../b", "Sent/..", ".hidden", "x\x00y", "a%b*c", "~2E"]:
+        try:
+            dirname = maildir.folder_dirname(name)
+        except ValueError:
+            continue
+        # One directory entry, not "." or "..": it stays inside the account.
+        assert "/" not in dirname and dirname not in (".", "..")
+        assert ".." not in dirname.split(".")[1:]
+        root = Path("/data/mail/example.org/alice")
+        assert (root / dirname).resolve().parent == root
+        assert maildir.folder_name(dirname) == name
+    assert maildir.folder_dirname("INBOX") == ""
+    assert maildir.folder_dirname("Work/Projects") == ".Work.Projects"
+
+
+def test_maildir_names_round_trip() -> None:
+    name = maildir.new_name("1795808158.M1P2Q3.host", 1234, 42) + ":2,FS"
+    parsed = maildir.parse_name(name)
+    assert (parsed.uid, parsed.size, set(parsed.flags)) == (42, 1234, {"\\Flagged", "\\Seen"})
+    assert parsed.with_letters("SR").endswith(",U=42:2,RS")
+
+
+def test_password_hashes() -> None:
+    stored = hash_password("correct horse")
+    assert stored.startswith("$scrypt$ln=14,r=8,p=1$")
+    assert verify_password("correct horse", stored)
+    assert not verify_password("wrong horse", stored)
+    assert hash_password("correct horse") != stored  # salted
+    for bad in ("", "$scrypt$", "$scrypt$ln=99,r=8,p=1$aa$bb", "$md5$x$y$z"):
+        assert not verify_password("x", bad)
