@@ -123,6 +123,7 @@ class PimailSMTP(SMTP):
         self.spool_dir = spool_dir
         self.min_data_rate = min_data_rate
         self._peer_ip: str | None = None
+        self._pushback = b""  # octets read past the end of DATA: pipelined commands
         self._refused = False
         self._greeted = False
         self._no_enhanced = False  # set while answering HELO/EHLO (RFC 2034 3)
@@ -142,17 +143,29 @@ class PimailSMTP(SMTP):
                 return
             self._peer_ip = ip
         super().connection_made(transport)
-        # Wrap the reader so that command lines ending in a bare LF are refused.
-        raw_readuntil = self._reader.readuntil
-        self._raw_readuntil = raw_readuntil
+        if getattr(self, "_raw_readuntil", None) is None:
+            self._raw_readuntil = self._reader.readuntil
+            self._reader.readuntil = self._readuntil  # type: ignore[method-assign]
+        else:
+            # STARTTLS: nothing sent before the handshake may be acted on after it.
+            self._pushback = b""
 
-        async def readuntil(separator: bytes = b"\n") -> bytes:
-            line = await raw_readuntil(separator)
-            if separator == b"\n" and not line.endswith(b"\r\n"):
-                raise BareLineEnd()
-            return line
-
-        self._reader.readuntil = readuntil  # type: ignore[method-assign]
+    async def _readuntil(self, separator: bytes = b"\n") -> bytes:
+        """The command reader: serves what DATA read past its end first, and
+        refuses command lines that end in a bare LF."""
+        if self._pushback:
+            i = self._pushback.find(separator)
+            if i >= 0:
+                line = self._pushback[: i + len(separator)]
+                self._pushback = self._pushback[i + len(separator) :]
+            else:
+                line, self._pushback = self._pushback, b""
+                line += await self._raw_readuntil(separator)
+        else:
+            line = await self._raw_readuntil(separator)
+        if separator == b"\n" and not line.endswith(b"\r\n"):
+            raise BareLineEnd()
+        return line
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -234,34 +247,32 @@ class PimailSMTP(SMTP):
         decoder = DataDecoder()
         limit = self.data_size_limit
         too_big = False
-        started = last_arm = time.monotonic()
+        started = time.monotonic()
         received = 0
+        pending, self._pushback = self._pushback, b""
         while not decoder.done:
-            try:
-                chunk = await self._raw_readuntil(b"\n")
-            except asyncio.LimitOverrunError as e:
-                chunk = await self._reader.read(e.consumed)
-            except asyncio.IncompleteReadError as e:
-                raise ConnectionResetError("client closed during DATA") from e
+            chunk = pending or await self._reader.read(65536)
+            pending = b""
+            if not chunk:
+                raise ConnectionResetError("client closed during DATA")
             received += len(chunk)
+            # Idle for `timeout` ends it, and so does a trickle below min_data_rate.
             now = time.monotonic()
-            if now - last_arm > 0.5:
-                # Idle for `timeout` ends it, and so does a trickle below min_data_rate.
-                deadline = min(
-                    now + self._timeout_duration,
-                    started + self._timeout_duration + received / max(self.min_data_rate, 1),
-                )
-                self._reset_timeout(max(deadline - now, 0.01))
-                last_arm = now
-            data, _ = decoder.feed(chunk)
+            deadline = min(
+                now + self._timeout_duration,
+                started + self._timeout_duration + received / max(self.min_data_rate, 1),
+            )
+            self._reset_timeout(max(deadline - now, 0.01))
+            data, after = decoder.feed(chunk)
+            if decoder.done:
+                self._pushback = after
             if too_big:
                 continue
             if limit and message.size + len(data) > limit:
                 too_big = True  # keep reading to the end, store nothing more
                 message.discard()
                 continue
-            if data:
-                message.write(data)
+            message.write(data)
         if too_big:
             return "552 5.3.4 Message size exceeds fixed maximum message size"
         if decoder.bare_line_end:
