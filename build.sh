@@ -48,7 +48,7 @@ cmd_test() {
     apt_install swaks sqlite3
     ensure_venv
     echo "==> ruff"
-    "$VENV/bin/ruff" check app tests bench
+    "$VENV/bin/ruff" check .
     echo "==> pytest"
     "$VENV/bin/pytest" tests "$@"
 }
