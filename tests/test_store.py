@@ -138,3 +138,65 @@ def test_password_hashes() -> None:
     assert hash_password("correct horse") != stored  # salted
     for bad in ("", "$scrypt$", "$scrypt$ln=99,r=8,p=1$aa$bb", "$md5$x$y$z"):
         assert not verify_password("x", bad)
+
+
+def test_folder_ops_flags_keywords_copy_move_append(env) -> None:
+    import sqlite3
+
+    settings, store, alice, _ = env
+
+    async def go() -> None:
+        for i in range(3):
+            await store.deliver(
+                incoming(store, f"Subject: m{i}\r\nFrom: x@y.test\r\n\r\nneedle{i} text\r\n"),
+                [alice],
+            )
+
+    asyncio.run(go())
+    inbox = store.open_mailbox(alice, "inbox")
+    assert store.claim_new(inbox.id) == [1, 2, 3]
+    work = store.create_mailbox(alice, "Work/Projects")
+    assert store.open_mailbox(alice, "Work").name == "Work"  # the parent came too
+    changes, failed = store.store_flags(inbox.id, [1, 2], "+", ["\\Seen", "$Important"])
+    assert [c.uid for c in changes] == [1, 2] and not failed
+    modseq = changes[0].modseq
+    # CONDSTORE: a change against a stale modseq fails for that message.
+    _, failed = store.store_flags(inbox.id, [1, 3], "-", ["\\Seen"], unchangedsince=modseq - 1)
+    assert failed == [1]
+    name = rows(settings, alice.id)[0][2]
+    assert name.endswith(":2,Sa")  # \Seen and the first keyword's letter
+    assert (inbox.path / maildir.KEYWORDS_FILE).read_text() == "0 $Important\n"
+    _uidvalidity, pairs = store.copy(inbox.id, [1, 2], work)
+    assert pairs == [(1, 1), (2, 2)]
+    assert [r[3] for r in rows(settings, alice.id, "Work/Projects")] == [
+        "\\Seen $Important",
+        "\\Seen $Important",
+    ]
+    _, moved = store.move(inbox.id, [3], work)
+    assert moved == [(3, 3)]
+    assert [r[0] for r in rows(settings, alice.id)] == [1, 2]
+    _uv, uid = store.append(work, b"Subject: appended\r\n\r\nhello\r\n", ["\\Draft"], 1.7e9)
+    assert uid == 4
+    store.rename_mailbox(alice, "Work", "Jobs")
+    assert [r[0] for r in rows(settings, alice.id, "Jobs/Projects")] == [1, 2, 3, 4]
+    store.analyse_pending(1000)  # what the background analyser has not done yet
+    con = sqlite3.connect(settings.index_path)
+    assert con.execute("SELECT count(*) FROM messages WHERE structure IS NULL").fetchone() == (0,)
+    hits = con.execute(
+        "SELECT m.uid FROM message_text t JOIN messages m ON m.id = t.rowid"
+        " WHERE message_text MATCH 'needle1' ORDER BY m.uid"
+    ).fetchall()
+    assert hits == [(2,), (2,)]  # in INBOX and its copy in Jobs/Projects
+    envelope = con.execute("SELECT envelope FROM messages WHERE uid = 4").fetchone()[0]
+    assert b'"appended"' in envelope
+    con.close()
+    store.delete_mailbox(alice, "Jobs/Projects")
+    assert not (settings.mail_dir / "example.org" / "alice" / ".Jobs.Projects").exists()
+    # A rebuild keeps keywords that have a letter.
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{settings.index_path}{suffix}").unlink(missing_ok=True)
+    again = Store(settings, Directory(open_main(settings.db_path)))
+    again.open()
+    assert rows(settings, alice.id)[0][3] == "\\Seen $Important"
+    again.close()

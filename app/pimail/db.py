@@ -83,6 +83,29 @@ INDEX_MIGRATIONS: list[str] = [
     );
     CREATE INDEX messages_message_id ON messages(hdr_message_id);
     """,
+    # 2: what IMAP and search need: cached MIME analysis, change tracking,
+    # subscriptions, and full-text search (rowid = messages.id).
+    """
+    ALTER TABLE messages ADD COLUMN structure TEXT;      -- MIME structure (JSON); NULL: to do
+    ALTER TABLE messages ADD COLUMN envelope BLOB;       -- ENVELOPE, wire octets
+    ALTER TABLE messages ADD COLUMN bodystructure BLOB;  -- BODYSTRUCTURE, wire octets
+    CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
+    CREATE INDEX messages_unanalysed ON messages(id) WHERE structure IS NULL;
+    CREATE TABLE expunged (
+        mailbox_id INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        PRIMARY KEY (mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE TABLE subscriptions (
+        account_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (account_id, name)
+    ) WITHOUT ROWID;
+    CREATE VIRTUAL TABLE message_text USING fts5(
+        headers, body, tokenize = 'unicode61 remove_diacritics 2'
+    )
+    """,
 ]
 
 

@@ -178,3 +178,42 @@ def make_folder(folder: Path) -> bool:
         fsync_dir(folder)
         fsync_dir(folder.parent)
     return created
+
+
+# -- keywords ---------------------------------------------------------------
+
+KEYWORDS_FILE = "pimail-keywords"
+KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def read_keywords(folder: Path) -> list[str]:
+    """The folder's keyword table: keyword i is Maildir letter KEYWORD_LETTERS[i]
+    (the scheme of Dovecot's dovecot-keywords, one "i name" per line)."""
+    try:
+        lines = (folder / KEYWORDS_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    table: dict[int, str] = {}
+    for line in lines:
+        index, _, name = line.partition(" ")
+        if index.isdigit() and name and int(index) < len(KEYWORD_LETTERS):
+            table[int(index)] = name
+    return [table.get(i, "") for i in range(max(table) + 1)] if table else []
+
+
+def write_keywords(folder: Path, keywords: list[str]) -> None:
+    tmp = folder / "tmp" / f"{KEYWORDS_FILE}.{os.getpid()}"
+    tmp.write_text("".join(f"{i} {k}\n" for i, k in enumerate(keywords) if k))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / KEYWORDS_FILE)
+
+
+def flags_of(letters: str, keywords: list[str]) -> list[str]:
+    """Maildir info letters -> IMAP flags and keywords."""
+    out = [LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS]
+    for c in letters:
+        i = KEYWORD_LETTERS.find(c)
+        if 0 <= i < len(keywords) and keywords[i]:
+            out.append(keywords[i])
+    return out

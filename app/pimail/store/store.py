@@ -35,6 +35,7 @@ from .. import db
 from ..auth.accounts import Account, Directory
 from ..config import Settings
 from . import headers, maildir
+from .ops import MailboxOps
 from .spool import Incoming, clean_spool
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,34 @@ class Mailbox:
     uidnext: int
     highestmodseq: int
     saved: tuple[int, int] = (0, 0)  # (uidnext, highestmodseq) last written to the state file
+    _keywords: list[str] | None = None
+
+    @property
+    def keywords(self) -> list[str]:
+        if self._keywords is None:
+            self._keywords = maildir.read_keywords(self.path)
+        return self._keywords
+
+    def flags_of(self, filename: str) -> list[str]:
+        return maildir.flags_of(maildir.parse_name(filename).letters, self.keywords)
+
+    def letters(self, flags: list[str]) -> str:
+        """Maildir letters for `flags`, giving new keywords a letter while any
+        is free (a keyword beyond 26 per folder lives in the index only)."""
+        letters = [maildir.FLAG_LETTERS[f] for f in flags if f in maildir.FLAG_LETTERS]
+        table = self.keywords
+        grew = False
+        for flag in flags:
+            if flag in maildir.FLAG_LETTERS or flag.startswith("\\"):
+                continue
+            if flag not in table and len(table) < len(maildir.KEYWORD_LETTERS):
+                table.append(flag)
+                grew = True
+            if flag in table:
+                letters.append(maildir.KEYWORD_LETTERS[table.index(flag)])
+        if grew:
+            maildir.write_keywords(self.path, table)
+        return "".join(sorted(set(letters)))
 
     def state(self) -> maildir.FolderState:
         return maildir.FolderState(self.uidvalidity, self.uidnext, self.highestmodseq)
@@ -98,7 +127,7 @@ class ReconcileReport:
     rebuilt: bool = False
 
 
-class Store:
+class Store(MailboxOps):
     def __init__(self, settings: Settings, directory: Directory) -> None:
         self.settings = settings
         self.directory = directory
@@ -112,6 +141,10 @@ class Store:
         self._wakeup: asyncio.Event | None = None
         self._committer: asyncio.Task[None] | None = None
         self._last_uidvalidity = 0
+        # Called (on the writer thread) with a mailbox id after each change.
+        self.notify: Callable[[int], None] | None = None
+        self._analyser: asyncio.Task[None] | None = None
+        self._analyse_wakeup: asyncio.Event | None = None
         self.batches = 0  # statistics: how many group commits
         self.batched = 0  # and how many messages they carried
 
@@ -153,8 +186,9 @@ class Store:
         """Persist UID/modseq bounds and stop the writer."""
         if self._wcon is None:
             return  # closed already
-        if self._committer is not None:
-            self._committer.cancel()
+        for task in (self._committer, self._analyser):
+            if task is not None:
+                task.cancel()
         self._writer.submit(self._save_states).result()
         self._writer.shutdown(wait=True)
         if self._wcon is not None:
@@ -325,8 +359,14 @@ class Store:
                     self._index_file(mbox, uid, sub, name)
                     report.added += 1
                 elif (known[0], known[1]) != (sub, name):
-                    keywords = [f for f in known[2].split() if f not in maildir.FLAG_LETTERS]
-                    flags = maildir.parse_name(name).flags + keywords
+                    on_file = mbox.flags_of(name)
+                    # Keywords that have no letter (past 26) live in the index only.
+                    extra = [
+                        f
+                        for f in known[2].split()
+                        if f not in maildir.FLAG_LETTERS and f not in mbox.keywords
+                    ]
+                    flags = on_file + extra
                     mbox.highestmodseq += 1
                     self.wcon.execute(
                         "UPDATE messages SET subdir = ?, filename = ?, flags = ?, modseq = ?"
@@ -357,51 +397,8 @@ class Store:
         with open(path, "rb") as f:
             head = f.read(headers.MAX_HEADER)
         mbox.highestmodseq += 1
-        self._insert_message(
-            mbox,
-            uid,
-            sub,
-            name,
-            maildir.parse_name(name).flags,
-            mbox.highestmodseq,
-            int(st.st_mtime),
-            st.st_size,
-            headers.index_columns(head),
-        )
-
-    def _insert_message(
-        self,
-        mbox: Mailbox,
-        uid: int,
-        sub: str,
-        name: str,
-        flags: list[str],
-        modseq: int,
-        internaldate: int,
-        size: int,
-        columns: dict[str, str | None],
-    ) -> None:
-        self.wcon.execute(
-            "INSERT OR REPLACE INTO messages (mailbox_id, uid, subdir, filename, flags, modseq,"
-            " internaldate, size, hdr_date, hdr_from, hdr_to, hdr_cc, hdr_subject,"
-            " hdr_message_id, hdr_in_reply_to) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                mbox.id,
-                uid,
-                sub,
-                name,
-                " ".join(flags),
-                modseq,
-                internaldate,
-                size,
-                columns["hdr_date"],
-                columns["hdr_from"],
-                columns["hdr_to"],
-                columns["hdr_cc"],
-                columns["hdr_subject"],
-                columns["hdr_message_id"],
-                columns["hdr_in_reply_to"],
-            ),
+        self._insert_row(
+            mbox, uid, sub, name, mbox.flags_of(name), int(st.st_mtime), st.st_size, head
         )
 
     def _save_mailbox_row(self, mbox: Mailbox) -> None:
@@ -446,6 +443,30 @@ class Store:
                         d.future.set_exception(d.error)
                     else:
                         d.future.set_result(d.placements)
+            self.start_analyser()
+
+    def start_analyser(self) -> None:
+        """Analyse what lacks it (MIME caches, search text) in the background,
+        in small batches between deliveries."""
+        loop = asyncio.get_running_loop()
+        analyser = self._analyser
+        if self._analyse_wakeup is None or analyser is None or analyser.get_loop() is not loop:
+            self._analyse_wakeup = asyncio.Event()
+            self._analyser = loop.create_task(self._analyse_loop(), name="store-analyser")
+        self._analyse_wakeup.set()
+
+    async def _analyse_loop(self) -> None:
+        assert self._analyse_wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._analyse_wakeup.wait()
+            self._analyse_wakeup.clear()
+            try:
+                while await loop.run_in_executor(self._writer, self.analyse_pending) > 0:
+                    if self._pending:  # deliveries first
+                        await asyncio.sleep(0.01)
+            except Exception:
+                log.exception("analysis failed")
 
     def _commit(self, batch: list[_Delivery]) -> None:
         self.batches += 1
@@ -502,87 +523,18 @@ class Store:
         touched: dict[int, Mailbox] = {}
         with self.wcon:
             for d in live:
-                columns = headers.index_columns(bytes(d.message.head))
+                head = bytes(d.message.head)
                 # INTERNALDATE is the file's mtime, so a rebuild finds the same value.
                 internaldate = int(d.message.mtime)
                 for p in d.placements:
                     mbox = self._mailboxes[(p.account_id, "INBOX")]
                     mbox.highestmodseq += 1
-                    self._insert_message(
-                        mbox,
-                        p.uid,
-                        "new",
-                        p.path.name,
-                        [],
-                        mbox.highestmodseq,
-                        internaldate,
-                        d.message.size,
-                        columns,
+                    self._insert_row(
+                        mbox, p.uid, "new", p.path.name, [], internaldate, d.message.size, head
                     )
                     touched[mbox.id] = mbox
             for mbox in touched.values():
-                self._save_mailbox_row(mbox)
-
-    # -- flags ------------------------------------------------------------------
-
-    def _by_id(self, mailbox_id: int) -> Mailbox:
-        mbox = next((m for m in self._mailboxes.values() if m.id == mailbox_id), None)
-        if mbox is None:
-            raise KeyError(f"mailbox {mailbox_id} not open")
-        return mbox
-
-    def set_flags(self, mailbox_id: int, uid: int, flags: list[str]) -> int:
-        """Replace a message's flags (writer thread). Renames the file into cur/
-        with the new Maildir letters; returns the new MODSEQ."""
-        mbox = self._by_id(mailbox_id)
-        row = self.wcon.execute(
-            "SELECT subdir, filename FROM messages WHERE mailbox_id = ? AND uid = ?",
-            (mailbox_id, uid),
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"no message uid={uid}")
-        parsed = maildir.parse_name(row[1])
-        new_name = parsed.with_letters(maildir.letters_for(flags))
-        if (row[0], row[1]) != ("cur", new_name):
-            os.rename(mbox.path / row[0] / row[1], mbox.path / "cur" / new_name)
-        mbox.highestmodseq += 1
-        with self.wcon:
-            self.wcon.execute(
-                "UPDATE messages SET subdir = 'cur', filename = ?, flags = ?, modseq = ?"
-                " WHERE mailbox_id = ? AND uid = ?",
-                (new_name, " ".join(flags), mbox.highestmodseq, mailbox_id, uid),
-            )
-            self._save_mailbox_row(mbox)
-        return mbox.highestmodseq
-
-    def expunge(self, mailbox_id: int, uids: list[int]) -> list[int]:
-        """Remove messages for good (writer thread). Returns the UIDs removed."""
-        mbox = self._by_id(mailbox_id)
-        # RFC 9051 2.3.1.1: a UID is never reused. The index may be lost, so
-        # the Maildir's state file must know UIDNEXT before the files go.
-        if mbox.saved[0] != mbox.uidnext:
-            maildir.write_state(mbox.path, mbox.state())
-            mbox.saved = (mbox.uidnext, mbox.highestmodseq)
-        removed: list[int] = []
-        for uid in uids:
-            row = self.wcon.execute(
-                "SELECT subdir, filename FROM messages WHERE mailbox_id = ? AND uid = ?",
-                (mailbox_id, uid),
-            ).fetchone()
-            if row is None:
-                continue
-            _unlink_quietly(mbox.path / row[0] / row[1])
-            removed.append(uid)
-        for sub in ("cur", "new"):
-            maildir.fsync_dir(mbox.path / sub)
-        mbox.highestmodseq += 1
-        with self.wcon:
-            self.wcon.executemany(
-                "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
-                [(mailbox_id, uid) for uid in removed],
-            )
-            self._save_mailbox_row(mbox)
-        return removed
+                self._changed(mbox)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -1,0 +1,490 @@
+"""What IMAP (and later POP3 and the webmail) change in the store.
+
+Folders (create, delete, rename, subscribe), flags, copy, move, expunge,
+append, claiming new messages, and the post-delivery analysis. Every method
+here runs on the store's writer thread (`await store.run(store.method, ...)`);
+they are mixed into `Store`.
+
+Every change bumps the folder's HIGHESTMODSEQ (RFC 7162) and calls
+`self.notify(mailbox_id)`, so that sessions watching the folder (IDLE) learn
+of it at once; the sessions then read what changed from the index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import headers, maildir
+from .analyze import analyze
+
+if TYPE_CHECKING:
+    from ..auth.accounts import Account
+    from .store import Mailbox
+
+log = logging.getLogger(__name__)
+ANALYSE_BATCH = 64
+
+
+class StoreError(Exception):
+    """A refused change. `code` is the IMAP response code that fits (RFC 5530)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class FlagChange:
+    uid: int
+    flags: list[str]
+    modseq: int
+
+
+class MailboxOps:
+    # Provided by Store.
+    wcon: sqlite3.Connection
+    _mailboxes: dict[tuple[int, str], Mailbox]
+    notify: Callable[[int], None] | None
+
+    def _mailbox(self, account: Account, name: str, special_use: str | None = None) -> Mailbox:
+        raise NotImplementedError
+
+    def account_dir(self, account: Account) -> Path:
+        raise NotImplementedError
+
+    def ensure_account(self, account: Account, report: Any = None) -> None:
+        raise NotImplementedError
+
+    def _save_mailbox_row(self, mbox: Mailbox) -> None:
+        raise NotImplementedError
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _by_id(self, mailbox_id: int) -> Mailbox:
+        for mbox in self._mailboxes.values():
+            if mbox.id == mailbox_id:
+                return mbox
+        raise StoreError("NONEXISTENT", "No such mailbox")
+
+    def _changed(self, mbox: Mailbox) -> None:
+        self._save_mailbox_row(mbox)
+        if self.notify is not None:
+            self.notify(mbox.id)
+
+    def _exists(self, account: Account, name: str) -> bool:
+        return (
+            self.wcon.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account.id, name)
+            ).fetchone()
+            is not None
+        )
+
+    def open_mailbox(self, account: Account, name: str) -> Mailbox:
+        """The folder called `name` (INBOX case-insensitively), if it exists."""
+        self.ensure_account(account)
+        if name.upper() == "INBOX":
+            name = "INBOX"
+        if not self._exists(account, name):
+            raise StoreError("NONEXISTENT", f"No mailbox {name}")
+        return self._mailbox(account, name)
+
+    # -- folders -------------------------------------------------------------------
+
+    def create_mailbox(self, account: Account, name: str, special_use: str | None = None) -> int:
+        """RFC 9051 6.3.4: missing superior names are created too."""
+        self.ensure_account(account)
+        if name.upper() == "INBOX" or self._exists(account, name):
+            raise StoreError("ALREADYEXISTS", "Mailbox already exists")
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent.upper() != "INBOX" and not self._exists(account, parent):
+                self._create_folder(account, parent, None)
+        return self._create_folder(account, name, special_use).id
+
+    def _create_folder(self, account: Account, name: str, special_use: str | None) -> Mailbox:
+        path = self.account_dir(account) / maildir.folder_dirname(name)
+        if path.exists():  # left over on disk without an index row: adopt it
+            log.info("adopting folder on disk name=%r", name)
+        maildir.make_folder(path)
+        mbox = self._mailbox(account, name, special_use)
+        self.wcon.execute(
+            "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)",
+            (account.id, name),
+        )
+        return mbox
+
+    def delete_mailbox(self, account: Account, name: str) -> None:
+        mbox = self.open_mailbox(account, name)
+        if mbox.name == "INBOX":
+            raise StoreError("CANNOT", "INBOX cannot be deleted")
+        # Out of the way atomically, then removed: a crash leaves only a hidden dir.
+        doomed = mbox.path.with_name(f".~deleted-{int(time.time() * 1000)}")
+        os.rename(mbox.path, doomed)
+        with self.wcon:
+            self.wcon.execute(
+                "DELETE FROM message_text WHERE rowid IN"
+                " (SELECT id FROM messages WHERE mailbox_id = ?)",
+                (mbox.id,),
+            )
+            self.wcon.execute("DELETE FROM messages WHERE mailbox_id = ?", (mbox.id,))
+            self.wcon.execute("DELETE FROM expunged WHERE mailbox_id = ?", (mbox.id,))
+            self.wcon.execute("DELETE FROM mailboxes WHERE id = ?", (mbox.id,))
+        del self._mailboxes[(account.id, mbox.name)]
+        shutil.rmtree(doomed, ignore_errors=True)
+        if self.notify is not None:
+            self.notify(mbox.id)
+
+    def rename_mailbox(self, account: Account, old: str, new: str) -> None:
+        source = self.open_mailbox(account, old)
+        if new.upper() == "INBOX" or self._exists(account, new):
+            raise StoreError("ALREADYEXISTS", "Mailbox already exists")
+        if source.name == "INBOX":
+            self._rename_inbox(account, new)
+            return
+        parts = new.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent != old and parent.upper() != "INBOX" and not self._exists(account, parent):
+                self._create_folder(account, parent, None)
+        # The folder and its inferiors (RFC 9051 6.3.6), each a Maildir++ directory.
+        names = [source.name] + [
+            r[0]
+            for r in self.wcon.execute(
+                "SELECT name FROM mailboxes WHERE account_id = ? AND substr(name, 1, ?) = ?",
+                (account.id, len(old) + 1, old + "/"),
+            )
+        ]
+        root = self.account_dir(account)
+        with self.wcon:
+            for name in names:
+                target = new + name[len(old) :]
+                mbox = self._mailbox(account, name)
+                new_path = root / maildir.folder_dirname(target)
+                os.rename(mbox.path, new_path)
+                self.wcon.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (target, mbox.id))
+                self.wcon.execute(
+                    "UPDATE subscriptions SET name = ? WHERE account_id = ? AND name = ?",
+                    (target, account.id, name),
+                )
+                del self._mailboxes[(account.id, name)]
+                mbox.name, mbox.path = target, new_path
+                self._mailboxes[(account.id, target)] = mbox
+        maildir.fsync_dir(root)
+
+    def _rename_inbox(self, account: Account, new: str) -> None:
+        """RFC 9051 6.3.6: renaming INBOX moves its messages to a new folder and
+        leaves INBOX empty."""
+        inbox = self._mailbox(account, "INBOX")
+        target_id = self.create_mailbox(account, new)
+        uids = [
+            r[0]
+            for r in self.wcon.execute("SELECT uid FROM messages WHERE mailbox_id = ?", (inbox.id,))
+        ]
+        self.move(inbox.id, uids, target_id)
+
+    def subscribe(self, account: Account, name: str, on: bool) -> None:
+        if on:
+            self.wcon.execute(
+                "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)",
+                (account.id, name),
+            )
+        else:
+            self.wcon.execute(
+                "DELETE FROM subscriptions WHERE account_id = ? AND name = ?", (account.id, name)
+            )
+
+    # -- flags -----------------------------------------------------------------------
+
+    def store_flags(
+        self,
+        mailbox_id: int,
+        uids: list[int],
+        mode: str,
+        flags: list[str],
+        unchangedsince: int | None = None,
+    ) -> tuple[list[FlagChange], list[int]]:
+        """STORE: mode '+', '-' or '=' (RFC 9051 6.4.6), with CONDSTORE's
+        UNCHANGEDSINCE (RFC 7162 3.1.3). Returns (changes, uids that failed the
+        UNCHANGEDSINCE test). All messages changed by one call share one MODSEQ."""
+        mbox = self._by_id(mailbox_id)
+        rows = self._rows(mailbox_id, uids, "uid, subdir, filename, flags, modseq")
+        mbox.highestmodseq += 1
+        modseq = mbox.highestmodseq
+        changes: list[FlagChange] = []
+        failed: list[int] = []
+        updates = []
+        for uid, sub, name, current_text, current_modseq in rows:
+            if unchangedsince is not None and current_modseq > unchangedsince:
+                failed.append(uid)
+                continue
+            current = current_text.split()
+            if mode == "+":
+                new = current + [f for f in flags if f not in current]
+            elif mode == "-":
+                new = [f for f in current if f not in flags]
+            else:
+                new = list(dict.fromkeys(flags))
+            if set(new) == set(current):
+                continue
+            new_name = maildir.parse_name(name).with_letters(mbox.letters(new))
+            if (sub, name) != ("cur", new_name):
+                try:
+                    os.rename(mbox.path / sub / name, mbox.path / "cur" / new_name)
+                except FileNotFoundError:
+                    continue  # expunged meanwhile by another tool; reconcile will see
+            updates.append((new_name, " ".join(new), modseq, mailbox_id, uid))
+            changes.append(FlagChange(uid, new, modseq))
+        with self.wcon:
+            self.wcon.executemany(
+                "UPDATE messages SET subdir = 'cur', filename = ?, flags = ?, modseq = ?"
+                " WHERE mailbox_id = ? AND uid = ?",
+                updates,
+            )
+            if changes:
+                self._changed(mbox)
+            else:
+                mbox.highestmodseq -= 1  # nothing changed: no new mod-sequence
+        return changes, failed
+
+    def set_flags(self, mailbox_id: int, uid: int, flags: list[str]) -> int:
+        """Replace one message's flags; returns the message's MODSEQ."""
+        changes, _ = self.store_flags(mailbox_id, [uid], "=", flags)
+        return changes[0].modseq if changes else self._by_id(mailbox_id).highestmodseq
+
+    def claim_new(self, mailbox_id: int) -> list[int]:
+        """Move messages from new/ to cur/ (a session has seen them arrive);
+        returns their UIDs: the IMAP4rev1 \\Recent messages of that session."""
+        mbox = self._by_id(mailbox_id)
+        rows = self.wcon.execute(
+            "SELECT uid, filename FROM messages WHERE mailbox_id = ? AND subdir = 'new'",
+            (mailbox_id,),
+        ).fetchall()
+        claimed, updates = [], []
+        for uid, name in rows:
+            new_name = maildir.parse_name(name).with_letters(maildir.parse_name(name).letters)
+            try:
+                os.rename(mbox.path / "new" / name, mbox.path / "cur" / new_name)
+            except FileNotFoundError:
+                continue
+            claimed.append(uid)
+            updates.append((new_name, mailbox_id, uid))
+        with self.wcon:
+            self.wcon.executemany(
+                "UPDATE messages SET subdir = 'cur', filename = ? WHERE mailbox_id = ? AND uid = ?",
+                updates,
+            )
+        return claimed
+
+    # -- expunge, copy, move, append ---------------------------------------------------
+
+    def expunge(self, mailbox_id: int, uids: list[int]) -> list[int]:
+        """Remove messages for good. Returns the UIDs removed."""
+        mbox = self._by_id(mailbox_id)
+        # RFC 9051 2.3.1.1: a UID is never reused. The index may be lost, so
+        # the Maildir's state file must know UIDNEXT before the files go.
+        if mbox.saved[0] != mbox.uidnext:
+            maildir.write_state(mbox.path, mbox.state())
+            mbox.saved = (mbox.uidnext, mbox.highestmodseq)
+        rows = self._rows(mailbox_id, uids, "uid, subdir, filename, id")
+        for _uid, sub, name, _id in rows:
+            _unlink_quietly(mbox.path / sub / name)
+        for sub in ("cur", "new"):
+            maildir.fsync_dir(mbox.path / sub)
+        mbox.highestmodseq += 1
+        with self.wcon:
+            self.wcon.executemany(
+                "DELETE FROM message_text WHERE rowid = ?", [(r[3],) for r in rows]
+            )
+            self.wcon.executemany(
+                "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
+                [(mailbox_id, r[0]) for r in rows],
+            )
+            self.wcon.executemany(
+                "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+                [(mailbox_id, r[0], mbox.highestmodseq) for r in rows],
+            )
+            self._changed(mbox)
+        return [r[0] for r in rows]
+
+    def copy(
+        self, mailbox_id: int, uids: list[int], target_id: int
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """COPY (RFC 9051 6.4.7): hard links into the target's cur/. Returns the
+        target's UIDVALIDITY and (source UID, new UID) pairs for COPYUID (RFC 4315)."""
+        source, target = self._by_id(mailbox_id), self._by_id(target_id)
+        rows = self._rows(
+            mailbox_id,
+            uids,
+            "uid, subdir, filename, flags, internaldate, size, hdr_date, hdr_from, hdr_to,"
+            " hdr_cc, hdr_subject, hdr_message_id, hdr_in_reply_to, structure, envelope,"
+            " bodystructure, id",
+        )
+        pairs, inserts = [], []
+        for row in rows:
+            uid, sub, name, flags = row[0], row[1], row[2], row[3].split()
+            new_uid = target.uidnext
+            parsed = maildir.parse_name(name)
+            base = parsed.base.split(",U=")[0].split(",S=")[0]
+            new_name = maildir.new_name(base, row[5], new_uid) + f":2,{target.letters(flags)}"
+            try:
+                os.link(source.path / sub / name, target.path / "cur" / new_name)
+            except FileNotFoundError:
+                continue
+            target.uidnext += 1
+            pairs.append((uid, new_uid))
+            inserts.append((new_uid, new_name, row))
+        maildir.fsync_dir(target.path / "cur")
+        target.highestmodseq += 1
+        with self.wcon:
+            for new_uid, new_name, row in inserts:
+                cur = self.wcon.execute(
+                    "INSERT INTO messages (mailbox_id, uid, subdir, filename, flags, modseq,"
+                    " internaldate, size, hdr_date, hdr_from, hdr_to, hdr_cc, hdr_subject,"
+                    " hdr_message_id, hdr_in_reply_to, structure, envelope, bodystructure)"
+                    " VALUES (?, ?, 'cur', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (target.id, new_uid, new_name, row[3], target.highestmodseq, *row[4:16]),
+                )
+                self.wcon.execute(
+                    "INSERT INTO message_text (rowid, headers, body)"
+                    " SELECT ?, headers, body FROM message_text WHERE rowid = ?",
+                    (cur.lastrowid, row[16]),
+                )
+            self._changed(target)
+        return target.uidvalidity, pairs
+
+    def move(
+        self, mailbox_id: int, uids: list[int], target_id: int
+    ) -> tuple[int, list[tuple[int, int]]]:
+        """MOVE (RFC 6851): copy, then expunge the originals."""
+        uidvalidity, pairs = self.copy(mailbox_id, uids, target_id)
+        self.expunge(mailbox_id, [src for src, _ in pairs])
+        return uidvalidity, pairs
+
+    def append(
+        self, mailbox_id: int, data: bytes, flags: list[str], internaldate: float | None = None
+    ) -> tuple[int, int]:
+        """APPEND (RFC 9051 6.3.12): durable before it returns. Returns
+        (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
+        mbox = self._by_id(mailbox_id)
+        base = maildir.unique_base()
+        tmp = mbox.path / "tmp" / base
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        when = internaldate if internaldate is not None else time.time()
+        os.utime(tmp, (when, when))
+        uid = mbox.uidnext
+        name = maildir.new_name(base, len(data), uid) + f":2,{mbox.letters(flags)}"
+        os.link(tmp, mbox.path / "cur" / name)
+        maildir.fsync_dir(mbox.path / "cur")
+        os.unlink(tmp)
+        mbox.uidnext += 1
+        mbox.highestmodseq += 1
+        with self.wcon:
+            message_id = self._insert_row(mbox, uid, "cur", name, flags, int(when), len(data), data)
+            self._store_analysis(message_id, data)
+            self._changed(mbox)
+        return mbox.uidvalidity, uid
+
+    def _insert_row(
+        self,
+        mbox: Mailbox,
+        uid: int,
+        sub: str,
+        name: str,
+        flags: list[str],
+        internaldate: int,
+        size: int,
+        head: bytes,
+    ) -> int:
+        columns = headers.index_columns(head)
+        cur = self.wcon.execute(
+            "INSERT OR REPLACE INTO messages (mailbox_id, uid, subdir, filename, flags, modseq,"
+            " internaldate, size, hdr_date, hdr_from, hdr_to, hdr_cc, hdr_subject,"
+            " hdr_message_id, hdr_in_reply_to) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                mbox.id,
+                uid,
+                sub,
+                name,
+                " ".join(flags),
+                mbox.highestmodseq,
+                internaldate,
+                size,
+                *(columns[c] for c in headers.INDEXED.values()),
+            ),
+        )
+        return cur.lastrowid or 0
+
+    def _rows(self, mailbox_id: int, uids: list[int], columns: str) -> list[tuple]:
+        out: list[tuple] = []
+        for i in range(0, len(uids), 500):
+            chunk = uids[i : i + 500]
+            out += self.wcon.execute(
+                f"SELECT {columns} FROM messages WHERE mailbox_id = ?"
+                f" AND uid IN ({','.join('?' * len(chunk))}) ORDER BY uid",
+                (mailbox_id, *chunk),
+            ).fetchall()
+        return out
+
+    # -- analysis (after the 250) ---------------------------------------------------------
+
+    def _store_analysis(self, message_id: int, data: bytes) -> None:
+        try:
+            a = analyze(data)
+        except Exception:  # a message the MIME code cannot take: serve it unanalysed
+            log.exception("analysis failed message=%d", message_id)
+            return
+        self.wcon.execute(
+            "UPDATE messages SET structure = ?, envelope = ?, bodystructure = ? WHERE id = ?",
+            (a.structure, a.envelope, a.bodystructure, message_id),
+        )
+        self.wcon.execute(
+            "INSERT OR REPLACE INTO message_text (rowid, headers, body) VALUES (?, ?, ?)",
+            (message_id, a.headers, a.body),
+        )
+
+    def analyse_pending(self, limit: int = ANALYSE_BATCH) -> int:
+        """Analyse up to `limit` messages that lack it (new deliveries, a rebuilt
+        index). Returns how many were done; 0 when none is left."""
+        rows = self.wcon.execute(
+            "SELECT m.id, m.mailbox_id, m.subdir, m.filename FROM messages m"
+            " WHERE m.structure IS NULL ORDER BY m.id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        done = 0
+        with self.wcon:
+            for message_id, mailbox_id, sub, name in rows:
+                try:
+                    mbox = self._by_id(mailbox_id)
+                    data = (mbox.path / sub / name).read_bytes()
+                except (StoreError, OSError):
+                    # Gone, or a folder not loaded: mark it so it is not retried forever.
+                    self.wcon.execute(
+                        "UPDATE messages SET structure = '' WHERE id = ?", (message_id,)
+                    )
+                    continue
+                self._store_analysis(message_id, data)
+                done += 1
+        return done
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
