@@ -7,7 +7,8 @@ Two files under the data directory:
   delete it and the server rebuilds it with the same UIDs, UIDVALIDITY and flags.
 
 Each database records its schema version in `PRAGMA user_version`; a migration
-is a list of SQL statements applied in one transaction, in order. Both run in
+is SQL statements (separated by ";", so no ";" in comments)
+applied in one transaction, in order. Both run in
 WAL mode so that readers (the CLI, IMAP sessions) never wait for the writer.
 """
 
@@ -86,7 +87,7 @@ INDEX_MIGRATIONS: list[str] = [
     # 2: what IMAP and search need: cached MIME analysis, change tracking,
     # subscriptions, and full-text search (rowid = messages.id).
     """
-    ALTER TABLE messages ADD COLUMN structure TEXT;      -- MIME structure (JSON); NULL: to do
+    ALTER TABLE messages ADD COLUMN structure TEXT;      -- MIME structure (JSON), NULL: to do
     ALTER TABLE messages ADD COLUMN envelope BLOB;       -- ENVELOPE, wire octets
     ALTER TABLE messages ADD COLUMN bodystructure BLOB;  -- BODYSTRUCTURE, wire octets
     CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
