@@ -13,13 +13,18 @@ import fcntl
 import logging
 import os
 import signal
+import ssl
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from . import db
 from .auth.accounts import Directory
+from .auth.login import Authenticator, FailureLimiter
 from .config import Settings, parse_listen
+from .imap.context import ImapContext
+from .imap.server import ImapServer
+from .imap.views import IndexReader, MailboxViews
 from .smtp.inbound import InboundHandler
 from .smtp.server import ConnectionLimiter, create_session
 from .store.store import Store
@@ -56,6 +61,11 @@ class Server:
         self.store = Store(settings, Directory(db.open_main(settings.db_path)))
         self.listeners: list[asyncio.base_events.Server] = []
         self.stopping = asyncio.Event()
+        a = settings.auth
+        self.authenticator = Authenticator(
+            self.directory, FailureLimiter(a.max_failures, a.failure_window), a.failure_delay
+        )
+        self.tls_context = None  # set once certificates exist (tls/)
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -71,6 +81,8 @@ class Server:
             time.monotonic() - started,
         )
         await self._start_smtp()
+        self.store.start_analyser()
+        await self._start_imap()
 
     async def _start_smtp(self) -> None:
         s = self.settings.smtp
@@ -92,6 +104,37 @@ class Server:
 
         for address in s.listen:
             await self._listen("smtp", factory, address)
+
+    async def _start_imap(self) -> None:
+        reader = IndexReader(self.settings.index_path)
+        views = MailboxViews(reader)
+        views.loop = asyncio.get_running_loop()
+        self.store.notify = views.notify_threadsafe
+        ctx = ImapContext(
+            self.settings, self.store, self.directory, self.authenticator, reader, views,
+            self.tls_context,
+        )  # fmt: skip
+        imap = ImapServer(ctx)
+        self.imap_reader = reader
+        for address in self.settings.imap.listen:
+            await self._listen_streams("imap", imap.handle, address, None)
+        if self.tls_context is not None:
+            for address in self.settings.imap.listen_tls:
+                await self._listen_streams("imaps", imap.handle, address, self.tls_context)
+
+    async def _listen_streams(
+        self, name: str, handle: Any, address: str, tls: ssl.SSLContext | None
+    ) -> None:
+        host, port = parse_listen(address)
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await handle(reader, writer, tls is not None)
+
+        server = await asyncio.start_server(
+            on_client, host, port, ssl=tls, reuse_address=True, limit=64 * 1024
+        )
+        self.listeners.append(server)
+        log.info("listening service=%s address=%s", name, address)
 
     async def _listen(self, name: str, factory: object, address: str) -> None:
         host, port = parse_listen(address)

@@ -52,6 +52,15 @@ class SubmissionSettings:
 class ImapSettings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2143"])
     listen_tls: list[str] = field(default_factory=lambda: ["127.0.0.1:2993"])
+    # LOGIN/AUTHENTICATE without TLS. Off: passwords never cross in the clear.
+    allow_plaintext_auth: bool = False
+    # RFC 7889 APPENDLIMIT: the largest message a client may APPEND.
+    max_append_size: int = 50 * 1024 * 1024
+    # RFC 9051 5.4: an authenticated idle client is kept at least 30 minutes.
+    timeout: float = 1800.0
+    login_timeout: float = 60.0
+    max_connections_per_ip: int = 50
+    max_connections: int = 2000
 
 
 @dataclass
@@ -67,12 +76,21 @@ class WebSettings:
 
 
 @dataclass
+class AuthSettings:
+    # Failed logins per client address, across IMAP, POP3, SMTP and the web.
+    max_failures: int = 10
+    failure_window: float = 600.0
+    failure_delay: float = 1.0
+
+
+@dataclass
 class Settings:
     profile: str = DEV
     data_dir: Path = Path("./var")
     # The name this server gives itself in banners and Received: headers.
     hostname: str = field(default_factory=socket.getfqdn)
     log_level: str = "INFO"
+    auth: AuthSettings = field(default_factory=AuthSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     imap: ImapSettings = field(default_factory=ImapSettings)
@@ -110,7 +128,7 @@ def device_defaults() -> Settings:
         data_dir=Path("/data"),
         smtp=SmtpSettings(listen=both(25)),
         submission=SubmissionSettings(listen_starttls=both(587), listen_tls=both(465)),
-        imap=ImapSettings(listen=both(143), listen_tls=both(993)),
+        imap=ImapSettings(listen=both(143), listen_tls=both(993), max_connections_per_ip=100),
         pop3=Pop3Settings(listen=both(110), listen_tls=both(995)),
         web=WebSettings(listen_http=both(80), listen_https=both(443)),
     )

@@ -53,6 +53,7 @@ class MailboxOps:
     wcon: sqlite3.Connection
     _mailboxes: dict[tuple[int, str], Mailbox]
     notify: Callable[[int], None] | None
+    _to_notify: set[int]
 
     def _mailbox(self, account: Account, name: str, special_use: str | None = None) -> Mailbox:
         raise NotImplementedError
@@ -75,9 +76,15 @@ class MailboxOps:
         raise StoreError("NONEXISTENT", "No such mailbox")
 
     def _changed(self, mbox: Mailbox) -> None:
+        """Record a change; sessions hear of it once the transaction is committed."""
         self._save_mailbox_row(mbox)
+        self._to_notify.add(mbox.id)
+
+    def _flush_notify(self) -> None:
+        ids, self._to_notify = self._to_notify, set()
         if self.notify is not None:
-            self.notify(mbox.id)
+            for mailbox_id in ids:
+                self.notify(mailbox_id)
 
     def _exists(self, account: Account, name: str) -> bool:
         return (
@@ -140,8 +147,7 @@ class MailboxOps:
             self.wcon.execute("DELETE FROM mailboxes WHERE id = ?", (mbox.id,))
         del self._mailboxes[(account.id, mbox.name)]
         shutil.rmtree(doomed, ignore_errors=True)
-        if self.notify is not None:
-            self.notify(mbox.id)
+        self._to_notify.add(mbox.id)
 
     def rename_mailbox(self, account: Account, old: str, new: str) -> None:
         source = self.open_mailbox(account, old)

@@ -143,6 +143,7 @@ class Store(MailboxOps):
         self._last_uidvalidity = 0
         # Called (on the writer thread) with a mailbox id after each change.
         self.notify: Callable[[int], None] | None = None
+        self._to_notify: set[int] = set()
         self._analyser: asyncio.Task[None] | None = None
         self._analyse_wakeup: asyncio.Event | None = None
         self.batches = 0  # statistics: how many group commits
@@ -209,7 +210,15 @@ class Store(MailboxOps):
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the writer thread, after everything queued before it."""
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer, self._call, fn, *args
+        )
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        finally:
+            self._flush_notify()
 
     @property
     def wcon(self) -> sqlite3.Connection:
@@ -500,6 +509,7 @@ class Store(MailboxOps):
             self._ready_accounts.clear()
         for d in batch:
             d.message.discard()
+        self._flush_notify()
 
     def _link(self, d: _Delivery, new_dirs: set[Path]) -> None:
         spool_path = d.message.path

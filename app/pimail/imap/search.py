@@ -1,0 +1,247 @@
+"""SEARCH evaluation (RFC 9051 6.4.4) against the index.
+
+Runs on an index-reader thread. Text keys (BODY, TEXT) go to SQLite FTS5
+first, once per key, giving a set of matching message ids; everything else is
+evaluated per message on the indexed columns (flags, dates, sizes, the
+indexed header fields). A header the index does not keep (HEADER X-Foo, BCC)
+makes that one key read the message's header block from its file.
+
+FTS matches whole words and word prefixes ("meet" finds "meeting"), as
+Dovecot's FTS plugins do, rather than arbitrary substrings.
+"""
+
+from __future__ import annotations
+
+import bisect
+import email.utils
+import sqlite3
+import time
+from array import array
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from ..store import headers as header_parser
+from ..store.analyze import decode_words
+from .grammar import SequenceSet
+from .searchkey import (
+    SearchAge,
+    SearchAll,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchHeader,
+    SearchKey,
+    SearchModseq,
+    SearchNot,
+    SearchOr,
+    SearchSequence,
+    SearchSize,
+    SearchText,
+)
+
+COLUMNS = (
+    "id, uid, flags, internaldate, size, modseq, hdr_date, hdr_from, hdr_to, hdr_cc,"
+    " hdr_subject, subdir, filename"
+)
+INDEXED_HEADERS = {"FROM": 7, "TO": 8, "CC": 9, "SUBJECT": 10}
+
+
+class SearchContext:
+    def __init__(
+        self,
+        con: sqlite3.Connection,
+        mailbox_id: int,
+        folder: Path,
+        uids: array,
+        recent: frozenset[int],
+        saved: list[int],
+    ) -> None:
+        self.con = con
+        self.mailbox_id = mailbox_id
+        self.folder = folder
+        self.uids = uids
+        self.recent = recent
+        self.saved = saved
+        self.fts: dict[SearchText, set[int]] = {}
+        self.max_modseq = 0
+
+
+def search(ctx: SearchContext, key: SearchKey) -> list[int]:
+    """UIDs of the session's messages that match `key`, ascending."""
+    _prepare_text(ctx, key)
+    test = _compile(ctx, key)
+    rows = ctx.con.execute(
+        f"SELECT {COLUMNS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (ctx.mailbox_id,)
+    )
+    out = []
+    uids = ctx.uids
+    for row in rows:
+        uid = row[1]
+        i = bisect.bisect_left(uids, uid)
+        if i == len(uids) or uids[i] != uid:
+            continue
+        if test(row, i + 1):
+            out.append(uid)
+            ctx.max_modseq = max(ctx.max_modseq, row[5])
+    return out
+
+
+def _prepare_text(ctx: SearchContext, key: SearchKey) -> None:
+    stack = [key]
+    while stack:
+        k = stack.pop()
+        if isinstance(k, SearchText) and k not in ctx.fts:
+            ctx.fts[k] = _fts(ctx, k)
+        elif isinstance(k, SearchAnd):
+            stack.extend(k.keys)
+        elif isinstance(k, SearchOr):
+            stack.extend((k.left, k.right))
+        elif isinstance(k, SearchNot):
+            stack.append(k.key)
+
+
+def fts_query(value: str, columns: str) -> str | None:
+    words = [w for w in value.replace('"', " ").split() if w]
+    if not words:
+        return None
+    phrase = " ".join(words)
+    return f'{columns} : "{phrase}" *'
+
+
+def _fts(ctx: SearchContext, key: SearchText) -> set[int]:
+    query = fts_query(key.value, "{headers body}" if key.headers else "body")
+    if query is None:
+        return {
+            r[0]
+            for r in ctx.con.execute(
+                "SELECT id FROM messages WHERE mailbox_id = ?", (ctx.mailbox_id,)
+            )
+        }
+    try:
+        rows = ctx.con.execute(
+            "SELECT m.id FROM message_text t JOIN messages m ON m.id = t.rowid"
+            " WHERE message_text MATCH ? AND m.mailbox_id = ?",
+            (query, ctx.mailbox_id),
+        )
+        return {r[0] for r in rows}
+    except sqlite3.OperationalError:
+        return set()  # a query FTS cannot parse matches nothing
+
+
+Test = Callable[[tuple, int], bool]
+
+
+def _compile(ctx: SearchContext, key: SearchKey) -> Test:
+    if isinstance(key, SearchAll):
+        return lambda row, seq: True
+    if isinstance(key, SearchAnd):
+        tests = [_compile(ctx, k) for k in key.keys]
+        return lambda row, seq: all(t(row, seq) for t in tests)
+    if isinstance(key, SearchOr):
+        left, right = _compile(ctx, key.left), _compile(ctx, key.right)
+        return lambda row, seq: left(row, seq) or right(row, seq)
+    if isinstance(key, SearchNot):
+        inner = _compile(ctx, key.key)
+        return lambda row, seq: not inner(row, seq)
+    if isinstance(key, SearchSequence):
+        return _sequence(ctx, key.sequence_set, key.uid)
+    if isinstance(key, SearchFlag):
+        return _flag(ctx, key)
+    if isinstance(key, SearchText):
+        ids = ctx.fts[key]
+        return lambda row, seq: row[0] in ids
+    if isinstance(key, SearchHeader):
+        return _header(ctx, key)
+    if isinstance(key, SearchDate):
+        return _date(key)
+    if isinstance(key, SearchSize):
+        if key.relation == "larger":
+            return lambda row, seq: row[4] > key.size
+        return lambda row, seq: row[4] < key.size
+    if isinstance(key, SearchAge):
+        cutoff = time.time() - key.seconds
+        if key.relation == "older":
+            return lambda row, seq: row[3] <= cutoff
+        return lambda row, seq: row[3] >= cutoff
+    if isinstance(key, SearchModseq):
+        return lambda row, seq: row[5] >= key.modseq
+    raise ValueError(f"search key {type(key).__name__} not supported")
+
+
+def _sequence(ctx: SearchContext, sequence_set: SequenceSet, by_uid: bool) -> Test:
+    if sequence_set.saved:  # $ (RFC 5182): the result saved by SEARCH RETURN (SAVE)
+        saved = set(ctx.saved)
+        return lambda row, seq: row[1] in saved
+    largest = (ctx.uids[-1] if ctx.uids else 0) if by_uid else len(ctx.uids)
+    ranges = sequence_set.resolve(largest) if largest else []
+    if by_uid:
+        return lambda row, seq: any(lo <= row[1] <= hi for lo, hi in ranges)
+    return lambda row, seq: any(lo <= seq <= hi for lo, hi in ranges)
+
+
+def _flag(ctx: SearchContext, key: SearchFlag) -> Test:
+    want = key.present
+    if key.flag.upper() == "\\RECENT":
+        recent = ctx.recent
+        return lambda row, seq: (row[1] in recent) == want
+    flag = key.flag.lower()
+    return lambda row, seq: (flag in row[2].lower().split()) == want
+
+
+def _header(ctx: SearchContext, key: SearchHeader) -> Test:
+    name = key.field.upper()
+    needle = key.value.lower()
+    column = INDEXED_HEADERS.get(name)
+    if column is not None:
+
+        def indexed(row: tuple, seq: int) -> bool:
+            value = row[column]
+            if value is None:
+                return False
+            return needle in decode_words(value).lower() or needle in value.lower()
+
+        return indexed
+    field = name.lower().encode()
+
+    def from_file(row: tuple, seq: int) -> bool:
+        try:
+            with open(ctx.folder / row[11] / row[12], "rb") as f:
+                head = f.read(header_parser.MAX_HEADER)
+        except OSError:
+            return False
+        for fname, value in header_parser.fields(head):
+            if fname == field:
+                text = decode_words(value.decode("utf-8", "replace")).lower()
+                if needle in text:
+                    return True
+        return False
+
+    return from_file
+
+
+def _date(key: SearchDate) -> Test:
+    day = key.date
+
+    def message_day(row: tuple) -> date | None:
+        if not key.sent:
+            # RFC 9051 6.4.4: internal date, disregarding time and timezone.
+            return datetime.fromtimestamp(row[3], UTC).date()
+        if not row[6]:
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(row[6]).date()
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    def test(row: tuple, seq: int) -> bool:
+        d = message_day(row)
+        if d is None:
+            return False
+        if key.relation == "before":
+            return d < day
+        if key.relation == "on":
+            return d == day
+        return d >= day
+
+    return test

@@ -1,0 +1,170 @@
+"""The IMAP listener and connection loop: the only place IMAP touches sockets.
+
+Bytes read from the client go to the parser; its events go to the session;
+the session's output is written back. While a session is in IDLE the loop
+also waits on its mailbox's change notifications and pushes updates at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from ..smtp.server import ConnectionLimiter
+from . import events as ev
+from .context import ImapContext
+from .grammar import ParseError
+from .parser import Parser
+from .session import Session
+
+log = logging.getLogger(__name__)
+READ_SIZE = 65536
+MAX_BAD = 30  # protocol errors in a row before the connection is closed
+
+
+class ImapServer:
+    def __init__(self, ctx: ImapContext) -> None:
+        self.ctx = ctx
+        s = ctx.settings.imap
+        self.limiter = ConnectionLimiter(s.max_connections_per_ip, s.max_connections)
+
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool
+    ) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        ip = str(peer[0])
+        refusal = self.limiter.acquire(ip)
+        if refusal is not None:
+            writer.write(b"* BYE Too many connections\r\n")
+            writer.close()
+            return
+        try:
+            await Connection(self.ctx, reader, writer, ip, implicit_tls).run()
+        except (ConnectionError, ssl.SSLError, TimeoutError) as e:
+            log.debug("imap connection ended ip=%s error=%r", ip, e)
+        except Exception:
+            log.exception("imap connection failed ip=%s", ip)
+        finally:
+            self.limiter.release(ip)
+            writer.close()
+
+
+class Connection:
+    def __init__(
+        self,
+        ctx: ImapContext,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ip: str,
+        tls: bool,
+    ) -> None:
+        self.ctx = ctx
+        self.reader = reader
+        self.writer = writer
+        self.session = Session(ctx, ip, tls)
+        settings = ctx.settings.imap
+        self.parser = Parser(max_append_size=settings.max_append_size)
+        self.bad = 0
+
+    async def run(self) -> None:
+        s = self.session
+        self.writer.write(f"* OK [CAPABILITY {s.capabilities()}] pimail IMAP ready\r\n".encode())
+        while not s.logout:
+            data = await self._read()
+            if not data:
+                return
+            self.parser.receive_data(data)
+            await self._process()
+            await self._flush()
+            if s.starttls_requested:
+                await self._starttls()
+
+    async def _read(self) -> bytes:
+        s = self.session
+        settings = self.ctx.settings.imap
+        timeout = settings.timeout if s.account is not None else settings.login_timeout
+        if s.idling is None or s.selected is None:
+            try:
+                return await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            except TimeoutError:
+                self.writer.write(b"* BYE Autologout; idle for too long\r\n")
+                return b""
+        # IDLE: wait for the client (DONE) or for a change to the mailbox.
+        shared = s.selected.shared
+        while True:
+            changed = asyncio.Event()
+            shared.watchers.add(changed)
+            read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+            wake = asyncio.ensure_future(changed.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {read, wake}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                shared.watchers.discard(changed)
+                wake.cancel()
+            if read in done:
+                return read.result()
+            read.cancel()
+            if not done:
+                self.writer.write(b"* BYE Autologout; idle for too long\r\n")
+                return b""
+            if s.selected is not None:
+                await s.sync(expunges=True)
+                await self._flush()
+
+    async def _process(self) -> None:
+        s = self.session
+        while not s.logout:
+            try:
+                event = self.parser.next_event()
+            except ParseError as e:
+                self.bad += 1
+                s.send(e.response())
+                if self.bad >= MAX_BAD:
+                    s.send("* BYE Too many protocol errors\r\n")
+                    s.logout = True
+                continue
+            if event is None:
+                return
+            if isinstance(event, ev.NeedContinuation):
+                s.send("+ Ready for literal data\r\n")
+                await self._flush()
+                continue
+            self.bad = 0
+            if isinstance(event, ev.IdleDone):
+                if s.idling is not None:
+                    s.idle_done()
+            elif isinstance(event, ev.AuthenticateResponse | ev.AuthenticateCancel):
+                await s.sasl_response(event)
+            else:
+                assert isinstance(event, ev.Command)
+                await s.handle(event)
+            if s.idling is not None:
+                self.parser.expect_done(s.idling)
+            if s.sasl_tag is not None:
+                self.parser.expect_sasl_response(s.sasl_tag)
+            if s.utf8:
+                self.parser.utf8_enabled = True
+            if s.starttls_requested:
+                return
+            if len(s.out) > 256:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        data = self.session.take_output()
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def _starttls(self) -> None:
+        s = self.session
+        s.starttls_requested = False
+        # Anything the client sent after STARTTLS in the clear is dropped, never
+        # run after the handshake (the CVE-2011-0411 class of injection).
+        self.parser.reset()
+        self.reader._buffer.clear()  # type: ignore[attr-defined]
+        assert self.ctx.tls_context is not None
+        await self.writer.start_tls(self.ctx.tls_context)
+        s.tls = True
