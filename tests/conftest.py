@@ -43,20 +43,33 @@ def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing answered on port {port}")
 
 
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
 class PimailServer:
-    def __init__(self, data_dir: Path, **smtp: object) -> None:
+    def __init__(self, data_dir: Path, sections: dict | None = None, **smtp: object) -> None:
         self.data_dir = data_dir
         self.smtp_port = free_port()
+        self.imap_port = free_port()
         self.config = data_dir.parent / f"{data_dir.name}.toml"
-        lines = [
-            f'data_dir = "{data_dir}"',
-            'hostname = "mx.test"',
-            "[smtp]",
-            f'listen = ["127.0.0.1:{self.smtp_port}"]',
-        ]
-        for key, value in smtp.items():
-            text = f'"{value}"' if isinstance(value, str) else repr(value)
-            lines.append(f"{key} = {text}")
+        tables: dict[str, dict] = {
+            "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}"], **smtp},
+            "imap": {"listen": [f"127.0.0.1:{self.imap_port}"], "listen_tls": []},
+            "auth": {"failure_delay": 0.2},
+        }
+        for name, values in (sections or {}).items():
+            tables.setdefault(name, {}).update(values)
+        lines = [f'data_dir = "{data_dir}"', 'hostname = "mx.test"']
+        for name, values in tables.items():
+            lines.append(f"[{name}]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"{data_dir.name}.log"
@@ -150,8 +163,8 @@ class PimailServer:
 def make_server(tmp_path: Path) -> Iterator[object]:
     servers: list[PimailServer] = []
 
-    def make(name: str = "data", **smtp: object) -> PimailServer:
-        server = PimailServer(tmp_path / name, **smtp)
+    def make(name: str = "data", sections: dict | None = None, **smtp: object) -> PimailServer:
+        server = PimailServer(tmp_path / name, sections, **smtp)
         servers.append(server)
         return server
 
