@@ -554,6 +554,11 @@ class Session:
 
     async def cmd_search(self, c: ev.Search) -> str:
         sel = self.sel
+        if "SearchText" in repr(c.criteria):
+            # Text search needs every message analysed: finish what delivery deferred.
+            store = self.ctx.store
+            while await store.run(store.analyse_pending, 500, sel.mailbox_id):
+                pass
         ctx_args = (sel.mailbox_id, sel.folder, sel.uids, frozenset(sel.recent), sel.saved)
         result, max_modseq = await self.ctx.reader.run(_run_search, c.criteria, ctx_args)
         numbers = result if c.uid else [bisect.bisect_left(sel.uids, u) + 1 for u in result]
@@ -574,10 +579,10 @@ class Session:
                     parts.append(f"MIN {numbers[0]}")
                 if "MAX" in opts:
                     parts.append(f"MAX {numbers[-1]}")
-                if "ALL" in opts:
-                    parts.append(f"ALL {SequenceSet.from_numbers(numbers)}")
             if "COUNT" in opts:
                 parts.append(f"COUNT {len(numbers)}")
+            if numbers and "ALL" in opts:
+                parts.append(f"ALL {SequenceSet.from_numbers(numbers)}")
             if has_modseq and numbers:
                 parts.append(f"MODSEQ {max_modseq}")
             if opts:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .store import Mailbox
 
 log = logging.getLogger(__name__)
-ANALYSE_BATCH = 64
+ANALYSE_BATCH = 32
 
 
 class StoreError(Exception):
@@ -464,12 +464,13 @@ class MailboxOps:
             (message_id, a.headers, a.body),
         )
 
-    def analyse_pending(self, limit: int = ANALYSE_BATCH) -> int:
+    def analyse_pending(self, limit: int = ANALYSE_BATCH, mailbox_id: int | None = None) -> int:
         """Analyse up to `limit` messages that lack it (new deliveries, a rebuilt
-        index). Returns how many were done; 0 when none is left."""
+        index), in one mailbox or all. Returns how many; 0 when none is left."""
+        where = "" if mailbox_id is None else f" AND m.mailbox_id = {int(mailbox_id)}"
         rows = self.wcon.execute(
             "SELECT m.id, m.mailbox_id, m.subdir, m.filename FROM messages m"
-            " WHERE m.structure IS NULL ORDER BY m.id LIMIT ?",
+            f" WHERE m.structure IS NULL{where} ORDER BY m.id LIMIT ?",
             (limit,),
         ).fetchall()
         done = 0

@@ -51,6 +51,8 @@ STANDARD_FOLDERS = {
     "Archive": "\\Archive",
 }
 MAX_BATCH = 256
+# Seconds without a delivery before background analysis runs.
+ANALYSE_QUIET = 0.1
 
 
 @dataclass
@@ -146,6 +148,7 @@ class Store(MailboxOps):
         self._to_notify: set[int] = set()
         self._analyser: asyncio.Task[None] | None = None
         self._analyse_wakeup: asyncio.Event | None = None
+        self._last_commit = 0.0
         self.batches = 0  # statistics: how many group commits
         self.batched = 0  # and how many messages they carried
 
@@ -439,6 +442,7 @@ class Store(MailboxOps):
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                self._last_commit = loop.time()
                 try:
                     await loop.run_in_executor(self._writer, self._commit, batch)
                 except Exception as e:  # a bug or a dead disk: fail the batch, keep serving
@@ -465,15 +469,21 @@ class Store(MailboxOps):
         self._analyse_wakeup.set()
 
     async def _analyse_loop(self) -> None:
+        """Analysis waits for a quiet moment: under a burst of deliveries it
+        would take the writer thread (and the interpreter) from them. A message
+        not analysed yet is still served (FETCH computes what it needs) but a
+        TEXT search finds it only once analysed, normally within a second."""
         assert self._analyse_wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
             await self._analyse_wakeup.wait()
             self._analyse_wakeup.clear()
             try:
-                while await loop.run_in_executor(self._writer, self.analyse_pending) > 0:
-                    if self._pending:  # deliveries first
-                        await asyncio.sleep(0.01)
+                while True:
+                    while loop.time() - self._last_commit < ANALYSE_QUIET:
+                        await asyncio.sleep(ANALYSE_QUIET)
+                    if not await loop.run_in_executor(self._writer, self.analyse_pending):
+                        break
             except Exception:
                 log.exception("analysis failed")
 
