@@ -67,6 +67,12 @@ class ImapSettings:
 class Pop3Settings:
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2110"])
     listen_tls: list[str] = field(default_factory=lambda: ["127.0.0.1:2995"])
+    # USER/PASS and AUTH without TLS. Off: passwords never cross in the clear.
+    allow_plaintext_auth: bool = False
+    # RFC 1939 3: the autologout timer is at least 10 minutes.
+    timeout: float = 600.0
+    max_connections_per_ip: int = 20
+    max_connections: int = 500
 
 
 @dataclass
