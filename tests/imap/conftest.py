@@ -33,8 +33,9 @@ class Mailbox:
         self.address = f"user{next(_counter)}@example.org"
         server.add_user(self.address)
 
-    def deliver(self, subject: str, body: str = "Hello.\r\n", extra: str = "",
-                rcpt: str | None = None) -> None:
+    def deliver(
+        self, subject: str, body: str = "Hello.\r\n", extra: str = "", rcpt: str | None = None
+    ) -> None:
         message = (
             f"From: Ann Example <ann@remote.test>\r\nTo: {self.address}\r\n"
             f"Subject: {subject}\r\nDate: Fri, 27 Nov 2026 10:00:00 +0000\r\n"

@@ -10,8 +10,13 @@ _LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
 
 
 class RawIMAP:
-    def __init__(self, port: int, timeout: float = 10.0, tls: ssl.SSLContext | None = None,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
         self.sock = tls.wrap_socket(sock, server_hostname="mx.test") if tls else sock
         self.file = self.sock.makefile("rb")

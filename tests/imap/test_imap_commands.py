@@ -15,7 +15,7 @@ from .imap_raw import RawIMAP
 MULTIPART = (
     'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"\r\n',
     "preamble\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nthe text part\r\n"
-    "--b1\r\nContent-Type: application/octet-stream; name=\"a.bin\"\r\n"
+    '--b1\r\nContent-Type: application/octet-stream; name="a.bin"\r\n'
     "Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment\r\n\r\n"
     "AAECAwQF\r\n--b1--\r\n",
 )
@@ -77,8 +77,9 @@ def test_select_and_fetch_items(mailbox: Mailbox) -> None:
     assert b"* OK [UIDNEXT 3]" in text and b"[PERMANENTFLAGS (" in text
     lines = c.ok("FETCH 1:2 (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE)")
     assert lines[0].startswith(b"* 1 FETCH (UID 1 FLAGS (\\Recent) RFC822.SIZE ")
-    assert b'ENVELOPE ("Fri, 27 Nov 2026 10:00:00 +0000" "plain one" (("Ann Example" NIL "ann"' in (
-        lines[0]
+    assert (
+        b'ENVELOPE ("Fri, 27 Nov 2026 10:00:00 +0000" "plain one" (("Ann Example" NIL "ann"'
+        in (lines[0])
     )
     bs = c.ok("FETCH 2 BODYSTRUCTURE")[0]
     # Sizes count the part's octets; the CRLF before a boundary belongs to the boundary.
@@ -143,8 +144,11 @@ def test_condstore_unchangedsince(mailbox: Mailbox) -> None:
 def test_search(mailbox: Mailbox) -> None:
     mailbox.deliver("Quarterly report", "The budget needle is here.\r\n")
     mailbox.deliver("Lunch", "Nothing to see.\r\n")
-    mailbox.deliver("Re: Quarterly report", "<p>Another <b>needle</b></p>\r\n",
-                    extra="Content-Type: text/html\r\nX-Custom: marker-7\r\n")
+    mailbox.deliver(
+        "Re: Quarterly report",
+        "<p>Another <b>needle</b></p>\r\n",
+        extra="Content-Type: text/html\r\nX-Custom: marker-7\r\n",
+    )
     m = mailbox.login()
     m.store("2", "+FLAGS", "(\\Seen)")
 

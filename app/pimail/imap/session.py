@@ -596,6 +596,7 @@ class Session:
         if sel is None:
             return
         state = await sel.shared.current(self.ctx.reader)
+        known_top = sel.uids[-1] if sel.uids else 0  # newer UIDs are announced by EXISTS
         if state.uids is not sel.uids:
             old, new = sel.uids, state.uids
             if expunges:
@@ -621,8 +622,8 @@ class Session:
         if state.highestmodseq > sel.modseq:
             rows = await self.ctx.reader.run(_flags_since, sel.mailbox_id, sel.modseq)
             for uid, flags, modseq in rows:
-                if modseq in sel.own_modseqs:
-                    continue  # this session's own change: it has reported it
+                if modseq in sel.own_modseqs or uid > known_top:
+                    continue  # reported already, by this session or as new mail
                 i = bisect.bisect_left(sel.uids, uid)
                 if i == len(sel.uids) or sel.uids[i] != uid:
                     continue
