@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -58,10 +59,14 @@ class PimailServer:
         self.data_dir = data_dir
         self.smtp_port = free_port()
         self.imap_port = free_port()
+        self.imaps_port = free_port()
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         tables: dict[str, dict] = {
             "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}"], **smtp},
-            "imap": {"listen": [f"127.0.0.1:{self.imap_port}"], "listen_tls": []},
+            "imap": {
+                "listen": [f"127.0.0.1:{self.imap_port}"],
+                "listen_tls": [f"127.0.0.1:{self.imaps_port}"],
+            },
             "auth": {"failure_delay": 0.2},
         }
         for name, values in (sections or {}).items():
@@ -125,6 +130,13 @@ class PimailServer:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def client_tls(self) -> ssl.SSLContext:
+        """A client context that trusts this server's internal CA, like a user
+        who installed it (`pimail cert ca`)."""
+        ctx = ssl.create_default_context(cafile=self.data_dir / "tls" / "ca" / "ca.pem")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
 
     # -- looking at what is stored ---------------------------------------------
 

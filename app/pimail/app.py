@@ -13,7 +13,6 @@ import fcntl
 import logging
 import os
 import signal
-import ssl
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +27,8 @@ from .imap.views import IndexReader, MailboxViews
 from .smtp.inbound import InboundHandler
 from .smtp.server import ConnectionLimiter, create_session
 from .store.store import Store
+from .tls.ca import ensure_certificates, live_dir
+from .tls.context import CertificateStore
 
 log = logging.getLogger("pimail")
 
@@ -65,7 +66,7 @@ class Server:
         self.authenticator = Authenticator(
             self.directory, FailureLimiter(a.max_failures, a.failure_window), a.failure_delay
         )
-        self.tls_context = None  # set once certificates exist (tls/)
+        self.certs: CertificateStore | None = None
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -80,9 +81,22 @@ class Server:
             report.updated,
             time.monotonic() - started,
         )
+        await loop.run_in_executor(None, self._ensure_certificates)
         await self._start_smtp()
         self.store.start_analyser()
         await self._start_imap()
+
+    def _ensure_certificates(self) -> None:
+        """The internal CA and a server certificate for our names (tls/ca.py)."""
+        s = self.settings
+        result = ensure_certificates(
+            s.data_dir, s.hostname, self.directory.domains(), s.tls.extra_names
+        )
+        log.info(
+            "certificate name=%s serial=%s expires=%s issued=%s",
+            result.name, result.info.serial_hex, result.info.not_after.date(), result.issued,
+        )  # fmt: skip
+        self.certs = CertificateStore(live_dir(s.data_dir))
 
     async def _start_smtp(self) -> None:
         s = self.settings.smtp
@@ -112,26 +126,28 @@ class Server:
         self.store.notify = views.notify_threadsafe
         ctx = ImapContext(
             self.settings, self.store, self.directory, self.authenticator, reader, views,
-            self.tls_context,
+            self.certs,
         )  # fmt: skip
         imap = ImapServer(ctx)
         self.imap_reader = reader
         for address in self.settings.imap.listen:
-            await self._listen_streams("imap", imap.handle, address, None)
-        if self.tls_context is not None:
+            await self._listen_streams("imap", imap.handle, address, implicit_tls=False)
+        if self.certs is not None:
             for address in self.settings.imap.listen_tls:
-                await self._listen_streams("imaps", imap.handle, address, self.tls_context)
+                await self._listen_streams("imaps", imap.handle, address, implicit_tls=True)
 
     async def _listen_streams(
-        self, name: str, handle: Any, address: str, tls: ssl.SSLContext | None
+        self, name: str, handle: Any, address: str, implicit_tls: bool
     ) -> None:
+        """A stream listener. Implicit TLS starts on each accepted connection (not
+        in the listener) so that every handshake gets the current context."""
         host, port = parse_listen(address)
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await handle(reader, writer, tls is not None)
+            await handle(reader, writer, implicit_tls)
 
         server = await asyncio.start_server(
-            on_client, host, port, ssl=tls, reuse_address=True, limit=64 * 1024
+            on_client, host, port, reuse_address=True, limit=64 * 1024
         )
         self.listeners.append(server)
         log.info("listening service=%s address=%s", name, address)

@@ -82,6 +82,13 @@ class WebSettings:
 
 
 @dataclass
+class TlsSettings:
+    # Names and addresses the internal certificate carries besides the host
+    # name, mail.<domain>, autoconfig.<domain>, mta-sts.<domain> and pimail.local.
+    extra_names: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
+
+
+@dataclass
 class AuthSettings:
     # Failed logins per client address, across IMAP, POP3, SMTP and the web.
     max_failures: int = 10
@@ -97,6 +104,7 @@ class Settings:
     hostname: str = field(default_factory=socket.getfqdn)
     log_level: str = "INFO"
     auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     imap: ImapSettings = field(default_factory=ImapSettings)
@@ -137,6 +145,7 @@ def device_defaults() -> Settings:
         imap=ImapSettings(listen=both(143), listen_tls=both(993), max_connections_per_ip=100),
         pop3=Pop3Settings(listen=both(110), listen_tls=both(995)),
         web=WebSettings(listen_http=both(80), listen_https=both(443)),
+        tls=TlsSettings(extra_names=[]),
     )
 
 

@@ -18,7 +18,7 @@ _counter = itertools.count()
 @pytest.fixture(scope="module")
 def imap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PimailServer]:
     base: Path = tmp_path_factory.mktemp("imap")
-    server = PimailServer(base / "data", {"imap": {"allow_plaintext_auth": True}})
+    server = PimailServer(base / "data")
     server.cli("domain", "add", "example.org")
     server.start()
     yield server
@@ -45,7 +45,10 @@ class Mailbox:
             s.sendmail("ann@remote.test", [rcpt or self.address], message.encode())
 
     def login(self, select: str | None = "INBOX") -> imaplib.IMAP4:
-        m = imaplib.IMAP4("127.0.0.1", self.server.imap_port)
+        """Log in over implicit TLS (port 993's role), as a real client does."""
+        m = imaplib.IMAP4_SSL(
+            "localhost", self.server.imaps_port, ssl_context=self.server.client_tls()
+        )
         m.login(self.address, PASSWORD)
         if select:
             typ, _ = m.select(select)

@@ -18,7 +18,7 @@ class RawIMAP:
         host: str = "127.0.0.1",
     ) -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock = tls.wrap_socket(sock, server_hostname="mx.test") if tls else sock
+        self.sock = tls.wrap_socket(sock, server_hostname="localhost") if tls else sock
         self.file = self.sock.makefile("rb")
         self.greeting = self.line()
         self.n = 0
@@ -60,6 +60,11 @@ class RawIMAP:
         untagged, tagged = self.command(text)
         assert b" OK" in tagged[:12], tagged
         return untagged
+
+    def starttls(self, ctx: ssl.SSLContext) -> None:
+        self.ok("STARTTLS")
+        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
+        self.file = self.sock.makefile("rb")
 
     def close(self) -> None:
         try:

@@ -22,7 +22,7 @@ MULTIPART = (
 
 
 def raw_login(mailbox: Mailbox) -> RawIMAP:
-    c = RawIMAP(mailbox.server.imap_port)
+    c = RawIMAP(mailbox.server.imaps_port, tls=mailbox.server.client_tls())
     c.ok(f'LOGIN "{mailbox.address}" "{PASSWORD}"')
     return c
 
@@ -31,35 +31,63 @@ def test_capability_and_greeting(mailbox: Mailbox) -> None:
     c = RawIMAP(mailbox.server.imap_port)
     assert c.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 IMAP4rev2")
     caps = c.ok("CAPABILITY")[0].split()
+    # Before TLS: no password may be sent (RFC 9051 6.2.3, RFC 8314).
+    assert b"STARTTLS" in caps and b"LOGINDISABLED" in caps and b"AUTH=PLAIN" not in caps
+    _, tagged = c.command(f'LOGIN "{mailbox.address}" "{PASSWORD}"')
+    assert b"NO [PRIVACYREQUIRED]" in tagged
+    _, tagged = c.command("AUTHENTICATE PLAIN AGFiYwBkZWY=")
+    assert b"NO [PRIVACYREQUIRED]" in tagged
+    c.starttls(mailbox.server.client_tls())
+    caps = c.ok("CAPABILITY")[0].split()
     for cap in (b"IDLE", b"UIDPLUS", b"MOVE", b"NAMESPACE", b"ID", b"ENABLE", b"LITERAL+",
                 b"SPECIAL-USE", b"LIST-EXTENDED", b"LIST-STATUS", b"ESEARCH", b"CONDSTORE",
                 b"QRESYNC", b"UNSELECT", b"SASL-IR", b"AUTH=PLAIN"):  # fmt: skip
         assert cap in caps, cap
+    assert b"STARTTLS" not in caps and b"LOGINDISABLED" not in caps
     assert c.ok("NOOP") == []
     assert c.ok('ID ("name" "test")')[0].startswith(b'* ID ("name" "pimail"')
     _, tagged = c.command("SELECT INBOX")
-    assert tagged.startswith(b"t4 BAD")  # not logged in
+    assert b" BAD" in tagged  # not logged in
+    c.ok(f'LOGIN "{mailbox.address}" "{PASSWORD}"')
     c.ok("LOGOUT")
+    c.close()
+
+
+def test_starttls_discards_pipelined_plaintext(mailbox: Mailbox) -> None:
+    """CVE-2011-0411: commands sent in the clear after STARTTLS must not run."""
+    c = RawIMAP(mailbox.server.imap_port)
+    c.send(f'a STARTTLS\r\nb LOGIN "{mailbox.address}" "{PASSWORD}"\r\n'.encode())
+    assert c.line().startswith(b"a OK")
+    c.sock = mailbox.server.client_tls().wrap_socket(c.sock, server_hostname="localhost")
+    c.file = c.sock.makefile("rb")
+    # Had "b LOGIN" run, we would be logged in and see its tagged reply now.
+    untagged, tagged = c.command("NOOP")
+    assert untagged == [] and tagged.startswith(b"t1 OK")
+    _, tagged = c.command("SELECT INBOX")
+    assert b" BAD" in tagged
     c.close()
 
 
 def test_login_failures_and_sasl(mailbox: Mailbox) -> None:
     with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
-        imaplib.IMAP4("127.0.0.1", mailbox.server.imap_port).login(mailbox.address, "wrong")
-    c = RawIMAP(mailbox.server.imap_port)
+        imaplib.IMAP4_SSL(
+            "localhost", mailbox.server.imaps_port, ssl_context=mailbox.server.client_tls()
+        ).login(mailbox.address, "wrong")
+    tls = mailbox.server.client_tls()
+    c = RawIMAP(mailbox.server.imaps_port, tls=tls)
     import base64
 
     token = base64.b64encode(f"\0{mailbox.address}\0{PASSWORD}".encode()).decode()
     c.ok(f"AUTHENTICATE PLAIN {token}")  # SASL-IR (RFC 4959)
     c.close()
-    c = RawIMAP(mailbox.server.imap_port)
+    c = RawIMAP(mailbox.server.imaps_port, tls=tls)
     c.send(b"a AUTHENTICATE PLAIN\r\n")
     assert c.line() == b"+ \r\n"
     c.send(token.encode() + b"\r\n")
     assert c.line().startswith(b"a OK")
     c.close()
     # Acting as somebody else (authzid) is refused.
-    c = RawIMAP(mailbox.server.imap_port)
+    c = RawIMAP(mailbox.server.imaps_port, tls=tls)
     other = base64.b64encode(f"admin@example.org\0{mailbox.address}\0{PASSWORD}".encode())
     _, tagged = c.command(b"AUTHENTICATE PLAIN " + other)
     assert b"NO" in tagged
@@ -172,7 +200,7 @@ def test_search(mailbox: Mailbox) -> None:
     _typ, data = m.uid("SEARCH", "UID", "2:*")
     assert data[0].split() == [b"2", b"3"]
     # ESEARCH (RFC 4731) and SEARCHRES (RFC 5182).
-    raw = RawIMAP(mailbox.server.imap_port)
+    raw = RawIMAP(mailbox.server.imaps_port, tls=mailbox.server.client_tls())
     raw.ok(f'LOGIN "{mailbox.address}" "{PASSWORD}"')
     raw.ok("SELECT INBOX")
     line = raw.ok("SEARCH RETURN (MIN MAX COUNT ALL) TEXT needle")[0]
@@ -243,7 +271,7 @@ def test_mailbox_management_and_list(mailbox: Mailbox) -> None:
     assert m.subscribe("Work")[0] == "OK"
     _typ, data = m.lsub('""', "*")
     assert b'"Work"' in b" ".join(data)
-    raw = RawIMAP(mailbox.server.imap_port)
+    raw = RawIMAP(mailbox.server.imaps_port, tls=mailbox.server.client_tls())
     raw.ok(f'LOGIN "{mailbox.address}" "{PASSWORD}"')
     lines = raw.ok('LIST (SPECIAL-USE) "" "*"')
     assert len(lines) == 5 and all(b"\\HasNoChildren \\" in x for x in lines)

@@ -12,7 +12,7 @@ from .imap_raw import RawIMAP
 
 
 def session(mailbox: Mailbox, select: str = "INBOX") -> RawIMAP:
-    c = RawIMAP(mailbox.server.imap_port)
+    c = RawIMAP(mailbox.server.imaps_port, tls=mailbox.server.client_tls())
     c.ok(f'LOGIN "{mailbox.address}" "{PASSWORD}"')
     if select:
         c.ok(f"SELECT {select}")
@@ -128,7 +128,7 @@ def test_too_many_errors_close_the_connection(mailbox: Mailbox) -> None:
 
 
 def test_pipelined_commands_and_literal_plus(mailbox: Mailbox) -> None:
-    c = RawIMAP(mailbox.server.imap_port)
+    c = RawIMAP(mailbox.server.imaps_port, tls=mailbox.server.client_tls())
     user, pw = mailbox.address.encode(), PASSWORD.encode()
     c.send(
         b"p1 LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\np2 SELECT INBOX\r\np3 NOOP\r\n"
@@ -148,16 +148,11 @@ def test_pipelined_commands_and_literal_plus(mailbox: Mailbox) -> None:
 
 
 def test_login_rate_limited_per_address(make_server) -> None:
-    server = make_server(
-        sections={
-            "imap": {"allow_plaintext_auth": True},
-            "auth": {"max_failures": 3, "failure_delay": 0.05},
-        }
-    )
+    server = make_server(sections={"auth": {"max_failures": 3, "failure_delay": 0.05}})
     server.cli("domain", "add", "example.org")
     server.add_user("alice@example.org")
     server.start()
-    c = RawIMAP(server.imap_port)
+    c = RawIMAP(server.imaps_port, tls=server.client_tls())
     for _ in range(3):
         _, tagged = c.command('LOGIN "alice@example.org" "wrong-password"')
         assert b"NO [AUTHENTICATIONFAILED]" in tagged

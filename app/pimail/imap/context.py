@@ -9,6 +9,7 @@ from ..auth.accounts import Directory
 from ..auth.login import Authenticator
 from ..config import Settings
 from ..store.store import Store
+from ..tls.context import CertificateStore
 from .views import IndexReader, MailboxViews
 
 
@@ -20,4 +21,9 @@ class ImapContext:
     authenticator: Authenticator
     reader: IndexReader
     views: MailboxViews
-    tls_context: ssl.SSLContext | None = None
+    certs: CertificateStore | None = None
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The context for a handshake starting now (session ticket keys rotate)."""
+        return self.certs.handshake_context() if self.certs is not None else None

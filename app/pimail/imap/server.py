@@ -20,6 +20,7 @@ from .session import Session
 
 log = logging.getLogger(__name__)
 READ_SIZE = 65536
+TLS_TIMEOUT = 30.0
 MAX_BAD = 30  # protocol errors in a row before the connection is closed
 
 
@@ -40,6 +41,9 @@ class ImapServer:
             writer.close()
             return
         try:
+            if implicit_tls:  # TLS from the first octet (RFC 8314), on this accept
+                assert self.ctx.tls_context is not None
+                await writer.start_tls(self.ctx.tls_context, ssl_handshake_timeout=TLS_TIMEOUT)
             await Connection(self.ctx, reader, writer, ip, implicit_tls).run()
         except (ConnectionError, ssl.SSLError, TimeoutError) as e:
             log.debug("imap connection ended ip=%s error=%r", ip, e)
@@ -166,5 +170,5 @@ class Connection:
         self.parser.reset()
         self.reader._buffer.clear()  # type: ignore[attr-defined]
         assert self.ctx.tls_context is not None
-        await self.writer.start_tls(self.ctx.tls_context)
+        await self.writer.start_tls(self.ctx.tls_context, ssl_handshake_timeout=TLS_TIMEOUT)
         s.tls = True
