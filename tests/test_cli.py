@@ -132,3 +132,14 @@ def test_settings_layers(tmp_path: Path, admin: PimailServer) -> None:
     profile = tmp_path / "device.toml"
     profile.write_text('profile = "device"\ndata_dir = "/tmp/x"\n')
     assert config.load(profile).smtp.listen[0] == "0.0.0.0:25"
+
+
+def test_cert_commands(admin: PimailServer) -> None:
+    missing = admin.cli("cert", "ca", check=False)
+    assert missing.returncode == 1 and "start the server once" in missing.stderr
+    admin.start()
+    pem = admin.cli("cert", "ca").stdout
+    assert pem.startswith("-----BEGIN CERTIFICATE-----")
+    status = admin.cli("cert", "status").stdout
+    assert "internal: serial" in status and "pimail internal CA" in status
+    assert "mail.example.org" in status and "days left" in status

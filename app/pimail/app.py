@@ -104,6 +104,8 @@ class Server:
         limiter = ConnectionLimiter(s.max_connections_per_ip, s.max_connections)
         incoming = self.settings.spool_dir / "incoming"
 
+        certs = self.certs
+
         def factory() -> asyncio.Protocol:
             return create_session(
                 handler,
@@ -114,6 +116,8 @@ class Server:
                 s.timeout,
                 s.min_data_rate,
                 s.max_command_line,
+                # Every connection gets the context current now (ticket keys rotate).
+                tls_context=certs.handshake_context() if certs is not None else None,
             )
 
         for address in s.listen:

@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reindex", help="rebuild the mail index from the Maildirs")
     r.set_defaults(func=cmd_reindex)
 
+    t = sub.add_parser("cert", help="TLS certificates").add_subparsers(metavar="ACTION")
+    x = t.add_parser("ca", help="print the internal CA certificate (PEM) to trust on devices")
+    x.set_defaults(func=cmd_cert_ca)
+    x = t.add_parser("status", help="the certificates in use: names, issuer, expiry")
+    x.set_defaults(func=cmd_cert_status)
+
     c = sub.add_parser("config", help="settings").add_subparsers(metavar="ACTION")
     x = c.add_parser("show", help="print the settings in force")
     x.set_defaults(func=cmd_config_show)
@@ -221,6 +227,33 @@ def cmd_reindex(settings: config.Settings, args: argparse.Namespace) -> int:
     finally:
         lock.close()
     print(f"index rebuilt: {report.mailboxes} mailboxes, {report.added + report.renamed} messages")
+    return 0
+
+
+def cmd_cert_ca(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .tls import ca
+
+    try:
+        print(ca.ca_pem(settings.data_dir), end="")
+    except (OSError, ca.CertificateError):
+        print("pimail: no internal CA yet: start the server once", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_cert_status(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .tls import ca
+
+    certificates = ca.live_certificates(settings.data_dir)
+    if not certificates:
+        print("no certificates yet: start the server once")
+        return 1
+    for name, info in certificates.items():
+        left = info.remaining()
+        print(f"{name}: serial {info.serial_hex}")
+        print(f"  issuer   {info.issuer}")
+        print(f"  names    {', '.join(sorted(info.names))}")
+        print(f"  expires  {info.not_after:%Y-%m-%d %H:%M} UTC ({left.days} days left)")
     return 0
 
 
