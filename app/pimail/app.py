@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -27,10 +30,13 @@ from .imap.views import IndexReader, MailboxViews
 from .smtp.inbound import InboundHandler
 from .smtp.server import ConnectionLimiter, create_session
 from .store.store import Store
-from .tls.ca import ensure_certificates, live_dir
 from .tls.context import CertificateStore
 
 log = logging.getLogger("pimail")
+
+
+def tls_live_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "tls" / "live"
 
 
 class AlreadyRunning(Exception):
@@ -87,16 +93,28 @@ class Server:
         await self._start_imap()
 
     def _ensure_certificates(self) -> None:
-        """The internal CA and a server certificate for our names (tls/ca.py)."""
+        """The internal CA and a server certificate for our names, made in a
+        child process (tls/ensure.py) so `cryptography` stays out of this one."""
         s = self.settings
-        result = ensure_certificates(
-            s.data_dir, s.hostname, self.directory.domains(), s.tls.extra_names
-        )
-        log.info(
-            "certificate name=%s serial=%s expires=%s issued=%s",
-            result.name, result.info.serial_hex, result.info.not_after.date(), result.issued,
+        request = {
+            "data_dir": str(s.data_dir),
+            "hostname": s.hostname,
+            "domains": self.directory.domains(),
+            "extra_names": s.tls.extra_names,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "pimail.tls.ensure", json.dumps(request)],
+            capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        self.certs = CertificateStore(live_dir(s.data_dir))
+        if done.returncode != 0:
+            log.error("certificate setup failed: %s", done.stderr.strip()[-2000:])
+        else:
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            log.info(
+                "certificate name=%s serial=%s not_after=%s issued=%s",
+                result["name"], result["serial"], result["not_after"], result["issued"],
+            )  # fmt: skip
+        self.certs = CertificateStore(tls_live_dir(s.data_dir))
 
     async def _start_smtp(self) -> None:
         s = self.settings.smtp

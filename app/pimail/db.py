@@ -150,6 +150,7 @@ def _migrate(con: sqlite3.Connection, migrations: list[str]) -> None:
 def open_main(path: Path) -> sqlite3.Connection:
     con = connect(path, MAIN_MIGRATIONS)
     con.execute("PRAGMA synchronous=FULL")
+    con.execute("PRAGMA cache_size=-256")  # a few small tables
     return con
 
 

@@ -41,6 +41,9 @@ class IndexReader:
                 f"file:{self.index_path}?mode=ro", uri=True, check_same_thread=False, timeout=30
             )
             con.execute("PRAGMA query_only=1")
+            # Small page caches: the kernel's page cache holds the file anyway,
+            # and each cached page here is RSS (a Pi Zero has 512 MB).
+            con.execute("PRAGMA cache_size=-1024")
             self._local.con = con
         return con
 

@@ -44,8 +44,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from . import ca
+# No cryptography here: this module lives in the long-running server, where
+# that library would cost ~8 MB of RSS. Certificates are made by tls/ca.py in
+# a short-lived process (tls/ensure.py); here the ssl module reads them.
+INTERNAL = "internal"
+FULLCHAIN = "fullchain.pem"
+PRIVKEY = "privkey.pem"
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +140,7 @@ class _Loaded:
     directory: str  # the resolved version directory
     stamps: tuple[_FileStamp, _FileStamp]  # fullchain, privkey
     context: ssl.SSLContext
-    info: ca.CertInfo
+    certfile: Path
     exact: frozenset[str]  # DNS names
     wildcard_parents: frozenset[str]  # "example.org" for "*.example.org"
 
@@ -157,7 +163,7 @@ class CertificateStore:
     def __init__(
         self,
         live_dir: Path,
-        names: Sequence[str] = (ca.INTERNAL,),
+        names: Sequence[str] = (INTERNAL,),
         *,
         check_interval: float | None = CHECK_INTERVAL,
         ticket_key_lifetime: float = TICKET_KEY_LIFETIME,
@@ -253,9 +259,12 @@ class CertificateStore:
 
     # -- what is loaded --------------------------------------------------------------
 
-    def info(self, name: str) -> ca.CertInfo | None:
+    def info(self, name: str) -> Any:
+        """The loaded certificate's details (a tls.ca.CertInfo; imports cryptography)."""
+        from . import ca
+
         entry = self._loaded.get(name)
-        return entry.info if entry else None
+        return ca.read_certificate(entry.certfile) if entry else None
 
     @property
     def loaded_names(self) -> list[str]:
@@ -299,7 +308,8 @@ class CertificateStore:
         """The pair for `name`: `current` if unchanged, a new one, or None/`current`
         when there is nothing (new) that loads."""
         try:
-            certfile, keyfile = ca.resolve_live(self._live_dir / name)
+            directory_path = Path(self._live_dir / name).resolve(strict=True)
+            certfile, keyfile = directory_path / FULLCHAIN, directory_path / PRIVKEY
             stamps = (_stamp(certfile), _stamp(keyfile))
         except FileNotFoundError:
             if current is None:
@@ -312,26 +322,27 @@ class CertificateStore:
             return current
         try:
             context = make_server_context(certfile, keyfile)
-            info = ca.read_certificate(certfile)
-        except (OSError, ValueError, ssl.SSLError, ca.CertificateError) as e:
+            decoded = ssl._ssl._test_decode_cert(str(certfile))  # type: ignore[attr-defined]
+        except (OSError, ValueError, ssl.SSLError) as e:
             # Not recorded as seen: the next reload tries again (maybe a writer
             # that does not rename had not finished).
             log.warning("certificate not loaded name=%s dir=%s error=%s", name, directory, e)
             return current
+        dns_names = [v for k, v in decoded.get("subjectAltName", ()) if k == "DNS"]
         log.info(
             "certificate loaded name=%s serial=%s not_after=%s",
             name,
-            info.serial_hex,
-            info.not_after.isoformat(),
+            decoded.get("serialNumber", "?").lower().lstrip("0"),
+            decoded.get("notAfter"),
         )
         return _Loaded(
             name=name,
             directory=directory,
             stamps=stamps,
             context=context,
-            info=info,
-            exact=frozenset(n.lower() for n in info.dns_names if not n.startswith("*.")),
-            wildcard_parents=frozenset(n[2:].lower() for n in info.dns_names if n.startswith("*.")),
+            certfile=certfile,
+            exact=frozenset(n.lower() for n in dns_names if not n.startswith("*.")),
+            wildcard_parents=frozenset(n[2:].lower() for n in dns_names if n.startswith("*.")),
         )
 
 
