@@ -99,6 +99,9 @@ class Connection:
         while True:
             changed = asyncio.Event()
             shared.watchers.add(changed)
+            sel = s.selected
+            if shared.stale or shared.uids is not sel.uids or shared.highestmodseq != sel.modseq:
+                changed.set()  # something changed while we were busy: no lost wake-up
             read = asyncio.ensure_future(self.reader.read(READ_SIZE))
             wake = asyncio.ensure_future(changed.wait())
             try:

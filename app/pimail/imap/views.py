@@ -69,7 +69,9 @@ class MailboxState:
 
     async def current(self, reader: IndexReader) -> MailboxState:
         """Reload if something changed since the last load (once for all sessions)."""
-        while self.stale:
+        # A load in flight may have started before the latest change was
+        # committed, and not yet have updated the state: wait for it too.
+        while self.stale or self._loading is not None:
             if self._loading is None:
                 self._loading = asyncio.get_running_loop().create_future()
                 self.stale = False
