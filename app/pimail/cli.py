@@ -223,10 +223,17 @@ def cmd_reindex(settings: config.Settings, args: argparse.Namespace) -> int:
             Path(f"{settings.index_path}{suffix}").unlink(missing_ok=True)
         store = Store(settings, _directory(settings))
         report = store.open()
+        # Fill the caches and the search index now, not at the first FETCH.
+        analysed = 0
+        while done := store.analyse_pending(500):
+            analysed += done
         store.close()
     finally:
         lock.close()
-    print(f"index rebuilt: {report.mailboxes} mailboxes, {report.added + report.renamed} messages")
+    print(
+        f"index rebuilt: {report.mailboxes} mailboxes, {report.added + report.renamed} messages,"
+        f" {analysed} analysed"
+    )
     return 0
 
 

@@ -386,7 +386,10 @@ class Store(MailboxOps):
                         (sub, name, " ".join(flags), mbox.highestmodseq, mbox.id, uid),
                     )
                     report.updated += 1
-            for sub, name in unnamed:  # files dropped in by other tools: give them a UID
+            # Files dropped in by other tools get UIDs in name order (Maildir names
+            # start with the delivery time), as Dovecot numbers them.
+            unnamed.sort(key=lambda item: item[1])
+            for sub, name in unnamed:
                 parsed = maildir.parse_name(name)
                 uid = mbox.uidnext
                 new = maildir.new_name(
