@@ -45,7 +45,7 @@ cmd_run() {
 
 cmd_test() {
     # Real peers the tests talk to.
-    apt_install swaks sqlite3 openssl
+    apt_install swaks sqlite3 openssl isync
     ensure_venv
     echo "==> ruff"
     "$VENV/bin/ruff" check .
