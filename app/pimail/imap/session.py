@@ -267,8 +267,8 @@ class Session:
         recent: list[int] = []
         if not c.readonly:
             recent = await store.run(store.claim_new, mbox.id)
+        # Kept current by the store's notifications; a new one loads itself.
         shared = self.ctx.views.state(mbox.id, mbox.uidvalidity)
-        shared.stale = True
         state = await shared.current(self.ctx.reader)
         sel = Selected(
             mbox.id, mbox.name, mbox.path, mbox.uidvalidity, c.readonly, shared, state.uids,

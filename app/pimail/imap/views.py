@@ -77,7 +77,9 @@ class MailboxState:
                 self.stale = False
                 try:
                     uids, modseq, uidnext = await reader.run(_load, self.mailbox_id)
-                    self.uids, self.highestmodseq, self.uidnext = uids, modseq, uidnext
+                    if uids != self.uids:  # same UIDs: keep the array every session shares
+                        self.uids = uids
+                    self.highestmodseq, self.uidnext = modseq, uidnext
                 finally:
                     done, self._loading = self._loading, None
                     done.set_result(None)
