@@ -181,13 +181,16 @@ def test_folder_ops_flags_keywords_copy_move_append(env) -> None:
     assert [r[0] for r in rows(settings, alice.id, "Jobs/Projects")] == [1, 2, 3, 4]
     store.analyse_pending(1000)  # what the background analyser has not done yet
     con = sqlite3.connect(settings.index_path)
-    assert con.execute("SELECT count(*) FROM messages WHERE structure IS NULL").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM messages WHERE analysed = 0").fetchone() == (0,)
     hits = con.execute(
         "SELECT m.uid FROM message_text t JOIN messages m ON m.id = t.rowid"
         " WHERE message_text MATCH 'needle1' ORDER BY m.uid"
     ).fetchall()
     assert hits == [(2,), (2,)]  # in INBOX and its copy in Jobs/Projects
-    envelope = con.execute("SELECT envelope FROM messages WHERE uid = 4").fetchone()[0]
+    envelope = con.execute(
+        "SELECT c.envelope FROM messages m JOIN message_cache c ON c.message_id = m.id"
+        " WHERE m.uid = 4"
+    ).fetchone()[0]
     assert b'"appended"' in envelope
     con.close()
     store.delete_mailbox(alice, "Jobs/Projects")

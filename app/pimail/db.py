@@ -14,7 +14,9 @@ WAL mode so that readers (the CLI, IMAP sessions) never wait for the writer.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 MAIN_MIGRATIONS: list[str] = [
@@ -107,6 +109,25 @@ INDEX_MIGRATIONS: list[str] = [
         headers, body, tokenize = 'unicode61 remove_diacritics 2'
     )
     """,
+    # 3: the MIME caches move to a table of their own. SQLite rewrites a whole
+    # row on UPDATE: with kilobytes of cache in it, every flag change paid for them.
+    """
+    CREATE TABLE message_cache (
+        message_id INTEGER PRIMARY KEY,     -- messages.id
+        structure TEXT NOT NULL,            -- MIME structure (JSON), '' if it failed
+        envelope BLOB,                      -- ENVELOPE, wire octets
+        bodystructure BLOB                  -- BODYSTRUCTURE, wire octets
+    );
+    INSERT INTO message_cache SELECT id, structure, envelope, bodystructure
+        FROM messages WHERE structure IS NOT NULL;
+    DROP INDEX messages_unanalysed;
+    ALTER TABLE messages DROP COLUMN structure;
+    ALTER TABLE messages DROP COLUMN envelope;
+    ALTER TABLE messages DROP COLUMN bodystructure;
+    ALTER TABLE messages ADD COLUMN analysed INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET analysed = 1 WHERE id IN (SELECT message_id FROM message_cache);
+    CREATE INDEX messages_unanalysed ON messages(id) WHERE analysed = 0
+    """,
 ]
 
 
@@ -145,6 +166,23 @@ def _migrate(con: sqlite3.Connection, migrations: list[str]) -> None:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+
+@contextlib.contextmanager
+def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error). Connections here run in
+    autocommit mode (isolation_level=None), where `with con:` alone would let
+    every statement commit on its own."""
+    if con.in_transaction:  # nested: the outer transaction decides
+        yield con
+        return
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def open_main(path: Path) -> sqlite3.Connection:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+from ..db import transaction
+
 # Letters and digits of any script, and . _ - inside. No '+': it is the
 # plus-addressing separator. No leading dot, no '..': the name is a directory.
 _ACCOUNT_LOCALPART = re.compile(r"^(?!\.)(?!.*\.\.)[\w.-]{1,64}(?<!\.)$")
@@ -197,7 +199,7 @@ class Directory:
             normalized.append(f"{t_local}@{t_domain}")
         if not normalized:
             raise DirectoryError("an alias needs at least one target")
-        with self.con:
+        with transaction(self.con):
             for target in normalized:
                 self.con.execute(
                     "INSERT OR IGNORE INTO aliases (domain_id, localpart, target) VALUES (?, ?, ?)",

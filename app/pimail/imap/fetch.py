@@ -20,7 +20,8 @@ from . import mime
 from .events import FetchAttribute
 
 COLUMNS = (
-    "uid, flags, internaldate, size, modseq, envelope, bodystructure, structure, subdir, filename"
+    "m.uid, m.flags, m.internaldate, m.size, m.modseq, c.envelope, c.bodystructure, c.structure,"
+    " m.subdir, m.filename"
 )
 # FETCH items that set \Seen (RFC 9051 6.4.5) unless .PEEK or read-only.
 SETS_SEEN = {"RFC822", "RFC822.TEXT"}
@@ -86,10 +87,13 @@ def render(
     if options.uid:
         names.add("UID")
     out: list[bytes] = []
-    query = f"SELECT {COLUMNS} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
+    query = (
+        f"SELECT {COLUMNS} FROM messages m LEFT JOIN message_cache c ON c.message_id = m.id"
+        " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?"
+    )
     if options.changedsince is not None:
-        query += f" AND modseq > {int(options.changedsince)}"
-    query += " ORDER BY uid"
+        query += f" AND m.modseq > {int(options.changedsince)}"
+    query += " ORDER BY m.uid"
     for low, high in ranges:
         for row in con.execute(query, (mailbox_id, low, high)):
             uid = row[0]

@@ -20,6 +20,7 @@ from array import array
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 from ..store import headers as header_parser
 from ..store.analyze import decode_words
@@ -71,9 +72,24 @@ def search(ctx: SearchContext, key: SearchKey) -> list[int]:
     """UIDs of the session's messages that match `key`, ascending."""
     _prepare_text(ctx, key)
     test = _compile(ctx, key)
-    rows = ctx.con.execute(
-        f"SELECT {COLUMNS} FROM messages WHERE mailbox_id = ? ORDER BY uid", (ctx.mailbox_id,)
-    )
+    required = _required_text(key)
+    if required is not None:
+        # Only messages the text index matched can match: read just those rows.
+        ids = sorted(ctx.fts[required])
+        rows: Any = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            rows += ctx.con.execute(
+                f"SELECT {COLUMNS} FROM messages WHERE mailbox_id = ?"
+                f" AND id IN ({','.join('?' * len(chunk))})",
+                (ctx.mailbox_id, *chunk),
+            ).fetchall()
+        rows.sort(key=lambda r: r[1])
+    else:
+        rows = ctx.con.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE mailbox_id = ? ORDER BY uid",
+            (ctx.mailbox_id,),
+        )
     out = []
     uids = ctx.uids
     for row in rows:
@@ -85,6 +101,17 @@ def search(ctx: SearchContext, key: SearchKey) -> list[int]:
             out.append(uid)
             ctx.max_modseq = max(ctx.max_modseq, row[5])
     return out
+
+
+def _required_text(key: SearchKey) -> SearchText | None:
+    """A text key every match must satisfy (the key itself, or one ANDed in)."""
+    if isinstance(key, SearchText):
+        return key
+    if isinstance(key, SearchAnd):
+        for k in key.keys:
+            if isinstance(k, SearchText):
+                return k
+    return None
 
 
 def _prepare_text(ctx: SearchContext, key: SearchKey) -> None:
@@ -119,10 +146,10 @@ def _fts(ctx: SearchContext, key: SearchText) -> set[int]:
             )
         }
     try:
+        # The text index alone (a join with messages makes SQLite scan); the
+        # mailbox is checked against the rows read afterwards.
         rows = ctx.con.execute(
-            "SELECT m.id FROM message_text t JOIN messages m ON m.id = t.rowid"
-            " WHERE message_text MATCH ? AND m.mailbox_id = ?",
-            (query, ctx.mailbox_id),
+            "SELECT rowid FROM message_text WHERE message_text MATCH ?", (query,)
         )
         return {r[0] for r in rows}
     except sqlite3.OperationalError:

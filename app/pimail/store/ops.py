@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..db import transaction
 from . import headers, maildir
 from .analyze import analyze
 
@@ -136,12 +137,13 @@ class MailboxOps:
         # Out of the way atomically, then removed: a crash leaves only a hidden dir.
         doomed = mbox.path.with_name(f".~deleted-{int(time.time() * 1000)}")
         os.rename(mbox.path, doomed)
-        with self.wcon:
-            self.wcon.execute(
-                "DELETE FROM message_text WHERE rowid IN"
-                " (SELECT id FROM messages WHERE mailbox_id = ?)",
-                (mbox.id,),
-            )
+        with transaction(self.wcon):
+            for table, column in (("message_text", "rowid"), ("message_cache", "message_id")):
+                self.wcon.execute(
+                    f"DELETE FROM {table} WHERE {column} IN"
+                    " (SELECT id FROM messages WHERE mailbox_id = ?)",
+                    (mbox.id,),
+                )
             self.wcon.execute("DELETE FROM messages WHERE mailbox_id = ?", (mbox.id,))
             self.wcon.execute("DELETE FROM expunged WHERE mailbox_id = ?", (mbox.id,))
             self.wcon.execute("DELETE FROM mailboxes WHERE id = ?", (mbox.id,))
@@ -170,7 +172,7 @@ class MailboxOps:
             )
         ]
         root = self.account_dir(account)
-        with self.wcon:
+        with transaction(self.wcon):
             for name in names:
                 target = new + name[len(old) :]
                 mbox = self._mailbox(account, name)
@@ -227,6 +229,7 @@ class MailboxOps:
         modseq = mbox.highestmodseq
         changes: list[FlagChange] = []
         failed: list[int] = []
+        folder = str(mbox.path)
         updates = []
         for uid, sub, name, current_text, current_modseq in rows:
             if unchangedsince is not None and current_modseq > unchangedsince:
@@ -244,12 +247,13 @@ class MailboxOps:
             new_name = maildir.parse_name(name).with_letters(mbox.letters(new))
             if (sub, name) != ("cur", new_name):
                 try:
-                    os.rename(mbox.path / sub / name, mbox.path / "cur" / new_name)
+                    # Plain strings: pathlib's joins cost more than the rename here.
+                    os.rename(f"{folder}/{sub}/{name}", f"{folder}/cur/{new_name}")
                 except FileNotFoundError:
                     continue  # expunged meanwhile by another tool; reconcile will see
             updates.append((new_name, " ".join(new), modseq, mailbox_id, uid))
             changes.append(FlagChange(uid, new, modseq))
-        with self.wcon:
+        with transaction(self.wcon):
             self.wcon.executemany(
                 "UPDATE messages SET subdir = 'cur', filename = ?, flags = ?, modseq = ?"
                 " WHERE mailbox_id = ? AND uid = ?",
@@ -283,7 +287,7 @@ class MailboxOps:
                 continue
             claimed.append(uid)
             updates.append((new_name, mailbox_id, uid))
-        with self.wcon:
+        with transaction(self.wcon):
             self.wcon.executemany(
                 "UPDATE messages SET subdir = 'cur', filename = ? WHERE mailbox_id = ? AND uid = ?",
                 updates,
@@ -306,9 +310,12 @@ class MailboxOps:
         for sub in ("cur", "new"):
             maildir.fsync_dir(mbox.path / sub)
         mbox.highestmodseq += 1
-        with self.wcon:
+        with transaction(self.wcon):
             self.wcon.executemany(
                 "DELETE FROM message_text WHERE rowid = ?", [(r[3],) for r in rows]
+            )
+            self.wcon.executemany(
+                "DELETE FROM message_cache WHERE message_id = ?", [(r[3],) for r in rows]
             )
             self.wcon.executemany(
                 "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
@@ -331,8 +338,7 @@ class MailboxOps:
             mailbox_id,
             uids,
             "uid, subdir, filename, flags, internaldate, size, hdr_date, hdr_from, hdr_to,"
-            " hdr_cc, hdr_subject, hdr_message_id, hdr_in_reply_to, structure, envelope,"
-            " bodystructure, id",
+            " hdr_cc, hdr_subject, hdr_message_id, hdr_in_reply_to, analysed, id",
         )
         pairs, inserts = [], []
         for row in rows:
@@ -350,19 +356,26 @@ class MailboxOps:
             inserts.append((new_uid, new_name, row))
         maildir.fsync_dir(target.path / "cur")
         target.highestmodseq += 1
-        with self.wcon:
+        with transaction(self.wcon):
             for new_uid, new_name, row in inserts:
                 cur = self.wcon.execute(
                     "INSERT INTO messages (mailbox_id, uid, subdir, filename, flags, modseq,"
                     " internaldate, size, hdr_date, hdr_from, hdr_to, hdr_cc, hdr_subject,"
-                    " hdr_message_id, hdr_in_reply_to, structure, envelope, bodystructure)"
-                    " VALUES (?, ?, 'cur', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (target.id, new_uid, new_name, row[3], target.highestmodseq, *row[4:16]),
+                    " hdr_message_id, hdr_in_reply_to, analysed)"
+                    " VALUES (?, ?, 'cur', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (target.id, new_uid, new_name, row[3], target.highestmodseq, *row[4:14]),
+                )
+                new_id, old_id = cur.lastrowid, row[14]
+                self.wcon.execute(
+                    "INSERT INTO message_cache (message_id, structure, envelope, bodystructure)"
+                    " SELECT ?, structure, envelope, bodystructure FROM message_cache"
+                    " WHERE message_id = ?",
+                    (new_id, old_id),
                 )
                 self.wcon.execute(
                     "INSERT INTO message_text (rowid, headers, body)"
                     " SELECT ?, headers, body FROM message_text WHERE rowid = ?",
-                    (cur.lastrowid, row[16]),
+                    (new_id, old_id),
                 )
             self._changed(target)
         return target.uidvalidity, pairs
@@ -400,7 +413,7 @@ class MailboxOps:
         os.unlink(tmp)
         mbox.uidnext += 1
         mbox.highestmodseq += 1
-        with self.wcon:
+        with transaction(self.wcon):
             message_id = self._insert_row(mbox, uid, "cur", name, flags, int(when), len(data), data)
             self._store_analysis(message_id, data)
             self._changed(mbox)
@@ -454,11 +467,14 @@ class MailboxOps:
             a = analyze(data)
         except Exception:  # a message the MIME code cannot take: serve it unanalysed
             log.exception("analysis failed message=%d", message_id)
+            self.wcon.execute("UPDATE messages SET analysed = 2 WHERE id = ?", (message_id,))
             return
         self.wcon.execute(
-            "UPDATE messages SET structure = ?, envelope = ?, bodystructure = ? WHERE id = ?",
-            (a.structure, a.envelope, a.bodystructure, message_id),
+            "INSERT OR REPLACE INTO message_cache (message_id, structure, envelope, bodystructure)"
+            " VALUES (?, ?, ?, ?)",
+            (message_id, a.structure, a.envelope, a.bodystructure),
         )
+        self.wcon.execute("UPDATE messages SET analysed = 1 WHERE id = ?", (message_id,))
         self.wcon.execute(
             "INSERT OR REPLACE INTO message_text (rowid, headers, body) VALUES (?, ?, ?)",
             (message_id, a.headers, a.body),
@@ -470,11 +486,11 @@ class MailboxOps:
         where = "" if mailbox_id is None else f" AND m.mailbox_id = {int(mailbox_id)}"
         rows = self.wcon.execute(
             "SELECT m.id, m.mailbox_id, m.subdir, m.filename FROM messages m"
-            f" WHERE m.structure IS NULL{where} ORDER BY m.id LIMIT ?",
+            f" WHERE m.analysed = 0{where} ORDER BY m.id LIMIT ?",
             (limit,),
         ).fetchall()
         done = 0
-        with self.wcon:
+        with transaction(self.wcon):
             for message_id, mailbox_id, sub, name in rows:
                 try:
                     mbox = self._by_id(mailbox_id)
@@ -482,7 +498,7 @@ class MailboxOps:
                 except (StoreError, OSError):
                     # Gone, or a folder not loaded: mark it so it is not retried forever.
                     self.wcon.execute(
-                        "UPDATE messages SET structure = '' WHERE id = ?", (message_id,)
+                        "UPDATE messages SET analysed = 2 WHERE id = ?", (message_id,)
                     )
                     continue
                 self._store_analysis(message_id, data)

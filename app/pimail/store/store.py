@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from .. import db
 from ..auth.accounts import Account, Directory
 from ..config import Settings
+from ..db import transaction
 from . import headers, maildir
 from .ops import MailboxOps
 from .spool import Incoming, clean_spool
@@ -213,9 +214,7 @@ class Store(MailboxOps):
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the writer thread, after everything queued before it."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._call, fn, *args
-        )
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._call, fn, *args)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -359,7 +358,7 @@ class Store(MailboxOps):
         }
         if on_disk:
             mbox.uidnext = max(mbox.uidnext, max(on_disk) + 1)
-        with self.wcon:
+        with transaction(self.wcon):
             for uid in indexed.keys() - on_disk.keys():
                 self.wcon.execute(
                     "DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", (mbox.id, uid)
@@ -544,7 +543,7 @@ class Store(MailboxOps):
 
     def _index_deliveries(self, live: list[_Delivery]) -> None:
         touched: dict[int, Mailbox] = {}
-        with self.wcon:
+        with transaction(self.wcon):
             for d in live:
                 head = bytes(d.message.head)
                 # INTERNALDATE is the file's mtime, so a rebuild finds the same value.
