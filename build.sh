@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# pimail's one entry point. Usage: ./build.sh run | test
-#   run   set up .venv, install pimail, start a server on development defaults
-#   test  install what the tests need, lint, run the whole test suite
+# pimail's one entry point. Usage: ./build.sh run | test | bench [smtp|imap]
+#   run    set up .venv, install pimail, start a server on development defaults
+#   test   install what the tests need, lint, run the whole test suite
+#   bench  measure pimail beside Postfix 3.7 + Dovecot 2.3 (installs them; root)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -53,8 +54,22 @@ cmd_test() {
     "$VENV/bin/pytest" tests "$@"
 }
 
+cmd_bench() {
+    ensure_venv
+    local which="${1:-all}"
+    if [ "$which" = all ] || [ "$which" = smtp ]; then
+        echo "==> SMTP accept: pimail beside Postfix + Dovecot (bench/smtp_accept.py)"
+        "$VENV/bin/python" bench/smtp_accept.py
+    fi
+    if [ "$which" = all ] || [ "$which" = imap ]; then
+        echo "==> IMAP/POP3: pimail beside Dovecot (bench/imap_bench.py)"
+        "$VENV/bin/python" bench/imap_bench.py --dovecot --pimail-start
+    fi
+}
+
 case "${1:-}" in
     run) shift; cmd_run "$@" ;;
     test) shift; cmd_test "$@" ;;
-    *) echo "usage: $0 run | test" >&2; exit 2 ;;
+    bench) shift; cmd_bench "$@" ;;
+    *) echo "usage: $0 run | test | bench [smtp|imap]" >&2; exit 2 ;;
 esac

@@ -60,12 +60,18 @@ class PimailServer:
         self.smtp_port = free_port()
         self.imap_port = free_port()
         self.imaps_port = free_port()
+        self.pop3_port = free_port()
+        self.pop3s_port = free_port()
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         tables: dict[str, dict] = {
             "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}"], **smtp},
             "imap": {
                 "listen": [f"127.0.0.1:{self.imap_port}"],
                 "listen_tls": [f"127.0.0.1:{self.imaps_port}"],
+            },
+            "pop3": {
+                "listen": [f"127.0.0.1:{self.pop3_port}"],
+                "listen_tls": [f"127.0.0.1:{self.pop3s_port}"],
             },
             "auth": {"failure_delay": 0.2},
         }

@@ -27,6 +27,7 @@ from .config import Settings, parse_listen
 from .imap.context import ImapContext
 from .imap.server import ImapServer
 from .imap.views import IndexReader, MailboxViews
+from .pop3.server import Pop3Server
 from .smtp.inbound import InboundHandler
 from .smtp.server import ConnectionLimiter, create_session
 from .store.store import Store
@@ -91,6 +92,7 @@ class Server:
         await self._start_smtp()
         self.store.start_analyser()
         await self._start_imap()
+        await self._start_pop3()
 
     def _ensure_certificates(self) -> None:
         """The internal CA and a server certificate for our names, made in a
@@ -157,6 +159,18 @@ class Server:
         if self.certs is not None:
             for address in self.settings.imap.listen_tls:
                 await self._listen_streams("imaps", imap.handle, address, implicit_tls=True)
+
+    async def _start_pop3(self) -> None:
+        certs = self.certs
+        pop3 = Pop3Server(
+            self.settings, self.store, self.authenticator, self.imap_reader,
+            certs.handshake_context if certs is not None else None,
+        )  # fmt: skip
+        for address in self.settings.pop3.listen:
+            await self._listen_streams("pop3", pop3.handle, address, implicit_tls=False)
+        if certs is not None:
+            for address in self.settings.pop3.listen_tls:
+                await self._listen_streams("pop3s", pop3.handle, address, implicit_tls=True)
 
     async def _listen_streams(
         self, name: str, handle: Any, address: str, implicit_tls: bool

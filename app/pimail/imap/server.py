@@ -80,9 +80,10 @@ class Connection:
                 return
             self.parser.receive_data(data)
             await self._process()
-            await self._flush()
             if s.starttls_requested:
                 await self._starttls()
+            else:
+                await self._flush()
 
     async def _read(self) -> bytes:
         s = self.session
@@ -169,9 +170,12 @@ class Connection:
         s = self.session
         s.starttls_requested = False
         # Anything the client sent after STARTTLS in the clear is dropped, never
-        # run after the handshake (the CVE-2011-0411 class of injection).
+        # run after the handshake (the CVE-2011-0411 class of injection). Drop it
+        # before the OK goes out, and start TLS without yielding to the loop in
+        # between: what arrives after the OK is the client's TLS handshake.
         self.parser.reset()
         self.reader._buffer.clear()  # type: ignore[attr-defined]
+        self.writer.write(s.take_output())
         assert self.ctx.tls_context is not None
         await self.writer.start_tls(self.ctx.tls_context, ssl_handshake_timeout=TLS_TIMEOUT)
         s.tls = True
