@@ -60,6 +60,7 @@ cmd_bench() {
     if [ "$which" = all ] || [ "$which" = smtp ]; then
         echo "==> SMTP accept: pimail beside Postfix + Dovecot (bench/smtp_accept.py)"
         "$VENV/bin/python" bench/smtp_accept.py
+        bash bench/classic/setup.sh stop   # its Dovecot holds the port imap_bench's uses
     fi
     if [ "$which" = all ] || [ "$which" = imap ]; then
         echo "==> IMAP/POP3: pimail beside Dovecot (bench/imap_bench.py)"

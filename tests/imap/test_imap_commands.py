@@ -322,3 +322,18 @@ def test_unicode_mailbox_names(mailbox: Mailbox) -> None:
     assert "Entwürfe".encode() in lines[0]
     c.close()
     assert (mailbox.server.maildir(mailbox.address) / ".Entwürfe").is_dir()
+
+
+def test_uid_expunge_and_imap4rev2(mailbox: Mailbox) -> None:
+    for i in range(3):
+        mailbox.deliver(f"x{i}")
+    c = raw_login(mailbox)
+    assert c.ok("ENABLE IMAP4rev2") == [b"* ENABLED IMAP4rev2\r\n"]
+    text = b"".join(c.ok("SELECT INBOX"))
+    assert b"RECENT" not in text  # IMAP4rev2 has no \Recent (RFC 9051 E.)
+    c.ok("STORE 1:3 +FLAGS (\\Deleted)")
+    # UID EXPUNGE (RFC 4315) removes only the UIDs named, of those marked \Deleted.
+    lines = c.ok("UID EXPUNGE 2")
+    assert lines == [b"* 2 EXPUNGE\r\n"]
+    assert len(c.ok("FETCH 1:* (UID)")) == 2
+    c.close()
