@@ -143,3 +143,28 @@ def test_cert_commands(admin: PimailServer) -> None:
     status = admin.cli("cert", "status").stdout
     assert "internal: serial" in status and "pimail internal CA" in status
     assert "mail.example.org" in status and "days left" in status
+
+
+def test_headless_setup_apply(admin: PimailServer, tmp_path: Path) -> None:
+    hashed = admin.cli("user", "hash", input="boot-password\n").stdout.strip()
+    assert hashed.startswith("$scrypt$")
+    toml = tmp_path / "pimail.toml"
+    toml.write_text(
+        '[setup]\ndomain = "box.example"\nhostname = "mail.box.example"\n'
+        f'admin = "admin@box.example"\npassword_hash = "{hashed}"\nsetup_token = "t0k3n"\n'
+    )
+    out = admin.cli("setup", "apply", str(toml)).stdout
+    assert "added domain box.example" in out and "added account admin@box.example" in out
+    assert admin.cli("user", "list").stdout.strip() == "admin@box.example  admin"
+    assert config.load(admin.config).hostname == "mail.box.example"
+    assert (admin.data_dir / "setup-token").read_text() == "t0k3n\n"
+    assert oct((admin.data_dir / "setup-token").stat().st_mode & 0o777) == "0o600"
+    again = admin.cli("setup", "apply", str(toml)).stdout  # idempotent
+    assert "added" not in again
+    # The hash works: the admin can log in over IMAP with the password.
+    admin.start()
+    import imaplib
+
+    m = imaplib.IMAP4_SSL("localhost", admin.imaps_port, ssl_context=admin.client_tls())
+    assert m.login("admin@box.example", "boot-password")[0] == "OK"
+    m.logout()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from . import db
+from . import db, systemd
 from .auth.accounts import Directory
 from .auth.login import Authenticator, FailureLimiter
 from .config import Settings, parse_listen
@@ -220,5 +220,17 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, server.stopping.set)
     await server.start()
     log.info("ready data_dir=%s pid=%d", Path(settings.data_dir).resolve(), os.getpid())
+    systemd.notify("READY=1\nSTATUS=serving")
+    interval = systemd.watchdog_interval()
+    watchdog = None
+    if interval:
+
+        async def healthy() -> None:
+            await server.store.run(lambda: None)  # the writer thread answers
+
+        watchdog = loop.create_task(systemd.feed_watchdog(healthy, interval))
     await server.stopping.wait()
+    systemd.notify("STOPPING=1")
+    if watchdog is not None:
+        watchdog.cancel()
     await server.stop()

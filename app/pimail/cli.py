@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import shutil
 import sys
 import time
@@ -87,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("source")
     x.add_argument("targets", nargs="*")
     x.set_defaults(func=cmd_alias_remove)
+
+    x = u.add_parser("hash", help="print a password hash (for pimail.toml), password from stdin")
+    x.set_defaults(func=cmd_user_hash)
+
+    st = sub.add_parser("setup", help="headless setup").add_subparsers(metavar="ACTION")
+    x = st.add_parser("apply", help="apply a pimail.toml [setup] table (domain, admin, hash)")
+    x.add_argument("file")
+    x.set_defaults(func=cmd_setup_apply)
 
     r = sub.add_parser("reindex", help="rebuild the mail index from the Maildirs")
     r.set_defaults(func=cmd_reindex)
@@ -190,6 +199,56 @@ def cmd_user_passwd(settings: config.Settings, args: argparse.Namespace) -> None
         raise DirectoryError(f"no account {args.address}")
     directory.set_password(args.address, hash_password(read_password("New password: ")))
     print(f"password changed for {args.address}")
+
+
+def cmd_user_hash(settings: config.Settings, args: argparse.Namespace) -> None:
+    print(hash_password(read_password()))
+
+
+def cmd_setup_apply(settings: config.Settings, args: argparse.Namespace) -> int:
+    """Headless first boot: what a [setup] table asks for, idempotently.
+
+    [setup]
+    domain = "example.org"
+    hostname = "mail.example.org"       # optional
+    admin = "admin@example.org"
+    password_hash = "$scrypt$..."       # from `pimail user hash`
+    setup_token = "..."                 # optional: the web wizard asks for it
+    """
+    import tomllib
+
+    with open(args.file, "rb") as f:
+        setup = tomllib.load(f).get("setup", {})
+    if not isinstance(setup, dict) or not setup:
+        print(f"pimail: {args.file} has no [setup] table", file=sys.stderr)
+        return 1
+    directory = _directory(settings)
+    if "domain" in setup and not directory.is_local_domain(setup["domain"]):
+        print(f"added domain {directory.add_domain(setup['domain'])}")
+    if "hostname" in setup:
+        config.validate_override("hostname", setup["hostname"])
+        directory.con.execute(
+            "INSERT INTO settings (key, value) VALUES ('hostname', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (json.dumps(setup["hostname"]),),
+        )
+        print(f"hostname = {setup['hostname']}")
+    if "admin" in setup:
+        stored = setup.get("password_hash", "")
+        if not stored.startswith("$scrypt$"):
+            print("pimail: [setup] admin needs a password_hash (pimail user hash)", file=sys.stderr)
+            return 1
+        if directory.account(setup["admin"]) is None:
+            account = directory.add_account(setup["admin"], stored, is_admin=True)
+            print(f"added account {account.address} (admin)")
+    if "setup_token" in setup:
+        token = settings.data_dir / "setup-token"
+        token.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(setup["setup_token"]) + "\n")
+        print("setup token stored")
+    return 0
 
 
 def cmd_alias_add(settings: config.Settings, args: argparse.Namespace) -> None:
