@@ -213,7 +213,34 @@ def configure_logging(level: str) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
+def tune_memory() -> None:
+    """Two settings that decide what an idle connection costs on a small board.
+
+    - asyncio's TLS layer gives every connection a 256 KiB receive buffer
+      (SSLProtocol.max_size); a TLS record is at most 16 KiB, so 32 KiB loses
+      nothing and saves ~220 KiB per idle IMAP/POP3/SMTP TLS connection.
+    - Sockets are read with recv(256 KiB) and the result shrunk. glibc raises
+      its mmap threshold after such blocks are freed, and from then on they come
+      from the heap, which fragments: ~80 KiB of RSS per idle connection. A fixed
+      threshold (mallopt M_MMAP_THRESHOLD) keeps big blocks in mmap.
+    """
+    import asyncio.sslproto
+    import ctypes
+    import ctypes.util
+
+    asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
+    libc_name = ctypes.util.find_library("c")
+    if libc_name and "libc" in libc_name:
+        try:
+            libc = ctypes.CDLL(libc_name)
+            m_mmap_threshold = -3
+            libc.mallopt(m_mmap_threshold, 128 * 1024)
+        except (OSError, AttributeError):
+            log.debug("mallopt not available")
+
+
 async def serve(settings: Settings) -> None:
+    tune_memory()
     server = Server(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

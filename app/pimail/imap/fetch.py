@@ -25,7 +25,8 @@ COLUMNS = (
 )
 # FETCH items that set \Seen (RFC 9051 6.4.5) unless .PEEK or read-only.
 SETS_SEEN = {"RFC822", "RFC822.TEXT"}
-NEEDS_FILE = {"RFC822", "RFC822.HEADER", "RFC822.TEXT", "BINARY", "BINARY.SIZE"}
+# Items served from the index alone (when the message has been analysed).
+CACHED = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "ENVELOPE", "BODYSTRUCTURE"}
 
 
 @dataclass
@@ -87,8 +88,13 @@ def render(
     if options.uid:
         names.add("UID")
     out: list[bytes] = []
+    columns = COLUMNS
+    if names <= CACHED and not options.utf8 and not options.imap4rev2:
+        # The common first sync: everything is in the index; leave the structure
+        # JSON (the larger part of the cache) in the database.
+        columns = columns.replace("c.structure", "NULL")
     query = (
-        f"SELECT {COLUMNS} FROM messages m LEFT JOIN message_cache c ON c.message_id = m.id"
+        f"SELECT {columns} FROM messages m LEFT JOIN message_cache c ON c.message_id = m.id"
         " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?"
     )
     if options.changedsince is not None:
