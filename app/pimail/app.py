@@ -9,6 +9,7 @@ and persist the UID bounds before exit.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import logging
@@ -182,16 +183,27 @@ class Server:
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await handle(reader, writer, implicit_tls)
 
-        server = await asyncio.start_server(
-            on_client, host, port, reuse_address=True, limit=64 * 1024
+        await self._bind(
+            name,
+            address,
+            asyncio.start_server(on_client, host, port, reuse_address=True, limit=64 * 1024),
         )
-        self.listeners.append(server)
-        log.info("listening service=%s address=%s", name, address)
 
     async def _listen(self, name: str, factory: object, address: str) -> None:
         host, port = parse_listen(address)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(factory, host, port, reuse_address=True)  # type: ignore[arg-type]
+        creating = loop.create_server(factory, host, port, reuse_address=True)  # type: ignore[arg-type]
+        await self._bind(name, address, creating)
+
+    async def _bind(self, name: str, address: str, creating: Any) -> None:
+        """Listen; an IPv6 wildcard on a host without IPv6 is skipped, not fatal."""
+        try:
+            server = await creating
+        except OSError as e:
+            if address.startswith("[") and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                log.warning("not listening service=%s address=%s error=%s", name, address, e)
+                return
+            raise
         self.listeners.append(server)
         log.info("listening service=%s address=%s", name, address)
 
