@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# pimail's one entry point. Usage: ./build.sh run | test | bench [smtp|imap]
+# pimail's one entry point. Usage: ./build.sh run | test | image | qemu | bench [smtp|imap]
 #   run    set up .venv, install pimail, start a server on development defaults
-#   test   install what the tests need, lint, run the whole test suite
+#   test   install what the tests need, lint, build the SD image if it is missing
+#          or out of date, run the whole test suite (with the QEMU end-to-end
+#          tests; PIMAIL_SKIP_QEMU=1 leaves the image and those tests out)
+#   image  build out/pimail-arm64.img.xz (+ .sha256) (image/build.sh; root)
+#   qemu   boot the image under qemu-system-aarch64, mail ports on 127.0.0.1
 #   bench  measure pimail beside Postfix 3.7 + Dovecot 2.3 (installs them; root)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -46,12 +50,35 @@ cmd_run() {
 
 cmd_test() {
     # Real peers the tests talk to.
-    apt_install swaks sqlite3 openssl isync
+    apt_install swaks sqlite3 openssl isync pebble
     ensure_venv
     echo "==> ruff"
     "$VENV/bin/ruff" check .
+    local skip=()
+    if [ "${PIMAIL_SKIP_QEMU:-0}" = 1 ]; then
+        skip=(--ignore=tests/qemu)
+    else
+        # The image is cached outside the repository by a hash of image/,
+        # overlay/ and app/: rebuilt only when one of them changed.
+        cmd_image
+        apt_install qemu-system-arm mtools e2fsprogs fdisk
+        export PIMAIL_REQUIRE_QEMU=1
+    fi
     echo "==> pytest"
-    "$VENV/bin/pytest" tests "$@"
+    "$VENV/bin/pytest" tests "${skip[@]}" "$@"
+}
+
+cmd_image() {
+    echo "==> image (image/build.sh)"
+    $SUDO bash image/build.sh "$@"
+}
+
+cmd_qemu() {
+    # Boot out/pimail-arm64.img: 512 MB, a data disk kept in var/qemu/data.img.
+    ensure_venv
+    apt_install qemu-system-arm mtools e2fsprogs fdisk
+    [ -f out/pimail-arm64.img ] || cmd_image
+    exec "$VENV/bin/python" qemu/pimailvm.py "$@"
 }
 
 cmd_bench() {
@@ -71,6 +98,8 @@ cmd_bench() {
 case "${1:-}" in
     run) shift; cmd_run "$@" ;;
     test) shift; cmd_test "$@" ;;
+    image) shift; cmd_image "$@" ;;
+    qemu) shift; cmd_qemu "$@" ;;
     bench) shift; cmd_bench "$@" ;;
-    *) echo "usage: $0 run | test | bench [smtp|imap]" >&2; exit 2 ;;
+    *) echo "usage: $0 run | test | image | qemu | bench [smtp|imap]" >&2; exit 2 ;;
 esac

@@ -62,6 +62,7 @@ class PimailServer:
         self.imaps_port = free_port()
         self.pop3_port = free_port()
         self.pop3s_port = free_port()
+        self.http_port = free_port()
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         tables: dict[str, dict] = {
             "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}"], **smtp},
@@ -73,6 +74,7 @@ class PimailServer:
                 "listen": [f"127.0.0.1:{self.pop3_port}"],
                 "listen_tls": [f"127.0.0.1:{self.pop3s_port}"],
             },
+            "web": {"listen_http": [f"127.0.0.1:{self.http_port}"], "listen_https": []},
             "auth": {"failure_delay": 0.2},
         }
         for name, values in (sections or {}).items():

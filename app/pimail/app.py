@@ -33,6 +33,7 @@ from .smtp.inbound import InboundHandler
 from .smtp.server import ConnectionLimiter, create_session
 from .store.store import Store
 from .tls.context import CertificateStore
+from .web import http01
 
 log = logging.getLogger("pimail")
 
@@ -75,6 +76,7 @@ class Server:
             self.directory, FailureLimiter(a.max_failures, a.failure_window), a.failure_delay
         )
         self.certs: CertificateStore | None = None
+        self._acme_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -94,6 +96,7 @@ class Server:
         self.store.start_analyser()
         await self._start_imap()
         await self._start_pop3()
+        await self._start_http()
 
     def _ensure_certificates(self) -> None:
         """The internal CA and a server certificate for our names, made in a
@@ -117,7 +120,56 @@ class Server:
                 "certificate name=%s serial=%s not_after=%s issued=%s",
                 result["name"], result["serial"], result["not_after"], result["issued"],
             )  # fmt: skip
-        self.certs = CertificateStore(tls_live_dir(s.data_dir))
+        # An ACME certificate wins for the names it covers; the internal one
+        # serves everything else (and all names until ACME has succeeded).
+        self.certs = CertificateStore(tls_live_dir(s.data_dir), names=("acme", "internal"))
+
+    def acme_request(self, force: bool = False) -> dict[str, object]:
+        t = self.settings.tls
+        return {
+            "data_dir": str(self.settings.data_dir),
+            "directory_url": t.acme_directory,
+            "email": t.acme_email,
+            "names": t.acme_names or [self.settings.hostname],
+            "ca_bundle": t.acme_ca_bundle,
+            "force": force,
+        }
+
+    async def _acme_loop(self) -> None:
+        """Check renewal now and then; the child process decides and backs off."""
+        while True:
+            request = json.dumps(self.acme_request())
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pimail.tls.acme_client", request,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await proc.communicate()
+            lines = out.decode().strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                log.error("acme client failed: %s", err.decode().strip()[-1000:])
+            else:
+                result = json.loads(lines[-1])
+                log.info("acme %s", " ".join(f"{k}={v}" for k, v in result.items()))
+                if result.get("status") == "issued" and self.certs is not None:
+                    self.certs.reload()
+            await asyncio.sleep(self.settings.tls.acme_check_interval)
+
+    async def _start_http(self) -> None:
+        challenges = self.settings.data_dir / "tls" / "acme-challenge"
+        for address in self.settings.web.listen_http:
+            host, port = parse_listen(address)
+
+            async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await http01.handle(reader, writer, challenges)
+
+            await self._bind(
+                "http",
+                address,
+                asyncio.start_server(on_client, host, port, reuse_address=True,
+                                     limit=http01.MAX_HEAD),
+            )  # fmt: skip
+        if self.settings.tls.acme:
+            self._acme_task = asyncio.get_running_loop().create_task(self._acme_loop())
 
     async def _start_smtp(self) -> None:
         s = self.settings.smtp
@@ -208,6 +260,8 @@ class Server:
         log.info("listening service=%s address=%s", name, address)
 
     async def stop(self) -> None:
+        if self._acme_task is not None:
+            self._acme_task.cancel()
         for server in self.listeners:
             server.close()
         await self.store.aclose()

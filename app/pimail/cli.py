@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_cert_ca)
     x = t.add_parser("status", help="the certificates in use: names, issuer, expiry")
     x.set_defaults(func=cmd_cert_status)
+    x = t.add_parser("renew", help="get an ACME certificate now (the server answers HTTP-01)")
+    x.set_defaults(func=cmd_cert_renew)
 
     c = sub.add_parser("config", help="settings").add_subparsers(metavar="ACTION")
     x = c.add_parser("show", help="print the settings in force")
@@ -320,7 +322,35 @@ def cmd_cert_status(settings: config.Settings, args: argparse.Namespace) -> int:
         print(f"  issuer   {info.issuer}")
         print(f"  names    {', '.join(sorted(info.names))}")
         print(f"  expires  {info.not_after:%Y-%m-%d %H:%M} UTC ({left.days} days left)")
+    if settings.tls.acme:
+        from .tls import acme_client
+
+        state = acme_client.read_state(settings.data_dir)
+        print(f"acme: {settings.tls.acme_directory}")
+        for key in ("last_success", "last_attempt", "last_error", "failures", "next_attempt"):
+            if state.get(key) not in (None, ""):
+                print(f"  {key.replace('_', ' ')}: {state[key]}")
     return 0
+
+
+def cmd_cert_renew(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .tls import acme_client
+
+    t = settings.tls
+    if not t.acme:
+        print("pimail: ACME is off: pimail config set tls.acme true", file=sys.stderr)
+        return 1
+    request = acme_client.Request(
+        data_dir=settings.data_dir,
+        directory_url=t.acme_directory,
+        email=t.acme_email,
+        names=t.acme_names or [settings.hostname],
+        ca_bundle=t.acme_ca_bundle,
+        force=True,
+    )
+    result = acme_client.run(request)
+    print(" ".join(f"{k}={v}" for k, v in result.items()))
+    return 0 if result["status"] == "issued" else 1
 
 
 def cmd_config_show(settings: config.Settings, args: argparse.Namespace) -> None:

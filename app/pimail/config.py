@@ -81,11 +81,24 @@ class WebSettings:
     listen_https: list[str] = field(default_factory=lambda: ["127.0.0.1:8443"])
 
 
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
 @dataclass
 class TlsSettings:
     # Names and addresses the internal certificate carries besides the host
     # name, mail.<domain>, autoconfig.<domain>, mta-sts.<domain> and pimail.local.
     extra_names: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
+    # Let's Encrypt (or any ACME CA, RFC 8555), HTTP-01 on the HTTP listener.
+    acme: bool = False
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_email: str = ""
+    # Names to certify; empty: the host name.
+    acme_names: list[str] = field(default_factory=list)
+    # A CA bundle to trust the ACME server's HTTPS with (a test CA); empty: the system's.
+    acme_ca_bundle: str = ""
+    # How often to check whether renewal is due (the client backs off by itself).
+    acme_check_interval: float = 3600.0
 
 
 @dataclass
