@@ -276,3 +276,55 @@ def test_http_listener_serves_only_challenges(acme_setup) -> None:
         b"HTTP/1.1 431"
     )
     shutil.rmtree(challenges)
+
+
+def test_failing_challenge_keeps_the_old_certificate(make_server, tmp_path: Path) -> None:
+    """pebble validates against a port where nobody answers: the order fails."""
+    pebble = Pebble(tmp_path, free_port())  # HTTP-01 goes to a closed port
+    server: PimailServer = make_server(
+        sections={
+            "tls": {
+                "acme": True,
+                "acme_directory": pebble.directory,
+                "acme_ca_bundle": str(pebble.cert),
+                "acme_names": [NAME],
+            }
+        }
+    )
+    server.cli("domain", "add", "example.org")
+    try:
+        result = server.cli("cert", "renew", check=False)
+        assert result.returncode == 1 and "status=failed" in result.stdout
+        state = json.loads((server.data_dir / "tls" / "acme" / "state.json").read_text())
+        assert state["failures"] == 1 and "next_attempt" in state
+        assert not (server.data_dir / "tls" / "live" / "acme").exists()
+        assert not any((server.data_dir / "tls" / "acme-challenge").iterdir())  # cleaned up
+    finally:
+        pebble.stop()
+
+
+def test_rate_limit_waits_for_the_ca(tmp_path: Path) -> None:
+    """A rateLimited problem (RFC 8555 6.6) pushes the next attempt past the backoff.
+    pebble cannot rate-limit, so here the order fails with the CA's problem
+    document as the acme library raises it (a stand-in for the network part)."""
+    from acme import messages
+
+    from pimail.tls import acme_client
+
+    request = acme_client.Request(tmp_path, "https://127.0.0.1:1/dir", "", ["a.example"])
+    now = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+    original = acme_client.obtain
+
+    def limited(_: acme_client.Request) -> str:
+        raise messages.Error(typ="urn:ietf:params:acme:error:rateLimited", detail="too many")
+
+    acme_client.obtain = limited
+    try:
+        result = acme_client.run(request, now=now)
+    finally:
+        acme_client.obtain = original
+    assert result["status"] == "failed"
+    next_attempt = dt.datetime.fromisoformat(result["next_attempt"])
+    assert next_attempt - now >= dt.timedelta(hours=3)
+    # Before that time, nothing is even tried.
+    assert acme_client.run(request, now=now + dt.timedelta(hours=1))["status"] == "backing-off"

@@ -102,7 +102,7 @@ def run(request: Request, now: dt.datetime | None = None) -> dict[str, Any]:
     except Exception as e:  # any failure: keep the old certificate, try later
         failures = int(state.get("failures", 0)) + 1
         delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
-        retry_after = _retry_after(e)
+        retry_after = _retry_after(e, now)
         if retry_after is not None and retry_after > now + delay:
             delay = retry_after - now
         state.update(
@@ -122,11 +122,15 @@ def run(request: Request, now: dt.datetime | None = None) -> dict[str, Any]:
     return {"status": "issued", "reason": reason, "serial": serial}
 
 
-def _retry_after(error: Exception) -> dt.datetime | None:
+def _retry_after(error: Exception, now: dt.datetime) -> dt.datetime | None:
+    """When the CA lets us try again after a rate limit (RFC 8555 6.6). The
+    acme library does not hand over the Retry-After header with the problem,
+    so a rate limit waits 3 hours at least (Let's Encrypt's limits are per hour
+    or per week)."""
     from acme import messages
 
     if isinstance(error, messages.Error) and error.typ.endswith(":rateLimited"):
-        return dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
+        return now + dt.timedelta(hours=3)
     return None
 
 
