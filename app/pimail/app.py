@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from .pop3.server import Pop3Server
 from .smtp.inbound import InboundHandler
 from .smtp.server import ConnectionLimiter, create_session
 from .store.store import Store
-from .tls.context import CertificateStore
+from .tls.context import CertificateStore, make_server_context
 from .web import http01
 
 log = logging.getLogger("pimail")
@@ -77,6 +78,7 @@ class Server:
         )
         self.certs: CertificateStore | None = None
         self._acme_task: asyncio.Task[None] | None = None
+        self._alpn_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -133,6 +135,7 @@ class Server:
             "names": t.acme_names or [self.settings.hostname],
             "ca_bundle": t.acme_ca_bundle,
             "force": force,
+            "challenge": t.acme_challenge,
         }
 
     async def _acme_loop(self) -> None:
@@ -168,8 +171,55 @@ class Server:
                 asyncio.start_server(on_client, host, port, reuse_address=True,
                                      limit=http01.MAX_HEAD),
             )  # fmt: skip
+        certs = self.certs
+        for address in self.settings.web.listen_https:
+            host, port = parse_listen(address)
+
+            async def on_tls_client(
+                reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+            ) -> None:
+                assert certs is not None
+                await http01.handle_https(reader, writer, certs.handshake_context)
+
+            await self._bind(
+                "https", address,
+                asyncio.start_server(on_tls_client, host, port, reuse_address=True,
+                                     limit=http01.MAX_HEAD),
+            )  # fmt: skip
         if self.settings.tls.acme:
-            self._acme_task = asyncio.get_running_loop().create_task(self._acme_loop())
+            loop = asyncio.get_running_loop()
+            self._acme_task = loop.create_task(self._acme_loop())
+            self._alpn_task = loop.create_task(self._watch_alpn_certificates())
+
+    async def _watch_alpn_certificates(self) -> None:
+        """Serve TLS-ALPN-01 validation certificates (RFC 8737) while the ACME
+        client has them on disk: to "acme-tls/1" clients asking for that name."""
+        directory = self.settings.data_dir / "tls" / "acme-alpn"
+        served: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(0.5)
+            if self.certs is None:
+                continue
+            try:
+                present = {p.stem: p.stat().st_mtime for p in directory.glob("*.pem")}
+            except OSError:
+                present = {}
+            for name, mtime in present.items():
+                if served.get(name) != mtime:
+                    path = directory / f"{name}.pem"
+                    try:
+                        ctx = make_server_context(path, path)
+                        ctx.set_alpn_protocols(["acme-tls/1"])
+                    except (OSError, ssl.SSLError) as e:
+                        log.warning("tls-alpn-01 certificate unusable name=%s error=%s", name, e)
+                        continue
+                    self.certs.set_override(name, ctx)
+                    served[name] = mtime
+                    log.info("tls-alpn-01 certificate served name=%s", name)
+            for name in list(served):
+                if name not in present:
+                    self.certs.set_override(name, None)
+                    del served[name]
 
     async def _start_smtp(self) -> None:
         s = self.settings.smtp
@@ -260,8 +310,9 @@ class Server:
         log.info("listening service=%s address=%s", name, address)
 
     async def stop(self) -> None:
-        if self._acme_task is not None:
-            self._acme_task.cancel()
+        for task in (self._acme_task, self._alpn_task):
+            if task is not None:
+                task.cancel()
         for server in self.listeners:
             server.close()
         await self.store.aclose()

@@ -347,6 +347,7 @@ def cmd_cert_renew(settings: config.Settings, args: argparse.Namespace) -> int:
         names=t.acme_names or [settings.hostname],
         ca_bundle=t.acme_ca_bundle,
         force=True,
+        challenge=t.acme_challenge,
     )
     result = acme_client.run(request)
     print(" ".join(f"{k}={v}" for k, v in result.items()))

@@ -95,6 +95,8 @@ class TlsSettings:
     acme_email: str = ""
     # Names to certify; empty: the host name.
     acme_names: list[str] = field(default_factory=list)
+    # "http-01" (port 80) or "tls-alpn-01" (port 443, RFC 8737) for lines where 80 is closed.
+    acme_challenge: str = "http-01"
     # A CA bundle to trust the ACME server's HTTPS with (a test CA); empty: the system's.
     acme_ca_bundle: str = ""
     # How often to check whether renewal is due (the client backs off by itself).

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 NAME = "acme"
 BACKOFF_FIRST = dt.timedelta(hours=1)
 BACKOFF_MAX = dt.timedelta(days=1)
+ALPN_PICKUP = 1.0  # seconds: the server checks for TLS-ALPN-01 certificates this often
 
 
 def acme_dir(data_dir: Path) -> Path:
@@ -46,6 +48,51 @@ def challenge_dir(data_dir: Path) -> Path:
     return ca.tls_dir(data_dir) / "acme-challenge"
 
 
+def alpn_dir(data_dir: Path) -> Path:
+    """TLS-ALPN-01 validation certificates, <name>.pem (key and certificate), for
+    the server to present to ALPN "acme-tls/1" clients asking for that name."""
+    return ca.tls_dir(data_dir) / "acme-alpn"
+
+
+def alpn_certificate(name: str, key_authorization: str) -> bytes:
+    """RFC 8737 3: a self-signed certificate for `name` with the critical
+    acmeIdentifier extension holding SHA-256(key authorization)."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode()).digest()
+    now = dt.datetime.now(dt.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(
+            # id-pe-acmeIdentifier; the value is the DER OCTET STRING of the digest.
+            x509.UnrecognizedExtension(
+                ObjectIdentifier("1.3.6.1.5.5.7.1.31"), b"\x04\x20" + digest
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )  # fmt: skip
+    return key_pem + cert.public_bytes(serialization.Encoding.PEM)
+
+
 @dataclass
 class Request:
     data_dir: Path
@@ -54,6 +101,7 @@ class Request:
     names: list[str]
     ca_bundle: str = ""  # trust for the ACME server's own HTTPS (tests: pebble)
     force: bool = False
+    challenge: str = "http-01"  # or "tls-alpn-01" (RFC 8737) where port 80 is closed
 
 
 def read_state(data_dir: Path) -> dict[str, Any]:
@@ -194,16 +242,46 @@ def obtain(request: Request) -> str:
         for authz in order.authorizations:
             if authz.body.status == messages.STATUS_VALID:
                 continue  # the CA remembers a recent validation (RFC 8555 7.1.4)
-            body = next(
-                (c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)), None
-            )
-            if body is None:
-                raise RuntimeError(f"no HTTP-01 challenge for {authz.body.identifier.value}")
-            response, validation = body.response_and_validation(jwk)
-            token_file = challenge_dir(data_dir) / body.chall.encode("token")
-            token_file.write_text(validation)
-            challenge_files.append(token_file)
-            acme.answer_challenge(body, response)
+            name = authz.body.identifier.value
+            if request.challenge == "tls-alpn-01":
+                # acme 5 has no class for TLS-ALPN-01 (RFC 8737): it arrives as
+                # an unrecognised challenge, and the key authorization is the
+                # token and the account key's thumbprint (RFC 8555 8.1).
+                body = next(
+                    (c for c in authz.body.challenges
+                     if isinstance(c.chall, challenges.UnrecognizedChallenge)
+                     and c.chall.jobj.get("type") == "tls-alpn-01"),
+                    None,
+                )  # fmt: skip
+                if body is None:
+                    raise RuntimeError(f"no tls-alpn-01 challenge for {name}")
+                token = body.chall.jobj["token"]
+                key_authorization = f"{token}.{jose.b64encode(jwk.thumbprint()).decode()}"
+                response: Any = _EmptyResponse()
+                alpn_dir(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+                path = alpn_dir(data_dir) / f"{name}.pem"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(alpn_certificate(name, key_authorization))
+                time.sleep(ALPN_PICKUP)  # the server looks for new files this often
+            else:
+                body = next(
+                    (c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)),
+                    None,
+                )
+                if body is None:
+                    raise RuntimeError(f"no http-01 challenge for {name}")
+                response, validation = body.response_and_validation(jwk)
+                path = challenge_dir(data_dir) / body.chall.encode("token")
+                path.write_text(validation)
+            challenge_files.append(path)
+            if request.challenge == "tls-alpn-01":
+                # answer_challenge() insists on a Link "up" header that is not
+                # required (RFC 8555 7.5.1); post the empty object ourselves.
+                reply = acme._post(body.uri, response)
+                log.info("tls-alpn-01 answered status=%s", reply.status_code)
+            else:
+                acme.answer_challenge(body, response)
         deadline = dt.datetime.now() + dt.timedelta(seconds=120)
         order = acme.poll_and_finalize(order, deadline=deadline)
     finally:
@@ -216,6 +294,21 @@ def obtain(request: Request) -> str:
     return info.serial_hex
 
 
+def _empty_response_class() -> Any:
+    from acme import challenges
+
+    class EmptyResponse(challenges.ChallengeResponse):
+        """RFC 8555 7.5.1: a challenge is answered with an empty JSON object."""
+
+        typ = "tls-alpn-01"
+
+    return EmptyResponse
+
+
+def _EmptyResponse() -> Any:  # a class made on first use: acme loads lazily
+    return _empty_response_class()()
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     raw = json.loads(argv[0])
@@ -226,6 +319,7 @@ def main(argv: list[str]) -> int:
         names=list(raw["names"]),
         ca_bundle=raw.get("ca_bundle", ""),
         force=bool(raw.get("force", False)),
+        challenge=raw.get("challenge", "http-01"),
     )
     print(json.dumps(run(request)))
     return 0

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,30 @@ async def handle(
     except asyncio.LimitOverrunError:
         writer.write(_response(431, "Request Header Fields Too Large", b""))
     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def handle_https(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    context: Callable[[], ssl.SSLContext],
+) -> None:
+    """Port 443 until the web interface arrives: TLS-ALPN-01 validations
+    (RFC 8737: the handshake is all the validator wants) and a short notice."""
+    try:
+        await writer.start_tls(context(), ssl_handshake_timeout=TIMEOUT)
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "acme-tls/1":
+            return
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        writer.write(
+            _response(503, "Service Unavailable", b"The web interface is not there yet.\n")
+        )
+        await asyncio.wait_for(writer.drain(), TIMEOUT)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError,
+            ssl.SSLError, OSError):  # fmt: skip
         pass
     finally:
         writer.close()
