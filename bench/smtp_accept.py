@@ -502,6 +502,10 @@ class PimailServer:
         self.config.write_text(
             f"data_dir = {json.dumps(str(self.data_dir))}\n"
             f'[smtp]\nlisten = ["127.0.0.1:{self.port}"]\n'
+            # Only SMTP is measured: the other services stay off, so nothing
+            # collides with a pimail already running on the default ports.
+            "[imap]\nlisten = []\nlisten_tls = []\n[pop3]\nlisten = []\nlisten_tls = []\n"
+            "[web]\nlisten_http = []\nlisten_https = []\n"
         )
         if self.standin:
             self.maildir.parent.mkdir(parents=True)  # aiosmtpd makes only the leaf
