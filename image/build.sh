@@ -1,0 +1,295 @@
+#!/usr/bin/env bash
+# Build the pimail SD-card image: out/pimail-arm64.img.xz (+ .sha256).
+# Usage: image/build.sh [--force]
+# Steps (each prints "==> [n/9] ..."; a failure names its step):
+#   1 host tools   qemu-user-static + binfmt_misc, mmdebstrap, squashfs-tools, mtools...
+#   2 root         mmdebstrap bookworm arm64 (cached by a hash of packages.txt,
+#                  rootfs-pre/ and mkroot.sh; apt's downloads are cached too)
+#   3 python       aarch64 wheels + pimail into /opt/pimail/lib, byte-compiled
+#   4 overlay      overlay/ laid over the root, the pimail user, units enabled
+#   5 trim         docs, apt lists, kernel modules a Pi or QEMU never needs
+#   6 squashfs     the read-only root (without /boot)
+#   7 boot         FAT32: Pi firmware, DTBs, kernel, initrd, config.txt, cmdline.txt
+#   8 assemble     MBR: p1 boot (FAT32), p2 root (squashfs), p3 data (ext4)
+#   9 compress     xz, sha256
+# The finished image is cached under $PIMAIL_IMAGE_CACHE (default
+# /var/cache/pimail-image) by a hash of image/, overlay/ and app/; out/ gets
+# hard links (or copies). No loop devices, no mounts.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+CACHE=${PIMAIL_IMAGE_CACHE:-/var/cache/pimail-image}
+OUT="$REPO/out"
+NAME=pimail-arm64
+DISK_ID=0x706d6169            # "pmai": PARTUUIDs 706d6169-01/02/03 (fstab, cmdline.txt)
+BOOT_MB=256
+DATA_MB=128                   # grown to fill the card at first boot
+SQUASHFS_COMP=${PIMAIL_SQUASHFS_COMP:-"zstd -Xcompression-level 19"}
+FORCE=no
+[ "${1:-}" = --force ] && FORCE=yes
+
+STEP=""
+step() { STEP="$1"; echo "==> [$1] $2"; }
+trap 'rc=$?; [ $rc -ne 0 ] && echo "!!! image build failed in step [$STEP] (exit $rc)" >&2' EXIT
+
+tree_hash() {
+    # Content hash of files (paths and bytes), ignoring caches and docs.
+    (cd "$REPO" && find "$@" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+        ! -path '*.egg-info/*' ! -name '*.md' -print0 | sort -z | xargs -0 sha256sum) \
+        | sha256sum | cut -c1-16
+}
+
+image_key() { tree_hash image overlay app; }
+
+# --- 1 -----------------------------------------------------------------------
+host_tools() {
+    step 1/9 "host tools"
+    local pkgs=(qemu-system-arm qemu-user-static mmdebstrap squashfs-tools mtools dosfstools
+                e2fsprogs fdisk binfmt-support arch-test zstd xz-utils python3-pip python3-venv)
+    local missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "    apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    fi
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+    arch-test arm64 >/dev/null || { echo "arm64 binaries do not run here (binfmt_misc)" >&2; exit 1; }
+}
+
+# --- 2 -----------------------------------------------------------------------
+root_stage() {
+    local key
+    key=$(tree_hash image/packages.txt image/rootfs-pre image/mkroot.sh)
+    ROOTCACHE="$CACHE/root-$key"
+    step 2/9 "root filesystem (mmdebstrap, cache $ROOTCACHE)"
+    if [ ! -f "$ROOTCACHE.done" ]; then
+        rm -rf "$ROOTCACHE" "$ROOTCACHE.tmp"
+        "$HERE/mkroot.sh" "$ROOTCACHE.tmp" "$CACHE/debs"
+        mv "$ROOTCACHE.tmp" "$ROOTCACHE"
+        touch "$ROOTCACHE.done"
+        # Keep only the newest root (each is ~700 MB).
+        for old in "$CACHE"/root-*.done; do
+            [ "$old" = "$ROOTCACHE.done" ] || rm -rf "${old%.done}" "$old"
+        done
+    else
+        echo "    cached"
+    fi
+    ROOT="$WORK/root"
+    rm -rf "$ROOT"
+    cp -a "$ROOTCACHE" "$ROOT"
+}
+
+# --- 3 -----------------------------------------------------------------------
+python_stage() {
+    step 3/9 "python: aarch64 wheels and pimail into /opt/pimail/lib"
+    local lib="$ROOT/opt/pimail/lib"
+    local plats=()
+    for t in manylinux2014_aarch64 manylinux_2_17_aarch64 manylinux_2_24_aarch64 \
+             manylinux_2_28_aarch64 manylinux_2_31_aarch64 manylinux_2_34_aarch64 \
+             manylinux_2_35_aarch64 manylinux_2_36_aarch64; do
+        plats+=(--platform "$t")
+    done
+    local pipvenv="$CACHE/pip-venv"
+    [ -x "$pipvenv/bin/pip" ] || python3 -m venv "$pipvenv"
+    mkdir -p "$lib"
+    # The app's pinned dependencies, as aarch64 wheels for CPython 3.11 (bookworm's).
+    local deps
+    deps=$(python3 -c 'import tomllib,sys; print("\n".join(tomllib.load(open(sys.argv[1],"rb"))["project"]["dependencies"]))' "$REPO/app/pyproject.toml")
+    # shellcheck disable=SC2086
+    PIP_CONFIG_FILE=/dev/null "$pipvenv/bin/pip" install -q --disable-pip-version-check \
+        --cache-dir "$CACHE/pip" --target "$lib" --only-binary=:all: \
+        --python-version 3.11 --implementation cp --abi cp311 --abi abi3 "${plats[@]}" $deps
+    # pimail itself: pure Python, no dependencies (they are above).
+    rm -rf "$lib/bin"
+    local build="$WORK/app-build"
+    rm -rf "$build"; mkdir -p "$build"
+    cp -a "$REPO/app/." "$build/"
+    rm -rf "$build"/*.egg-info "$build/build"
+    PIP_CONFIG_FILE=/dev/null "$pipvenv/bin/pip" install -q --disable-pip-version-check \
+        --cache-dir "$CACHE/pip" --no-deps --no-compile --target "$lib" "$build"
+    rm -rf "$lib/bin"
+    echo /opt/pimail/lib > "$ROOT/usr/lib/python3/dist-packages/pimail.pth"
+    # Host 3.11 and bookworm's 3.11.2 share the bytecode magic number.
+    python3 -m compileall -q -j 2 --invalidation-mode unchecked-hash "$lib"
+    python3 -m compileall -q -j 2 --invalidation-mode unchecked-hash "$ROOT/usr/lib/python3.11" || true
+    du -sh "$lib" | sed 's/^/    /'
+}
+
+# --- 4 -----------------------------------------------------------------------
+overlay_stage() {
+    step 4/9 "overlay, pimail user, services"
+    cp -a --no-preserve=ownership "$REPO/overlay/." "$ROOT/"
+    mkdir -p "$ROOT/data" "$ROOT/boot/firmware"
+    chmod 0755 "$ROOT/data"
+    local ch=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT")
+    "${ch[@]}" sh -c 'getent group pimail >/dev/null || groupadd --system --gid 990 pimail'
+    "${ch[@]}" sh -c 'getent passwd pimail >/dev/null || useradd --system --uid 990 --gid 990 \
+        --home-dir /data --no-create-home --shell /usr/sbin/nologin --comment "pimail mail server" pimail'
+    # Serial-console smoke: pimail -> the import works on the target's Python.
+    "${ch[@]}" /usr/bin/python3 -c 'import pimail.cli, aiosmtpd, cryptography.x509; print("    import ok:", pimail.__version__ if hasattr(pimail, "__version__") else "pimail")'
+    systemctl --root="$ROOT" enable systemd-networkd.service systemd-resolved.service \
+        systemd-timesyncd.service avahi-daemon.service pimail-data.service \
+        pimail-firstboot.service pimail.service pimail-selftest.service >/dev/null 2>&1
+    # Nothing to update on a read-only root; no first-boot prompts on the console.
+    systemctl --root="$ROOT" mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
+        e2scrub_reap.service systemd-firstboot.service >/dev/null 2>&1
+    ln -sf /run/systemd/resolve/stub-resolv.conf "$ROOT/etc/resolv.conf"
+    # An empty machine-id: a transient one each boot (the root is read-only).
+    : > "$ROOT/etc/machine-id"
+    rm -f "$ROOT/var/lib/dbus/machine-id"
+    # The root account is locked; there is no login on the appliance.
+    "${ch[@]}" passwd -l root >/dev/null
+}
+
+# --- 5 -----------------------------------------------------------------------
+trim_stage() {
+    step 5/9 "trim"
+    rm -rf "$ROOT"/var/cache/apt/* "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/log/*.log \
+           "$ROOT"/usr/share/doc/*/changelog* "$ROOT"/usr/share/man "$ROOT"/usr/share/info
+    KVER=$(basename "$(ls -d "$ROOT"/lib/modules/* | sort -V | tail -n1)")
+    local mods="$ROOT/lib/modules/$KVER/kernel"
+    # Module directories neither a Pi 3/4/Zero 2 W nor QEMU virt needs.
+    rm -rf "$mods"/sound "$mods"/drivers/gpu "$mods"/drivers/media "$mods"/drivers/infiniband \
+           "$mods"/drivers/staging "$mods"/drivers/iio "$mods"/drivers/isdn "$mods"/drivers/net/wireless/{ath,intel,marvell,mediatek,realtek,ralink,ti,zydas,microchip,quantenna,st,rsi,intersil,admtek,atmel,purelifi} \
+           "$mods"/drivers/net/ethernet/{mellanox,chelsio,intel,qlogic,broadcom/bnx2x,cavium,marvell,amazon,huawei,netronome,sfc,emulex,hisilicon,cisco,qualcomm,aquantia,freescale,mscc,pensando,ti,amd,google} \
+           "$mods"/drivers/scsi/{lpfc,qla2xxx,qla4xxx,bfa,be2iscsi,mpt3sas,megaraid,aacraid,smartpqi,hisi_sas,bnx2fc,bnx2i,cxgbi,fcoe,libfc,csiostor,mpi3mr,qedf,qedi,pm8001,isci,arcmsr,esas2r,hpsa} \
+           "$mods"/drivers/{hwmon,input/joystick,input/touchscreen,input/misc,input/tablet,bluetooth,nfc,fpga,thunderbolt,target,md,infiniband,crypto/hisilicon,crypto/marvell,crypto/ccp,crypto/caam} \
+           "$mods"/net/{bluetooth,mac802154,ieee802154,nfc,wireless/tests,sunrpc,ceph,rxrpc,tipc,rds,sctp,netfilter/ipvs} \
+           "$mods"/fs/{ocfs2,gfs2,nfs,nfsd,ceph,cifs,smb,xfs,btrfs,jfs,nilfs2,orangefs,afs,coda,ubifs,dlm,reiserfs,f2fs,bcachefs,hfs,hfsplus,ufs,udf,9p,ntfs3,erofs,ksmbd,lockd,nfs_common}
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT" depmod "$KVER"
+    du -sh "$ROOT/lib/modules/$KVER" | sed 's/^/    modules: /'
+}
+
+# --- 6 -----------------------------------------------------------------------
+squashfs_stage() {
+    step 6/9 "squashfs ($SQUASHFS_COMP)"
+    rm -f "$WORK/root.sqfs"
+    # shellcheck disable=SC2086
+    mksquashfs "$ROOT" "$WORK/root.sqfs" -comp $SQUASHFS_COMP -noappend -quiet -no-progress \
+        -processors 2 -wildcards -e 'boot/vmlinuz*' 'boot/initrd*' 'boot/System.map*' 'boot/config-*'
+    ls -l "$WORK/root.sqfs" | awk '{printf "    %d MB\n", $5/1048576}'
+}
+
+# --- 7 -----------------------------------------------------------------------
+boot_stage() {
+    step 7/9 "boot partition (FAT32, ${BOOT_MB} MiB)"
+    local b="$WORK/bootfs"
+    rm -rf "$b"; mkdir -p "$b"
+    cp "$ROOT"/usr/lib/raspi-firmware/* "$b/"
+    cp "$ROOT/boot/vmlinuz-$KVER" "$ROOT/boot/initrd.img-$KVER" "$b/"
+    cp "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm2711-*.dtb \
+       "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm2837-*.dtb "$b/"
+    cat > "$b/config.txt" <<CFG
+# pimail: Raspberry Pi 3/3B+/4B/400/CM4/Zero 2 W, Debian's arm64 kernel.
+arm_64bit=1
+enable_uart=1
+upstream_kernel=1
+kernel=vmlinuz-$KVER
+initramfs initrd.img-$KVER followkernel
+disable_overscan=1
+[pi4]
+max_framebuffers=2
+[all]
+CFG
+    echo "console=tty1 console=ttyS1,115200 root=PARTUUID=${DISK_ID#0x}-02 rootfstype=squashfs ro rootwait net.ifnames=0 quiet" \
+        > "$b/cmdline.txt"
+    cp "$HERE/pimail.toml.example" "$b/pimail.toml.example"
+    echo "$KVER" > "$b/pimail-kernel-version.txt"
+    rm -f "$WORK/boot.vfat"
+    truncate -s "${BOOT_MB}M" "$WORK/boot.vfat"
+    mkfs.vfat -F 32 -n PIMAIL-BOOT "$WORK/boot.vfat" >/dev/null
+    mcopy -s -i "$WORK/boot.vfat" "$b"/* ::/
+}
+
+# --- 8 -----------------------------------------------------------------------
+assemble_stage() {
+    step 8/9 "assemble the SD image (MBR, disk id $DISK_ID)"
+    local sq_bytes sq_mb img="$WORK/$NAME.img"
+    sq_bytes=$(stat -c %s "$WORK/root.sqfs")
+    sq_mb=$(( (sq_bytes + 1048575) / 1048576 + 4 ))
+    local p1=4 p2=$((4 + BOOT_MB)) p3
+    p3=$((p2 + sq_mb))
+    local total=$((p3 + DATA_MB))
+    rm -f "$img"; truncate -s "${total}M" "$img"
+    sfdisk -q "$img" <<SF
+label: dos
+label-id: $DISK_ID
+unit: sectors
+start=$((p1 * 2048)), size=$((BOOT_MB * 2048)), type=c, bootable
+start=$((p2 * 2048)), size=$((sq_mb * 2048)), type=83
+start=$((p3 * 2048)), type=83
+SF
+    dd if="$WORK/boot.vfat" of="$img" bs=1M seek="$p1" conv=notrunc,sparse status=none
+    dd if="$WORK/root.sqfs" of="$img" bs=1M seek="$p2" conv=notrunc status=none
+    rm -rf "$WORK/data.ext4" "$WORK/data-empty"; mkdir -p "$WORK/data-empty"
+    mkfs.ext4 -q -L PIMAIL-SD -E root_owner=990:990 -d "$WORK/data-empty" "$WORK/data.ext4" "${DATA_MB}M"
+    dd if="$WORK/data.ext4" of="$img" bs=1M seek="$p3" conv=notrunc,sparse status=none
+    echo "    $total MiB: boot ${BOOT_MB} MiB @${p1}, root ${sq_mb} MiB @${p2}, data ${DATA_MB} MiB @${p3}"
+    cat > "$WORK/$NAME.layout" <<LAY
+disk_id=${DISK_ID#0x}
+kernel_version=$KVER
+image_mib=$total
+boot_offset_mib=$p1
+boot_mib=$BOOT_MB
+root_offset_mib=$p2
+root_mib=$sq_mb
+root_fs_bytes=$sq_bytes
+data_offset_mib=$p3
+data_mib=$DATA_MB
+LAY
+}
+
+# --- 9 -----------------------------------------------------------------------
+compress_stage() {
+    step 9/9 "compress (xz) and checksum"
+    xz -T2 -6 -k -f "$WORK/$NAME.img"
+    (cd "$WORK" && sha256sum "$NAME.img.xz" > "$NAME.img.xz.sha256")
+    ls -l "$WORK/$NAME.img" "$WORK/$NAME.img.xz" | awk '{printf "    %s %d MB\n", $9, $5/1048576}'
+}
+
+publish() {
+    mkdir -p "$OUT"
+    for f in "$NAME.img" "$NAME.img.xz" "$NAME.img.xz.sha256" "$NAME.layout"; do
+        ln -f "$FINAL/$f" "$OUT/$f" 2>/dev/null || cp -f "$FINAL/$f" "$OUT/$f"
+    done
+    echo "==> $OUT/$NAME.img.xz ($(cut -d' ' -f1 "$OUT/$NAME.img.xz.sha256"))"
+}
+
+main() {
+    local key start=$SECONDS
+    key=$(image_key)
+    FINAL="$CACHE/image-$key"
+    if [ "$FORCE" = no ] && [ -f "$FINAL/done" ]; then
+        echo "==> image up to date (cache $FINAL)"
+        publish
+        return 0
+    fi
+    host_tools
+    mkdir -p "$CACHE"
+    WORK="$CACHE/work"
+    rm -rf "$WORK"; mkdir -p "$WORK"
+    root_stage
+    python_stage
+    overlay_stage
+    trim_stage
+    squashfs_stage
+    boot_stage
+    assemble_stage
+    compress_stage
+    rm -rf "$FINAL"; mkdir -p "$FINAL"
+    mv "$WORK/$NAME.img" "$WORK/$NAME.img.xz" "$WORK/$NAME.img.xz.sha256" "$WORK/$NAME.layout" "$FINAL/"
+    echo "$key" > "$FINAL/done"
+    # Keep the two newest images.
+    ls -dt "$CACHE"/image-* | tail -n +3 | xargs -r rm -rf
+    rm -rf "$WORK"
+    publish
+    echo "==> image built in $((SECONDS - start)) s"
+}
+
+main
