@@ -29,9 +29,10 @@ from .config import Settings, parse_listen
 from .imap.context import ImapContext
 from .imap.server import ImapServer
 from .imap.views import IndexReader, MailboxViews
+from .net import ConnectionLimiter
 from .pop3.server import Pop3Server
 from .smtp.inbound import InboundHandler
-from .smtp.server import ConnectionLimiter, create_session
+from .smtp.server import create_session
 from .store.store import Store
 from .tls.context import CertificateStore, make_server_context
 from .web import http01

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
-from ..smtp.server import ConnectionLimiter
+from ..net import TLS_TIMEOUT, ConnectionLimiter, serve_connection
 from . import events as ev
 from .context import ImapContext
 from .grammar import ParseError
@@ -20,7 +19,6 @@ from .session import Session
 
 log = logging.getLogger(__name__)
 READ_SIZE = 65536
-TLS_TIMEOUT = 30.0
 MAX_BAD = 30  # protocol errors in a row before the connection is closed
 
 
@@ -33,25 +31,13 @@ class ImapServer:
     async def handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool
     ) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        ip = str(peer[0])
-        refusal = self.limiter.acquire(ip)
-        if refusal is not None:
-            writer.write(b"* BYE Too many connections\r\n")
-            writer.close()
-            return
-        try:
-            if implicit_tls:  # TLS from the first octet (RFC 8314), on this accept
-                assert self.ctx.tls_context is not None
-                await writer.start_tls(self.ctx.tls_context, ssl_handshake_timeout=TLS_TIMEOUT)
+        async def run(ip: str) -> None:
             await Connection(self.ctx, reader, writer, ip, implicit_tls).run()
-        except (ConnectionError, ssl.SSLError, TimeoutError) as e:
-            log.debug("imap connection ended ip=%s error=%r", ip, e)
-        except Exception:
-            log.exception("imap connection failed ip=%s", ip)
-        finally:
-            self.limiter.release(ip)
-            writer.close()
+
+        tls = (lambda: self.ctx.tls_context) if implicit_tls else None  # type: ignore[return-value]
+        await serve_connection(
+            "imap", self.limiter, reader, writer, tls, b"* BYE Too many connections\r\n", run
+        )
 
 
 class Connection:

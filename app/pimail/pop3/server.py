@@ -44,7 +44,7 @@ from ..auth.accounts import Account
 from ..auth.login import Authenticator
 from ..config import Settings
 from ..imap.views import IndexReader
-from ..smtp.server import ConnectionLimiter
+from ..net import TLS_TIMEOUT, ConnectionLimiter, serve_connection
 from ..store.ops import StoreError
 from ..store.store import Mailbox, Store
 from . import protocol as p
@@ -52,7 +52,6 @@ from . import protocol as p
 log = logging.getLogger(__name__)
 READ_SIZE = 65536
 CHUNK = 65536  # octets of a message read and sent at a time
-TLS_TIMEOUT = 30.0
 
 # The context for a TLS handshake starting now (session ticket keys rotate).
 TlsContextFactory = Callable[[], ssl.SSLContext]
@@ -83,26 +82,13 @@ class Pop3Server:
     async def handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool
     ) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        ip = str(peer[0])
-        if self.limiter.acquire(ip) is not None:
-            writer.write(b"-ERR [SYS/TEMP] Too many connections, try again later\r\n")
-            writer.close()
-            return
-        try:
-            # Implicit TLS (RFC 8314, port 995): the handshake on this accept,
-            # unless the listener did it already.
-            if implicit_tls and writer.get_extra_info("ssl_object") is None:
-                assert self.tls is not None
-                await writer.start_tls(self.tls(), ssl_handshake_timeout=TLS_TIMEOUT)
+        async def run(ip: str) -> None:
             await Connection(self, reader, writer, ip, implicit_tls).run()
-        except (ConnectionError, ssl.SSLError, TimeoutError) as e:
-            log.debug("pop3 connection ended ip=%s error=%r", ip, e)
-        except Exception:
-            log.exception("pop3 connection failed ip=%s", ip)
-        finally:
-            self.limiter.release(ip)
-            writer.close()
+
+        refusal = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+        await serve_connection(
+            "pop3", self.limiter, reader, writer, self.tls if implicit_tls else None, refusal, run
+        )
 
 
 class Connection:

@@ -27,6 +27,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from ..net import ConnectionLimiter
 from ..store.spool import Incoming
 from .data import DataDecoder
 
@@ -81,29 +82,6 @@ CALL_LIMITS = {
 
 class BareLineEnd(Exception):
     """A command line ended in a bare LF."""
-
-
-class ConnectionLimiter:
-    """Counts open connections, in total and per client address."""
-
-    def __init__(self, per_ip: int, total: int) -> None:
-        self.per_ip = per_ip
-        self.total = total
-        self.open: collections.Counter[str] = collections.Counter()
-
-    def acquire(self, ip: str) -> str | None:
-        """None if the connection may proceed, else the reason to refuse it."""
-        if sum(self.open.values()) >= self.total:
-            return "421 4.3.2 Too many connections, try again later"
-        if self.open[ip] >= self.per_ip:
-            return "421 4.7.0 Too many connections from your address, try again later"
-        self.open[ip] += 1
-        return None
-
-    def release(self, ip: str) -> None:
-        self.open[ip] -= 1
-        if self.open[ip] <= 0:
-            del self.open[ip]
 
 
 class PimailSMTP(SMTP):

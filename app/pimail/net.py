@@ -1,0 +1,70 @@
+"""What every stream service does with a new connection, in one place.
+
+Count it against the per-address and total limits, start TLS on the accept
+for implicit-TLS ports (RFC 8314: 993, 995, 465; the handshake on the
+accepted connection, so it gets the context current now), run the protocol,
+and always release and close, whatever the client did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+TLS_TIMEOUT = 30.0
+
+
+class ConnectionLimiter:
+    """Counts open connections, in total and per client address."""
+
+    def __init__(self, per_ip: int, total: int) -> None:
+        self.per_ip = per_ip
+        self.total = total
+        self.open: collections.Counter[str] = collections.Counter()
+
+    def acquire(self, ip: str) -> str | None:
+        """None if the connection may proceed, else the reason to refuse it."""
+        if sum(self.open.values()) >= self.total:
+            return "421 4.3.2 Too many connections, try again later"
+        if self.open[ip] >= self.per_ip:
+            return "421 4.7.0 Too many connections from your address, try again later"
+        self.open[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.open[ip] -= 1
+        if self.open[ip] <= 0:
+            del self.open[ip]
+
+
+async def serve_connection(
+    service: str,
+    limiter: ConnectionLimiter,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    implicit_tls: Callable[[], ssl.SSLContext] | None,
+    refusal: bytes,
+    run: Callable[[str], Awaitable[None]],
+) -> None:
+    """Limit, TLS if implicit, `run(client_ip)`, then release and close."""
+    peer = writer.get_extra_info("peername") or ("?", 0)
+    ip = str(peer[0])
+    if limiter.acquire(ip) is not None:
+        writer.write(refusal)
+        writer.close()
+        return
+    try:
+        if implicit_tls is not None and writer.get_extra_info("ssl_object") is None:
+            await writer.start_tls(implicit_tls(), ssl_handshake_timeout=TLS_TIMEOUT)
+        await run(ip)
+    except (ConnectionError, ssl.SSLError, TimeoutError) as e:
+        log.debug("%s connection ended ip=%s error=%r", service, ip, e)
+    except Exception:
+        log.exception("%s connection failed ip=%s", service, ip)
+    finally:
+        limiter.release(ip)
+        writer.close()
