@@ -151,6 +151,10 @@ class Machine:
     proc: subprocess.Popen | None = None
     boots: int = 0
     started_at: float = 0.0
+    # False: no separate PIMAIL-DATA disk, the SD card's own data partition serves.
+    data_disk: bool = True
+    # Make the SD card this much larger than the image (its data partition grows).
+    grow_sd_mb: int = 0
 
     @property
     def sd(self) -> Path:
@@ -168,12 +172,14 @@ class Machine:
         """Copy the image, put files on its boot partition, make the data disk."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "--sparse=always", str(self.image), str(self.sd)], check=True)
+        if self.grow_sd_mb:
+            subprocess.run(["truncate", "-s", f"+{self.grow_sd_mb}M", str(self.sd)], check=True)
         for name, content in (boot_files or {}).items():
             boot_write(self.sd, name, content)
         kver = boot_read(self.sd, "pimail-kernel-version.txt").decode().strip()
         boot_copy_out(self.sd, f"vmlinuz-{kver}", self.workdir / "vmlinuz")
         boot_copy_out(self.sd, f"initrd.img-{kver}", self.workdir / "initrd.img")
-        if fresh_data or not self.data.exists():
+        if self.data_disk and (fresh_data or not self.data.exists()):
             make_data_disk(self.data)
         if not self.ports:
             self.ports = dict(zip(GUEST_PORTS, free_ports(len(GUEST_PORTS)), strict=True))
@@ -198,8 +204,8 @@ class Machine:
             "-append", append,
             "-drive", f"file={self.sd},format=raw,if=none,id=sd",
             "-device", "virtio-blk-pci,drive=sd",
-            "-drive", f"file={self.data},format=raw,if=none,id=data",
-            "-device", "virtio-blk-pci,drive=data",
+            *(["-drive", f"file={self.data},format=raw,if=none,id=data",
+               "-device", "virtio-blk-pci,drive=data"] if self.data_disk else []),
             "-netdev", f"user,id=n0,restrict=on,{fwd}",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-device", "virtio-rng-pci",
