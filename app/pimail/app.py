@@ -332,27 +332,30 @@ def configure_logging(level: str) -> None:
 
 
 def tune_memory() -> None:
-    """Two settings that decide what an idle connection costs on a small board.
+    """Keep an idle connection cheap on a small board (bench/imap_memory.py).
 
-    - asyncio's TLS layer gives every connection a 256 KiB receive buffer
-      (SSLProtocol.max_size); a TLS record is at most 16 KiB, so 32 KiB loses
-      nothing and saves ~220 KiB per idle IMAP/POP3/SMTP TLS connection.
-    - Sockets are read with recv(256 KiB) and the result shrunk. glibc raises
-      its mmap threshold after such blocks are freed, and from then on they come
-      from the heap, which fragments: ~80 KiB of RSS per idle connection. A fixed
-      threshold (mallopt M_MMAP_THRESHOLD) keeps big blocks in mmap.
+    - glibc moves its mmap threshold up to the largest block freed. scrypt frees
+      16 MiB at every login, and from then on every mid-sized buffer comes from
+      the heap and fragments it: ~85 KiB of RSS per idle connection. A fixed
+      threshold (mallopt M_MMAP_THRESHOLD) stops that.
+    - asyncio reads with recv(256 KiB): above that threshold, each read would be
+      an mmap and munmap. 64 KiB reads stay on the heap (a TCP read rarely brings
+      more) and keep the throughput.
+    - asyncio's TLS layer gives every connection a 256 KiB receive buffer; a TLS
+      record is at most 16 KiB plus a header, so 18 KiB loses nothing.
     """
+    import asyncio.selector_events
     import asyncio.sslproto
     import ctypes
     import ctypes.util
 
-    asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
+    asyncio.selector_events._SelectorTransport.max_size = 64 * 1024  # type: ignore[attr-defined]
+    asyncio.sslproto.SSLProtocol.max_size = 18 * 1024
     libc_name = ctypes.util.find_library("c")
     if libc_name and "libc" in libc_name:
         try:
-            libc = ctypes.CDLL(libc_name)
             m_mmap_threshold = -3
-            libc.mallopt(m_mmap_threshold, 128 * 1024)
+            ctypes.CDLL(libc_name).mallopt(m_mmap_threshold, 128 * 1024)
         except (OSError, AttributeError):
             log.debug("mallopt not available")
 
