@@ -118,14 +118,20 @@ def test_sigkill_under_load_loses_nothing(make_server) -> None:
     server.stop()
 
 
-def test_rebuilt_index_keeps_uids_uidvalidity_and_flags(make_server) -> None:
+def alice_with_mail(make_server, count: int) -> PimailServer:
+    """A running server whose alice@example.org has `count` messages."""
     server: PimailServer = make_server()
     server.cli("domain", "add", "example.org")
     server.add_user("alice@example.org")
     server.start()
     with smtplib.SMTP("127.0.0.1", server.smtp_port) as s:
-        for i in range(12):
+        for i in range(count):
             s.sendmail("a@remote.test", ["alice@example.org"], f"Subject: m{i}\r\n\r\nx\r\n")
+    return server
+
+
+def test_rebuilt_index_keeps_uids_uidvalidity_and_flags(make_server) -> None:
+    server = alice_with_mail(make_server, 12)
     server.stop()
     # Flag some messages through the store, as IMAP will.
     settings = config.load(server.config)
@@ -157,13 +163,7 @@ def test_rebuilt_index_keeps_uids_uidvalidity_and_flags(make_server) -> None:
 
 
 def test_corrupt_index_is_rebuilt(make_server) -> None:
-    server: PimailServer = make_server()
-    server.cli("domain", "add", "example.org")
-    server.add_user("alice@example.org")
-    server.start()
-    with smtplib.SMTP("127.0.0.1", server.smtp_port) as s:
-        for i in range(3):
-            s.sendmail("a@remote.test", ["alice@example.org"], f"Subject: m{i}\r\n\r\nx\r\n")
+    server = alice_with_mail(make_server, 3)
     before = index_state(server, "alice@example.org")
     server.stop()
     index = server.data_dir / "index.db"
@@ -175,12 +175,7 @@ def test_corrupt_index_is_rebuilt(make_server) -> None:
 
 
 def test_reindex_command(make_server) -> None:
-    server: PimailServer = make_server()
-    server.cli("domain", "add", "example.org")
-    server.add_user("alice@example.org")
-    server.start()
-    with smtplib.SMTP("127.0.0.1", server.smtp_port) as s:
-        s.sendmail("a@remote.test", ["alice@example.org"], "Subject: m\r\n\r\nx\r\n")
+    server = alice_with_mail(make_server, 1)
     refused = server.cli("reindex", check=False)
     assert refused.returncode == 1 and "is running" in refused.stderr
     before = index_state(server, "alice@example.org")
