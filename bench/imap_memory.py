@@ -45,7 +45,7 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 def wait_port(port: int) -> None:
-    for _ in range(300):
+    for _ in range(1200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
