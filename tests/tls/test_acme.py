@@ -334,8 +334,7 @@ def test_rate_limit_waits_for_the_ca(tmp_path: Path) -> None:
 def test_tls_alpn_01_certificate_served_to_acme_tls_clients(make_server, tmp_path: Path) -> None:
     """RFC 8737 3: while the ACME client has a validation certificate on disk, the
     TLS port presents it, with ALPN "acme-tls/1", to clients asking for that name.
-    (pebble's TLS-ALPN-01 validation of it does not complete here yet: see the
-    closing note of the TLS issue.)"""
+    The whole TLS-ALPN-01 order against pebble is the next test."""
     from pimail.tls import acme_client
 
     https_port = free_port()
@@ -380,3 +379,40 @@ def test_tls_alpn_01_certificate_served_to_acme_tls_clients(make_server, tmp_pat
     (alpn / f"{NAME}.pem").unlink()
     wait_for(lambda: not served(), 10)
     assert handshake()[1].issuer.rfc4514_string().startswith("CN=pimail internal CA")
+
+
+def test_tls_alpn_01_where_port_80_is_closed(make_server, tmp_path: Path) -> None:
+    """RFC 8737: pebble validates on pimail's TLS port with ALPN acme-tls/1; the
+    HTTP-01 port leads nowhere."""
+    https_port = free_port()
+    pebble = Pebble(tmp_path, free_port(), tls_port=https_port)
+    server: PimailServer = make_server(
+        sections={
+            "web": {"listen_https": [f"127.0.0.1:{https_port}"]},
+            "tls": {
+                "acme": True,
+                "acme_challenge": "tls-alpn-01",
+                "acme_directory": pebble.directory,
+                "acme_ca_bundle": str(pebble.cert),
+                "acme_names": [NAME],
+            },
+        }
+    )
+    server.cli("domain", "add", "example.org")
+    try:
+        server.start()
+        wait_for((server.data_dir / "tls" / "live" / "acme").exists, 60)
+        roots = pebble.roots()
+
+        def served() -> bool:
+            try:
+                leaf(server.imaps_port, roots)
+            except ssl.SSLError:
+                return False
+            return True
+
+        wait_for(served, 15)
+        # The validation certificate is gone once the order is done.
+        assert not any((server.data_dir / "tls" / "acme-alpn").glob("*.pem"))
+    finally:
+        pebble.stop()

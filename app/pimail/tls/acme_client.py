@@ -257,7 +257,10 @@ def obtain(request: Request) -> str:
                     raise RuntimeError(f"no tls-alpn-01 challenge for {name}")
                 token = body.chall.jobj["token"]
                 key_authorization = f"{token}.{jose.b64encode(jwk.thumbprint()).decode()}"
-                response: Any = _EmptyResponse()
+                # The answer is the empty object (RFC 8555 7.5.1). A fieldless
+                # josepy object is falsy and would go out as a POST-as-GET, which
+                # asks nothing; this response object serialises to {} and is not.
+                response: Any = challenges.HTTP01Response(key_authorization=key_authorization)
                 alpn_dir(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
                 path = alpn_dir(data_dir) / f"{name}.pem"
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -275,13 +278,7 @@ def obtain(request: Request) -> str:
                 path = challenge_dir(data_dir) / body.chall.encode("token")
                 path.write_text(validation)
             challenge_files.append(path)
-            if request.challenge == "tls-alpn-01":
-                # answer_challenge() insists on a Link "up" header that is not
-                # required (RFC 8555 7.5.1); post the empty object ourselves.
-                reply = acme._post(body.uri, response)
-                log.info("tls-alpn-01 answered status=%s", reply.status_code)
-            else:
-                acme.answer_challenge(body, response)
+            acme.answer_challenge(body, response)
         deadline = dt.datetime.now() + dt.timedelta(seconds=120)
         order = acme.poll_and_finalize(order, deadline=deadline)
     finally:
@@ -292,21 +289,6 @@ def obtain(request: Request) -> str:
     info = ca.read_certificate(ca.resolve_live(ca.live_dir(data_dir) / NAME)[0])
     log.info("acme certificate installed serial=%s names=%s", info.serial_hex, request.names)
     return info.serial_hex
-
-
-def _empty_response_class() -> Any:
-    from acme import challenges
-
-    class EmptyResponse(challenges.ChallengeResponse):
-        """RFC 8555 7.5.1: a challenge is answered with an empty JSON object."""
-
-        typ = "tls-alpn-01"
-
-    return EmptyResponse
-
-
-def _EmptyResponse() -> Any:  # a class made on first use: acme loads lazily
-    return _empty_response_class()()
 
 
 def main(argv: list[str]) -> int:
