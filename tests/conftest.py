@@ -24,10 +24,28 @@ PIMAIL = [sys.executable, "-m", "pimail.cli"]
 PASSWORD = "secret-password"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, below Linux's ephemeral range (32768-60999): a port
+    the kernel picked for us could be given to some client socket before the
+    server binds it. Random per process, never the same twice in a process."""
+    import random
+
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port")
 
 
 def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
@@ -57,15 +75,24 @@ def toml_value(value: object) -> str:
 class PimailServer:
     def __init__(self, data_dir: Path, sections: dict | None = None, **smtp: object) -> None:
         self.data_dir = data_dir
+        self.config = data_dir.parent / f"{data_dir.name}.toml"
+        self._sections = sections or {}
+        self._smtp = smtp
+        self._write_config()
+
+    def _write_config(self) -> None:
+        """Pick ports and write the TOML (again if a port was taken meanwhile)."""
+        data_dir = self.data_dir
         self.smtp_port = free_port()
         self.imap_port = free_port()
         self.imaps_port = free_port()
         self.pop3_port = free_port()
         self.pop3s_port = free_port()
         self.http_port = free_port()
-        self.config = data_dir.parent / f"{data_dir.name}.toml"
+        self.submission_port = free_port()
+        self.submissions_port = free_port()
         tables: dict[str, dict] = {
-            "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}"], **smtp},
+            "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}"], **self._smtp},
             "imap": {
                 "listen": [f"127.0.0.1:{self.imap_port}"],
                 "listen_tls": [f"127.0.0.1:{self.imaps_port}"],
@@ -75,9 +102,13 @@ class PimailServer:
                 "listen_tls": [f"127.0.0.1:{self.pop3s_port}"],
             },
             "web": {"listen_http": [f"127.0.0.1:{self.http_port}"], "listen_https": []},
+            "submission": {
+                "listen_starttls": [f"127.0.0.1:{self.submission_port}"],
+                "listen_tls": [f"127.0.0.1:{self.submissions_port}"],
+            },
             "auth": {"failure_delay": 0.2},
         }
-        for name, values in (sections or {}).items():
+        for name, values in self._sections.items():
             tables.setdefault(name, {}).update(values)
         lines = [f'data_dir = "{data_dir}"', 'hostname = "mx.test"']
         for name, values in tables.items():
@@ -118,7 +149,16 @@ class PimailServer:
             wait_for_port(self.smtp_port)
         except TimeoutError as e:
             self.proc.kill()
-            raise AssertionError("server did not start:\n" + self.log.read_text()[-3000:]) from e
+            self.proc.wait()
+            text = self.log.read_text()
+            if "address already in use" in text[-3000:] and not getattr(self, "_retried", False):
+                # Another process took one of our ports between picking and binding.
+                self._retried = True
+                self.log.write_text("")
+                self._write_config()
+                self.start()
+                return
+            raise AssertionError("server did not start:\n" + text[-3000:]) from e
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

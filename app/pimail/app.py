@@ -33,6 +33,7 @@ from .net import ConnectionLimiter
 from .pop3.server import Pop3Server
 from .smtp.inbound import InboundHandler
 from .smtp.server import create_session
+from .smtp.submission import SubmissionHandler
 from .store.store import Store
 from .tls.context import CertificateStore, make_server_context
 from .web import http01
@@ -246,6 +247,30 @@ class Server:
 
         for address in s.listen:
             await self._listen("smtp", factory, address)
+        await self._start_submission(incoming)
+
+    async def _start_submission(self, incoming: Path) -> None:
+        """587 with STARTTLS and 465 with implicit TLS (RFC 8314), AUTH required."""
+        s = self.settings.smtp
+        handler = SubmissionHandler(self.settings, self.directory, self.store, self.authenticator)
+        limiter = ConnectionLimiter(s.max_connections_per_ip, s.max_connections)
+        certs = self.certs
+        if certs is None:
+            return
+
+        def factory(implicit: bool) -> asyncio.Protocol:
+            return create_session(
+                handler, limiter, incoming, self.settings.hostname, s.max_message_size,
+                s.timeout, s.min_data_rate, s.max_command_line,
+                tls_context=None if implicit else certs.handshake_context(),
+                require_starttls=not implicit, auth_required=True,
+                auth_require_tls=not implicit,
+            )  # fmt: skip
+
+        for address in self.settings.submission.listen_starttls:
+            await self._listen("submission", lambda: factory(False), address)
+        for address in self.settings.submission.listen_tls:
+            await self._listen("submissions", lambda: factory(True), address, certs.context)
 
     async def _start_imap(self) -> None:
         reader = IndexReader(self.settings.index_path)
@@ -292,10 +317,12 @@ class Server:
             asyncio.start_server(on_client, host, port, reuse_address=True, limit=64 * 1024),
         )
 
-    async def _listen(self, name: str, factory: object, address: str) -> None:
+    async def _listen(
+        self, name: str, factory: object, address: str, tls: ssl.SSLContext | None = None
+    ) -> None:
         host, port = parse_listen(address)
         loop = asyncio.get_running_loop()
-        creating = loop.create_server(factory, host, port, reuse_address=True)  # type: ignore[arg-type]
+        creating = loop.create_server(factory, host, port, reuse_address=True, ssl=tls)  # type: ignore[arg-type]
         await self._bind(name, address, creating)
 
     async def _bind(self, name: str, address: str, creating: Any) -> None:

@@ -113,8 +113,9 @@ class InboundHandler:
         protocol = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP"
         if not session.extended_smtp:
             protocol = "SMTP"
-        if session.ssl:
-            protocol += "S"
+        transport = getattr(server, "transport", None)
+        if session.ssl or (transport is not None and transport.get_extra_info("ssl_object")):
+            protocol += "S"  # STARTTLS, or implicit TLS (RFC 8314)
         if session.authenticated:
             protocol += "A"
         received = (

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ENHANCED = {
     "211": "2.0.0",
     "214": "2.0.0",
+    "220": "2.0.0",  # the STARTTLS go-ahead; the greeting itself carries none
     "221": "2.0.0",
     "235": "2.7.0",
     "250": "2.0.0",
