@@ -204,13 +204,27 @@ def test_issued_by_pebble_then_renewed_while_a_session_carries_on(acme_setup) ->
     assert first is not None
     sans = first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == [NAME]
-    # Every TLS port serves it: SMTP STARTTLS too.
+    # Every TLS port serves it, implicit TLS and STARTTLS alike, verified against
+    # pebble's roots for the name (the stdlib clients send their host as SNI).
+    import poplib
     import smtplib
 
-    with smtplib.SMTP("127.0.0.1", server.smtp_port) as s:
-        s._host = NAME  # smtplib sends its host as SNI and checks the certificate against it
-        s.starttls(context=ssl.create_default_context(cadata=roots))
-        assert s.ehlo()[0] == 250
+    for port in (server.imaps_port, server.pop3s_port, server.submissions_port):
+        leaf(port, roots)
+    pebble_tls = ssl.create_default_context(cadata=roots)
+    for port in (server.smtp_port, server.submission_port):
+        with smtplib.SMTP("127.0.0.1", port) as s:
+            s._host = NAME
+            s.starttls(context=pebble_tls)
+            assert s.ehlo()[0] == 250
+    imap = imaplib.IMAP4("127.0.0.1", server.imap_port)
+    imap.host = NAME
+    assert imap.starttls(ssl_context=pebble_tls)[0] == "OK"
+    imap.logout()
+    pop = poplib.POP3("127.0.0.1", server.pop3_port)
+    pop.host = NAME
+    assert pop.stls(context=pebble_tls).startswith(b"+OK")
+    pop.quit()
     # Renewal (forced here): a new serial for new connections...
     out = server.cli("cert", "renew")
     assert "status=issued" in out.stdout
