@@ -267,6 +267,19 @@ class Directory:
             return Resolution.LOCAL, accounts
         return Resolution.UNKNOWN_USER, []
 
+    def owners(self, address: str) -> list[Account]:
+        """The accounts `address` belongs to, as a sender: the account itself, a
+        +tag of it, or an alias that reaches it. A catch-all makes nobody an
+        owner (else anyone could send as any address of the domain)."""
+        try:
+            localpart, domain = split_address(address)
+        except DirectoryError:
+            return []
+        domain_id = self._domain_id(domain)
+        if domain_id is None:
+            return []
+        return self._resolve_local(domain_id, domain, localpart, set(), 0, catch_all=False)
+
     def _resolve_local(
         self,
         domain_id: int,

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
-from ..auth.accounts import Account, Directory, DirectoryError, Resolution, split_address
+from ..auth.accounts import Account, Directory, Resolution
 from ..auth.login import Authenticator, parse_sasl_plain
 from ..store import headers
 from .inbound import InboundHandler
@@ -89,19 +89,7 @@ class SubmissionHandler(InboundHandler):
 
     def owns(self, account: Account, address: str) -> bool:
         """Whether `account` may send as `address` (no catch-all, RFC 6409 8.1)."""
-        try:
-            localpart, domain = split_address(address)
-        except DirectoryError:
-            return False
-        if (localpart, domain) == (account.localpart, account.domain):
-            return True
-        domain_id = self.directory._domain_id(domain)
-        if domain_id is None:
-            return False
-        found = self.directory._resolve_local(
-            domain_id, domain, localpart, set(), 0, catch_all=False
-        )
-        return any(a.id == account.id for a in found)
+        return any(a.id == account.id for a in self.directory.owners(address))
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
