@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import smtplib
+import sqlite3
 import subprocess
+from typing import Any
 
 import pytest
 
 from conftest import PASSWORD, PimailServer
+from dnsserver import DnsServer
 from smtp_raw import RawSMTP
 
 MESSAGE = b"From: Alice <alice@example.org>\r\nSubject: hi bob\r\n\r\nhello\r\n"
@@ -76,12 +79,31 @@ def test_only_own_senders(sub: PimailServer) -> None:
     assert sub.messages("bob@example.org") == []
 
 
-def test_foreign_recipients_wait_for_the_queue(sub: PimailServer) -> None:
+def test_mixed_recipients_local_now_foreign_queued(make_server: Any) -> None:
+    """Local recipients get the message at once; foreign ones go to the queue,
+    durably, before the 250 (the outbound tests follow it out: tests/outbound)."""
+    zone = DnsServer().start()
+    zone.servfail.add("foreign.test")  # so the message stays in the queue
+    sub = make_server(sections={"dns": {"nameservers": [zone.address]}})
+    sub.cli("domain", "add", "example.org")
+    sub.add_user("alice@example.org")
+    sub.add_user("bob@example.org")
+    sub.start()
     with starttls(sub) as s:
         s.login("alice@example.org", PASSWORD)
-        s.docmd("MAIL FROM:<alice@example.org>")
-        code, text = s.docmd("RCPT TO:<friend@foreign.test>")
-        assert code == 451 and text.startswith(b"4.3.0")
+        refused = s.sendmail("alice@example.org", ["bob@example.org", "friend@foreign.test"],
+                             MESSAGE)  # fmt: skip
+        assert refused == {}
+    [local] = sub.messages("bob@example.org")
+    head = local.read_bytes().split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nMessage-ID: <" in head and b"\r\nDate: " in head  # RFC 6409 8.2, 8.3
+    con = sqlite3.connect(sub.data_dir / "queue" / "queue.db")
+    [(message_id, address)] = con.execute("SELECT message_id, address FROM recipients").fetchall()
+    con.close()
+    assert address == "friend@foreign.test"
+    queued = (sub.data_dir / "queue" / "messages" / message_id).read_bytes()
+    assert queued == local.read_bytes()  # one file, linked twice
+    zone.stop()
 
 
 def test_implicit_tls_on_465(sub: PimailServer) -> None:

@@ -31,6 +31,7 @@ from .imap.server import ImapServer
 from .imap.views import IndexReader, MailboxViews
 from .net import ConnectionLimiter
 from .pop3.server import Pop3Server
+from .queue.runner import Queue
 from .smtp.inbound import InboundHandler
 from .smtp.server import create_session
 from .smtp.submission import SubmissionHandler
@@ -78,6 +79,7 @@ class Server:
         self.authenticator = Authenticator(
             self.directory, FailureLimiter(a.max_failures, a.failure_window), a.failure_delay
         )
+        self.queue = Queue(settings, Directory(db.open_main(settings.db_path)), self.store)
         self.certs: CertificateStore | None = None
         self._acme_task: asyncio.Task[None] | None = None
         self._alpn_task: asyncio.Task[None] | None = None
@@ -96,6 +98,7 @@ class Server:
             time.monotonic() - started,
         )
         await loop.run_in_executor(None, self._ensure_certificates)
+        await self.queue.start()
         await self._start_smtp()
         self.store.start_analyser()
         await self._start_imap()
@@ -252,7 +255,9 @@ class Server:
     async def _start_submission(self, incoming: Path) -> None:
         """587 with STARTTLS and 465 with implicit TLS (RFC 8314), AUTH required."""
         s = self.settings.smtp
-        handler = SubmissionHandler(self.settings, self.directory, self.store, self.authenticator)
+        handler = SubmissionHandler(
+            self.settings, self.directory, self.store, self.authenticator, self.queue
+        )
         limiter = ConnectionLimiter(s.max_connections_per_ip, s.max_connections)
         certs = self.certs
         if certs is None:
@@ -343,6 +348,7 @@ class Server:
                 task.cancel()
         for server in self.listeners:
             server.close()
+        await self.queue.stop()
         await self.store.aclose()
         self.directory.con.close()
         self.lock.close()

@@ -17,10 +17,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, config, db
 from .auth.accounts import Directory, DirectoryError
 from .auth.passwords import hash_password
+
+if TYPE_CHECKING:
+    from .queue.store import QueueStore
 
 MIN_PASSWORD = 8
 
@@ -62,6 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     x = d.add_parser("remove", help="remove a domain without accounts")
     x.add_argument("name")
     x.set_defaults(func=cmd_domain_remove)
+
+    x = sub.add_parser("dns", help="the DNS records to publish for a domain (zone-file lines)")
+    x.add_argument("name")
+    x.set_defaults(func=cmd_dns)
+
+    k = sub.add_parser("dkim", help="DKIM signing keys").add_subparsers(metavar="ACTION")
+    x = k.add_parser("list", help="list DKIM keys (of one domain or all)")
+    x.add_argument("name", nargs="?")
+    x.set_defaults(func=cmd_dkim_list)
+    x = k.add_parser("rotate", help="make the next keys, pending until activated")
+    x.add_argument("name")
+    x.set_defaults(func=cmd_dkim_rotate)
+    x = k.add_parser("activate", help="sign with the pending keys, retire the active ones")
+    x.add_argument("name")
+    x.set_defaults(func=cmd_dkim_activate)
+    x = k.add_parser("remove-retired", help="delete retired keys (unpublish them first)")
+    x.add_argument("name")
+    x.set_defaults(func=cmd_dkim_remove_retired)
 
     u = sub.add_parser("user", help="mail accounts").add_subparsers(metavar="ACTION")
     x = u.add_parser("add", help="add an account (password from a prompt or stdin)")
@@ -108,10 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
     x = t.add_parser("renew", help="get an ACME certificate now (the server answers HTTP-01)")
     x.set_defaults(func=cmd_cert_renew)
 
+    q = sub.add_parser("queue", help="the outbound queue").add_subparsers(metavar="ACTION")
+    x = q.add_parser("list", help="messages waiting to leave, with each recipient's state")
+    x.set_defaults(func=cmd_queue_list)
+    x = q.add_parser("show", help="one message: envelope, attempts, errors and header")
+    x.add_argument("id")
+    x.set_defaults(func=cmd_queue_show)
+    x = q.add_parser("retry", help="try now (the given messages, or all)")
+    x.add_argument("ids", nargs="*")
+    x.set_defaults(func=cmd_queue_retry)
+    x = q.add_parser("delete", help="remove messages from the queue (no bounce is sent)")
+    x.add_argument("ids", nargs="+")
+    x.set_defaults(func=cmd_queue_delete)
+
     c = sub.add_parser("config", help="settings").add_subparsers(metavar="ACTION")
     x = c.add_parser("show", help="print the settings in force")
     x.set_defaults(func=cmd_config_show)
-    x = c.add_parser("set", help="store a setting in the database (KEY JSON-VALUE)")
+    x = c.add_parser("set", help="store a setting in the database (KEY JSON-VALUE; - reads stdin)")
     x.add_argument("key")
     x.add_argument("value")
     x.set_defaults(func=cmd_config_set)
@@ -138,7 +173,14 @@ def cmd_serve(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_domain_add(settings: config.Settings, args: argparse.Namespace) -> None:
-    print(f"added domain {_directory(settings).add_domain(args.name)}")
+    from .queue import dkim
+
+    directory = _directory(settings)
+    name = directory.add_domain(args.name)
+    print(f"added domain {name}")
+    created = dkim.generate_keys(directory.con, name)
+    print(f"DKIM keys: {', '.join(k.selector for k in created)}")
+    print(f"publish its DNS records: pimail dns {name}")
 
 
 def cmd_domain_list(settings: config.Settings, args: argparse.Namespace) -> None:
@@ -149,6 +191,91 @@ def cmd_domain_list(settings: config.Settings, args: argparse.Namespace) -> None
 def cmd_domain_remove(settings: config.Settings, args: argparse.Namespace) -> None:
     _directory(settings).remove_domain(args.name)
     print(f"removed domain {args.name}")
+
+
+def _local_domain(directory: Directory, name: str) -> str:
+    from .auth.accounts import normalize_domain
+
+    domain = normalize_domain(name)
+    if not directory.is_local_domain(domain):
+        raise DirectoryError(f"{domain} is not a local domain (pimail domain add {domain})")
+    return domain
+
+
+def cmd_dns(settings: config.Settings, args: argparse.Namespace) -> None:
+    from .dns import records
+    from .queue import dkim
+
+    directory = _directory(settings)
+    domain = _local_domain(directory, args.name)
+    keys = dkim.keys(directory.con, domain)
+    print(f"; DNS records for {domain}, served by {settings.hostname}")
+    if not keys:
+        print(f"; {domain} has no DKIM keys yet: pimail dkim rotate {domain} creates them")
+    print()
+    for line in records.zone_lines(records.records(settings, domain, keys)):
+        print(line)
+    print()
+    print(f"; MTA-STS policy, to serve at https://mta-sts.{domain}/.well-known/mta-sts.txt")
+    print(records.mta_sts_policy(settings, domain).replace("\r\n", "\n"), end="")
+
+
+def cmd_dkim_list(settings: config.Settings, args: argparse.Namespace) -> None:
+    from .queue import dkim
+
+    directory = _directory(settings)
+    domains = [_local_domain(directory, args.name)] if args.name else directory.domains()
+    for domain in domains:
+        keys = dkim.keys(directory.con, domain)
+        if not keys:
+            print(f"{domain}: no DKIM keys (pimail dkim rotate {domain} creates them)")
+        for key in keys:
+            created = time.strftime("%Y-%m-%d", time.gmtime(key.created))
+            print(f"{domain}  {key.selector}  {key.algorithm}  {key.state}  {created}")
+
+
+def cmd_dkim_rotate(settings: config.Settings, args: argparse.Namespace) -> None:
+    from .queue import dkim
+
+    directory = _directory(settings)
+    domain = _local_domain(directory, args.name)
+    created = dkim.ensure_keys(directory.con, domain)
+    if created:
+        print(f"{domain} had no DKIM keys: made {', '.join(k.selector for k in created)}, active")
+        print(f"publish them: pimail dns {domain}")
+        return
+    pending = dkim.rotate(directory.con, domain)
+    print(f"new DKIM keys, pending: {', '.join(k.selector for k in pending)}")
+    print(
+        f"publish them (pimail dns {domain}), wait for the DNS to have them,"
+        f" then: pimail dkim activate {domain}"
+    )
+
+
+def cmd_dkim_activate(settings: config.Settings, args: argparse.Namespace) -> None:
+    from .queue import dkim
+
+    directory = _directory(settings)
+    domain = _local_domain(directory, args.name)
+    activated, retired = dkim.activate(directory.con, domain)
+    print(f"signing with {', '.join(k.selector for k in activated)}")
+    if retired:
+        print(
+            f"retired {', '.join(k.selector for k in retired)}: keep them in DNS a week,"
+            f" then: pimail dkim remove-retired {domain}"
+        )
+
+
+def cmd_dkim_remove_retired(settings: config.Settings, args: argparse.Namespace) -> None:
+    from .queue import dkim
+
+    directory = _directory(settings)
+    domain = _local_domain(directory, args.name)
+    removed = dkim.remove_retired(directory.con, domain)
+    if removed:
+        print(f"removed {', '.join(k.selector for k in removed)}: delete their DNS records too")
+    else:
+        print(f"{domain} has no retired DKIM keys")
 
 
 def read_password(prompt: str = "Password: ") -> str:
@@ -227,6 +354,11 @@ def cmd_setup_apply(settings: config.Settings, args: argparse.Namespace) -> int:
     directory = _directory(settings)
     if "domain" in setup and not directory.is_local_domain(setup["domain"]):
         print(f"added domain {directory.add_domain(setup['domain'])}")
+    if "domain" in setup:
+        from .queue import dkim
+
+        if dkim.ensure_keys(directory.con, setup["domain"]):
+            print(f"DKIM keys made for {setup['domain']} (pimail dns {setup['domain']})")
     if "hostname" in setup:
         config.validate_override("hostname", setup["hostname"])
         directory.con.execute(
@@ -354,12 +486,83 @@ def cmd_cert_renew(settings: config.Settings, args: argparse.Namespace) -> int:
     return 0 if result["status"] == "issued" else 1
 
 
+def _queue(settings: config.Settings) -> QueueStore:
+    from .queue.store import QueueStore
+
+    return QueueStore(settings.queue_dir)
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "now"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def cmd_queue_list(settings: config.Settings, args: argparse.Namespace) -> None:
+    messages = _queue(settings).list()
+    for m in messages:
+        age = time.time() - m.created
+        print(f"{m.id}  {m.size:>9}  {age / 60:7.1f} min  <{m.sender}>  {m.kind}")
+        for r in m.recipients:
+            when = _when(r.next_attempt)
+            print(f"    {r.address}  {r.state}  attempts={r.attempts}  next={when}")
+            if r.last_error:
+                print(f"        {r.last_error[:200]}")
+    count = sum(len(m.recipients) for m in messages)
+    print(f"-- {len(messages)} messages, {count} recipients")
+
+
+def cmd_queue_show(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .store import headers
+
+    queue = _queue(settings)
+    m = queue.message(args.id)
+    if m is None:
+        print(f"pimail: no message {args.id} in the queue", file=sys.stderr)
+        return 1
+    print(f"id: {m.id}\nkind: {m.kind}\nsender: <{m.sender}>\naccount: {m.account or '-'}")
+    print(f"size: {m.size}\nqueued: {_when(m.created)}\ndkim: {'signed' if m.dkim else 'no'}")
+    for r in m.recipients:
+        print(f"recipient: {r.address} state={r.state} attempts={r.attempts}"
+              f" next={_when(r.next_attempt)}")  # fmt: skip
+        if r.last_error:
+            print(f"    last error: {r.last_error}")
+    with open(queue.path(m.id), "rb") as f:
+        head = f.read(64 * 1024)
+    print()
+    sys.stdout.write(head[: headers.header_end(head)].decode("utf-8", "replace"))
+    return 0
+
+
+def cmd_queue_retry(settings: config.Settings, args: argparse.Namespace) -> None:
+    queue = _queue(settings)
+    if not args.ids:
+        print(f"{queue.retry()} recipients due now")
+        return
+    for message_id in args.ids:
+        print(f"{message_id}: {queue.retry(message_id)} recipients due now")
+
+
+def cmd_queue_delete(settings: config.Settings, args: argparse.Namespace) -> int:
+    queue = _queue(settings)
+    missing = 0
+    for message_id in args.ids:
+        if queue.delete(message_id):
+            print(f"{message_id}: deleted")
+        else:
+            print(f"pimail: no message {message_id} in the queue", file=sys.stderr)
+            missing += 1
+    return 1 if missing else 0
+
+
 def cmd_config_show(settings: config.Settings, args: argparse.Namespace) -> None:
     for key, value in config.as_flat_dict(settings).items():
         print(f"{key} = {json.dumps(value)}")
 
 
 def cmd_config_set(settings: config.Settings, args: argparse.Namespace) -> None:
+    if args.value == "-":  # a secret (the relay password) stays off the command line
+        args.value = sys.stdin.readline().rstrip("\r\n")
     try:
         value = json.loads(args.value)
     except json.JSONDecodeError:
@@ -371,7 +574,8 @@ def cmd_config_set(settings: config.Settings, args: argparse.Namespace) -> None:
         " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (args.key, json.dumps(value)),
     )
-    print(f"{args.key} = {json.dumps(value)} (takes effect at the next start)")
+    shown = "********" if args.key in config.SECRET_KEYS else json.dumps(value)
+    print(f"{args.key} = {shown} (takes effect at the next start)")
 
 
 def cmd_config_unset(settings: config.Settings, args: argparse.Namespace) -> None:

@@ -46,6 +46,52 @@ class SmtpSettings:
 class SubmissionSettings:
     listen_starttls: list[str] = field(default_factory=lambda: ["127.0.0.1:2587"])
     listen_tls: list[str] = field(default_factory=lambda: ["127.0.0.1:2465"])
+    # Per account: recipients in one message, and messages in any 60 minutes
+    # (a stolen password must not turn the box into a spam cannon).
+    max_recipients: int = 100
+    max_messages_per_hour: int = 300
+
+
+@dataclass
+class DnsSettings:
+    # DNS servers to ask, "host:port" (one port for all); empty: /etc/resolv.conf.
+    nameservers: list[str] = field(default_factory=list)
+    timeout: float = 10.0
+
+
+@dataclass
+class OutboundSettings:
+    """The outbound queue and its SMTP client (queue/)."""
+
+    # The port remote MX hosts are reached on. 25 on the internet; tests use another.
+    port: int = 25
+    # Connections at once, in all and to one destination (a domain, or the relay).
+    max_connections: int = 20
+    max_per_destination: int = 4
+    # Messages sent over one connection before it is closed (RFC 5321 allows many).
+    messages_per_connection: int = 100
+    connect_timeout: float = 30.0
+    # RFC 5321 4.5.3.2 suggests 5 minutes for most replies, 10 for the end of DATA.
+    command_timeout: float = 300.0
+    # Retries: after retry_min seconds, doubling up to retry_max, for lifetime
+    # seconds; a "still trying" notice goes to the sender after delay_notice.
+    retry_min: float = 300.0
+    retry_max: float = 4 * 3600.0
+    lifetime: float = 5 * 86400.0
+    delay_notice: float = 4 * 3600.0
+    # How often the queue looks for work changed by others (`pimail queue retry`).
+    poll_interval: float = 5.0
+    # MTA-STS (RFC 8461): honour the policies of receiving domains.
+    mta_sts: bool = True
+    mta_sts_port: int = 443  # tests use another
+    # Extra trust anchors (PEM) for verified TLS (MTA-STS, the relay); empty: the system's.
+    ca_file: str = ""
+    # Smarthost: when relay_host is set, all mail for other domains goes there.
+    relay_host: str = ""
+    relay_port: int = 587
+    relay_security: str = "starttls"  # "starttls" (587) or "tls" (465, implicit)
+    relay_username: str = ""
+    relay_password: str = ""
 
 
 @dataclass
@@ -122,6 +168,8 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     imap: ImapSettings = field(default_factory=ImapSettings)
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
     web: WebSettings = field(default_factory=WebSettings)
@@ -143,6 +191,11 @@ class Settings:
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+    @property
+    def queue_dir(self) -> Path:
+        """The outbound queue: queue.db and the message files. Primary data."""
+        return self.data_dir / "queue"
 
 
 def device_defaults() -> Settings:
@@ -278,10 +331,17 @@ def validate_override(key: str, value: Any) -> None:
     _apply(Settings(), _nest({key: value}), "setting")
 
 
-def as_flat_dict(settings: Settings) -> dict[str, Any]:
-    values = dataclasses.asdict(settings)
+SECRET_KEYS = {"outbound.relay_password"}
+
+
+def as_flat_dict(settings: Settings, reveal: bool = False) -> dict[str, Any]:
+    """Every setting by dotted key; secrets masked unless `reveal`."""
+    values = _flatten(dataclasses.asdict(settings))
     values["data_dir"] = str(settings.data_dir)
-    return _flatten(values)
+    for key in SECRET_KEYS:
+        if values.get(key) and not reveal:
+            values[key] = "********"
+    return values
 
 
 def parse_listen(address: str) -> tuple[str, int]:

@@ -49,6 +49,20 @@ MAIN_MIGRATIONS: list[str] = [
         value TEXT NOT NULL                 -- JSON
     );
     """,
+    # 2: DKIM keys (queue/dkim.py), two per generation: RSA and Ed25519
+    """
+    CREATE TABLE dkim_keys (
+        id INTEGER PRIMARY KEY,
+        domain_id INTEGER NOT NULL REFERENCES domains(id) ON DELETE CASCADE,
+        selector TEXT NOT NULL,
+        algorithm TEXT NOT NULL,            -- 'rsa-sha256' or 'ed25519-sha256'
+        private_key TEXT NOT NULL,          -- RSA: PKCS#1 PEM, Ed25519: base64 of the 32-octet seed
+        public_key TEXT NOT NULL,           -- the p= value (base64)
+        state TEXT NOT NULL,                -- 'pending', 'active' or 'retired'
+        created INTEGER NOT NULL,
+        UNIQUE (domain_id, selector)
+    )
+    """,
 ]
 
 INDEX_MIGRATIONS: list[str] = [

@@ -84,7 +84,9 @@ class InboundHandler:
         self, server: Any, session: Any, envelope: Any, message: Incoming
     ) -> str | None:
         envelope.queue_id = secrets.token_hex(6).upper()
-        message.write(self._trace_headers(server, session, envelope))
+        trace = self._trace_headers(server, session, envelope)
+        envelope.trace_length = len(trace)
+        message.write(trace)
         return None
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:

@@ -10,15 +10,21 @@ The same engine as the MX (server.py) with other policy:
 - The envelope sender and every From: address must be the user's own: the
   account's address, a +tag of it, or an alias that reaches it (a catch-all
   does not count), else 553 5.7.1.
-- Local recipients are delivered straight into their mailboxes. Mail for other
-  domains needs the outbound queue, which is not there yet: it is answered
-  451 4.3.0, a temporary refusal the client keeps and retries.
+- Local recipients are delivered straight into their mailboxes; the others
+  go into the outbound queue (queue/), durably, before the 250.
+- The message is completed as RFC 6409 8.2/8.3 allow: a Message-ID and a Date
+  are added when the client sent none.
+- Limits per account: `submission.max_recipients` per message (452 4.5.3) and
+  `submission.max_messages_per_hour` (450 4.7.1, counted over the last 60
+  minutes). Failed AUTH is limited per client address by the Authenticator.
 """
 
 from __future__ import annotations
 
+import collections
 import email.utils
 import logging
+import time
 from base64 import b64decode
 from typing import Any
 
@@ -27,16 +33,44 @@ from aiosmtpd.smtp import MISSING, AuthResult
 from ..auth.accounts import Account, Directory, Resolution
 from ..auth.login import Authenticator, parse_sasl_plain
 from ..store import headers
-from .inbound import InboundHandler
+from ..store.spool import Incoming
+from .inbound import MAX_ADDRESS, InboundHandler
 
 log = logging.getLogger(__name__)
 
 
+class SendingLimit:
+    """Messages per account in a sliding hour (kept in memory: a restart
+    forgets, which errs on the side of the user)."""
+
+    def __init__(self, per_hour: int, window: float = 3600.0) -> None:
+        self.per_hour = per_hour
+        self.window = window
+        self._sent: dict[int, collections.deque[float]] = {}
+
+    def _recent(self, account_id: int) -> collections.deque[float]:
+        sent = self._sent.setdefault(account_id, collections.deque())
+        horizon = time.monotonic() - self.window
+        while sent and sent[0] < horizon:
+            sent.popleft()
+        if not sent:
+            del self._sent[account_id]
+        return sent
+
+    def allowed(self, account_id: int) -> bool:
+        return len(self._recent(account_id)) < self.per_hour
+
+    def count(self, account_id: int) -> None:
+        self._sent.setdefault(account_id, collections.deque()).append(time.monotonic())
+
+
 class SubmissionHandler(InboundHandler):
     def __init__(self, settings: Any, directory: Directory, store: Any,
-                 authenticator: Authenticator) -> None:  # fmt: skip
+                 authenticator: Authenticator, queue: Any) -> None:  # fmt: skip
         super().__init__(settings, directory, store)
         self.authenticator = authenticator
+        self.queue = queue
+        self.limit = SendingLimit(settings.submission.max_messages_per_hour)
 
     # -- AUTH (aiosmtpd calls the handler's auth_<MECHANISM> in place of its own) --
 
@@ -99,16 +133,28 @@ class SubmissionHandler(InboundHandler):
             return "530 5.7.0 Authentication required"
         if address == "<>" or not self.owns(account, address):
             return f"553 5.7.1 <{address}>: not an address of {account.address}"
-        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+        if not self.limit.allowed(account.id):
+            log.warning("sending limit reached account=%s", account.address)
+            return (
+                f"450 4.7.1 Sending limit of {self.limit.per_hour} messages an hour reached,"
+                " try again later"
+            )
+        reply = await super().handle_MAIL(server, session, envelope, address, mail_options)
+        envelope.remote_rcpts = []
+        return reply
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+        if len(envelope.rcpt_tos) >= self.settings.submission.max_recipients:
             return "452 4.5.3 Too many recipients"
+        if len(address) > MAX_ADDRESS or "@" not in address.strip("@"):
+            return "553 5.1.3 Recipient address malformed"
         resolution, accounts = self.directory.resolve(address)
         if resolution is Resolution.RELAY_DENIED:
-            return f"451 4.3.0 <{address}>: mail to other domains is not available yet"
+            envelope.rcpt_tos.append(address)
+            envelope.remote_rcpts.append(address)
+            return "250 2.1.5 Ok"
         if resolution is Resolution.UNKNOWN_USER:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         envelope.rcpt_tos.append(address)
@@ -125,4 +171,44 @@ class SubmissionHandler(InboundHandler):
             for _display, address in email.utils.getaddresses([text]):
                 if address and not self.owns(account, address):
                     return f"553 5.7.1 From: <{address}> is not an address of {account.address}"
-        return await super().handle_DATA(server, session, envelope)
+        self._complete(envelope)
+        message: Incoming = envelope.incoming
+        queued = ""
+        if envelope.remote_rcpts:
+            try:
+                queued = await self.queue.enqueue(
+                    message, envelope.mail_from, envelope.remote_rcpts, account.address
+                )
+            except Exception:
+                log.exception("queueing failed id=%s", envelope.queue_id)
+                return "451 4.3.0 Could not queue the message, try again later"
+        if envelope.accounts:
+            reply = await super().handle_DATA(server, session, envelope)
+            if not reply.startswith("250"):
+                return reply
+        else:
+            message.discard()
+        self.limit.count(account.id)
+        log.info(
+            "submitted id=%s account=%s local=%d remote=%d queue_id=%s size=%d",
+            envelope.queue_id, account.address, len(envelope.accounts),
+            len(envelope.remote_rcpts), queued or "-", message.size,
+        )  # fmt: skip
+        return f"250 2.0.0 Ok: queued as {queued or envelope.queue_id}"
+
+    def _complete(self, envelope: Any) -> None:
+        """RFC 6409 8.2, 8.3: add Date and Message-ID when missing."""
+        message: Incoming = envelope.incoming
+        head = bytes(message.head)
+        end = headers.header_end(head)
+        if end >= len(head) and len(head) >= headers.MAX_HEADER:
+            return  # a header block too large to see whole: leave it be
+        present = {name for name, _ in headers.fields(head[envelope.trace_length :])}
+        added = b""
+        if b"date" not in present:
+            added += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
+        if b"message-id" not in present:
+            domain = envelope.mail_from.rpartition("@")[2] or self.settings.hostname
+            added += f"Message-ID: {email.utils.make_msgid(domain=domain)}\r\n".encode()
+        if added:
+            message.insert(envelope.trace_length, added)

@@ -45,6 +45,31 @@ class Incoming:
         else:
             _write_all(self._fd, data)
 
+    def insert(self, offset: int, data: bytes) -> None:
+        """Insert `data` at `offset` (header fields a submission server adds,
+        RFC 6409 8). In memory that is cheap; a spilled message is rewritten."""
+        if self._fd == -1:
+            raise RuntimeError("the message is durable already")
+        self.head[offset:offset] = data
+        del self.head[MAX_HEADER:]
+        self.size += len(data)
+        if self._fd is None:
+            whole = b"".join(self._chunks)
+            self._chunks = [whole[:offset], data, whole[offset:]]
+            return
+        assert self.path is not None
+        old_path, old_fd = self.path, self._fd
+        self.base = unique_base()
+        self.path = self.spool_dir / self.base
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(old_path, "rb") as old:
+            _write_all(self._fd, old.read(offset))
+            _write_all(self._fd, data)
+            while chunk := old.read(1 << 20):
+                _write_all(self._fd, chunk)
+        os.close(old_fd)
+        os.unlink(old_path)
+
     def _spill(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.spool_dir / self.base
@@ -55,7 +80,10 @@ class Incoming:
 
     def make_durable(self) -> Path:
         """Put the whole message in its spool file and fsync it (blocking: call it
-        from the store's writer thread). Returns the file's path."""
+        from the store's writer thread). Returns the file's path. Calling it
+        again (the queue, then local delivery) returns the same file."""
+        if self._fd == -1 and self.path is not None:
+            return self.path
         if self._fd is None:
             self._spill()
         assert self._fd is not None and self.path is not None
