@@ -73,8 +73,12 @@ def toml_value(value: object) -> str:
 
 
 class PimailServer:
-    def __init__(self, data_dir: Path, sections: dict | None = None, **smtp: object) -> None:
+    def __init__(
+        self, data_dir: Path, sections: dict | None = None, also_listen: list[str] | None = None,
+        **smtp: object,
+    ) -> None:  # fmt: skip
         self.data_dir = data_dir
+        self._also_listen = also_listen or []
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         self._sections = sections or {}
         self._smtp = smtp
@@ -92,7 +96,7 @@ class PimailServer:
         self.submission_port = free_port()
         self.submissions_port = free_port()
         tables: dict[str, dict] = {
-            "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}"], **self._smtp},
+            "smtp": {"listen": [f"127.0.0.1:{self.smtp_port}", *self._also_listen], **self._smtp},
             "imap": {
                 "listen": [f"127.0.0.1:{self.imap_port}"],
                 "listen_tls": [f"127.0.0.1:{self.imaps_port}"],
@@ -223,8 +227,11 @@ class PimailServer:
 def make_server(tmp_path: Path) -> Iterator[object]:
     servers: list[PimailServer] = []
 
-    def make(name: str = "data", sections: dict | None = None, **smtp: object) -> PimailServer:
-        server = PimailServer(tmp_path / name, sections, **smtp)
+    def make(
+        name: str = "data", sections: dict | None = None, also_listen: list[str] | None = None,
+        **smtp: object,
+    ) -> PimailServer:  # fmt: skip
+        server = PimailServer(tmp_path / name, sections, also_listen, **smtp)
         servers.append(server)
         return server
 

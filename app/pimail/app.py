@@ -228,7 +228,7 @@ class Server:
 
     async def _start_smtp(self) -> None:
         s = self.settings.smtp
-        handler = InboundHandler(self.settings, self.directory, self.store)
+        handler = InboundHandler(self.settings, self.directory, self.store, self.queue)
         limiter = ConnectionLimiter(s.max_connections_per_ip, s.max_connections)
         incoming = self.settings.spool_dir / "incoming"
 

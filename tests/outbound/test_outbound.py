@@ -8,6 +8,7 @@ import email.policy
 import smtplib
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
@@ -307,3 +308,111 @@ def test_swaks_tls_auth_to_a_remote_recipient(outbound: Outbound) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     [received] = wait_for(lambda: sink.messages, what="delivery")
     assert b"sent by swaks" in received.content
+
+
+def publish(outbound: Outbound, zone_text: str) -> int:
+    """Put `pimail dns` output into the DNS server, as an administrator would."""
+    added = 0
+    for line in zone_text.splitlines():
+        if not line or line.startswith(";") or "<" in line:
+            continue
+        parts = line.split("\t")
+        if len(parts) == 5 and parts[2] == "IN":
+            outbound.zone.add(parts[0], parts[3], parts[4])
+            added += 1
+    return added
+
+
+def test_a_second_pimail_receives_and_both_dkim_signatures_verify(
+    outbound: Outbound, make_server: Any
+) -> None:
+    import dkim
+    import dns.resolver
+
+    receiver = make_server("receiver", also_listen=[f"127.0.0.6:{outbound.port}"])
+    receiver.cli("domain", "add", "remote.test")
+    receiver.add_user("carol@remote.test")
+    receiver.start()
+    outbound.mx("remote.test", (10, "mx1.remote.test", "127.0.0.6"))
+    sender = outbound.start_sender()
+    assert publish(outbound, sender.cli("dns", "example.org").stdout) >= 8
+    body = "Grüße aus dem Garten.\r\n".encode()
+    outbound.submit(["carol@remote.test"], MESSAGE.replace(b"Hello from pimail.\r\n", body))
+    [path] = wait_for(lambda: receiver.messages("carol@remote.test"), what="delivery")
+    delivered = path.read_bytes()
+    assert delivered.startswith(b"Return-Path: <alice@example.org>\r\nReceived: from mx.test")
+    assert delivered.count(b"Return-Path:") == 1  # the sender's own was not sent
+
+    resolver = dns.resolver.Resolver(configure=False)
+    host, port = outbound.zone.address.split(":")
+    resolver.nameservers, resolver.port = [host], int(port)
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        answer = resolver.resolve(name.decode().rstrip("."), "TXT")
+        return b"".join(b"".join(r.strings) for r in answer)
+
+    # Verify what the receiver stored, against the DNS the records were published in.
+    message = delivered[delivered.index(b"DKIM-Signature:") :]  # the receiver's trace off
+    verifier = dkim.DKIM(message)
+    signatures = [v for k, v in dkim.DKIM(message).headers if k.lower() == b"dkim-signature"]
+    algorithms = sorted(b"ed25519" if b"a=ed25519" in s else b"rsa" for s in signatures)
+    assert algorithms == [b"ed25519", b"rsa"]
+    assert all(verifier.verify(idx=i, dnsfunc=dnsfunc) for i in range(len(signatures)))
+    tampered = message.replace("Grüße".encode(), b"Hallo")
+    try:
+        tampered_ok = dkim.DKIM(tampered).verify(idx=0, dnsfunc=dnsfunc)
+    except dkim.ValidationError:
+        tampered_ok = False
+    assert not tampered_ok
+
+
+def send_inbound(port: int, sender: str, recipient: str, message: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.sendmail(sender, [recipient], message)
+
+
+FORWARDED = b"From: someone@outside.test\r\nSubject: for the alias\r\n\r\nforward me\r\n"
+
+
+def test_alias_forwards_to_another_domain_with_the_original_sender(outbound: Outbound) -> None:
+    outbound.mx("remote.test", (10, "mx1.remote.test", "127.0.0.2"))
+    sink = outbound.sink("127.0.0.2")
+    sender = outbound.start_sender()
+    sender.cli("alias", "add", "fwd@example.org", "carol@remote.test", "bob@example.org")
+    send_inbound(sender.smtp_port, "someone@outside.test", "fwd@example.org", FORWARDED)
+    [received] = wait_for(lambda: sink.messages, what="the forwarded copy")
+    assert received.mail_from == "someone@outside.test"
+    assert received.rcpt_tos == ["carol@remote.test"]
+    assert b"forward me" in received.content
+    assert len(sender.messages("bob@example.org")) == 1  # and the local target has its copy
+
+
+def test_bounce_to_an_outside_sender_goes_with_a_null_sender_and_is_never_bounced(
+    outbound: Outbound,
+) -> None:
+    outbound.mx("remote.test", (10, "mx1.remote.test", "127.0.0.2"))
+    outbound.sink("127.0.0.2", rcpt_reply=lambda a: "550 5.1.1 no such user")
+    outbound.mx("outside.test", (10, "mx.outside.test", "127.0.0.3"))
+    outside = outbound.sink("127.0.0.3")
+    outbound.mx("gone.test", (10, "mx.gone.test", "127.0.0.4"))
+    gone = outbound.sink("127.0.0.4", rcpt_reply=lambda a: "550 5.1.1 sender long gone")
+    sender = outbound.start_sender()
+    sender.cli("alias", "add", "fwd@example.org", "carol@remote.test")
+    send_inbound(sender.smtp_port, "someone@outside.test", "fwd@example.org", FORWARDED)
+    [dsn] = wait_for(lambda: outside.messages, what="the bounce at the outside sender's MX")
+    assert dsn.mail_from in ("", "<>") and dsn.rcpt_tos == ["someone@outside.test"]
+    assert b"multipart/report" in dsn.content and b"Status: 5.1.1" in dsn.content
+    # A bounce that bounces is dropped: no bounce to a bounce (RFC 5321 6.1).
+    send_inbound(sender.smtp_port, "ghost@gone.test", "fwd@example.org", FORWARDED)
+    wait_for(lambda: "no notice" in sender.log.read_text(), what="the dropped bounce")
+    wait_for(lambda: outbound.queue_rows() == 0, what="an empty queue")
+    assert gone.messages == [] and len(outside.messages) == 1
+
+
+def test_a_mail_loop_is_refused(outbound: Outbound) -> None:
+    sender = outbound.start_sender()
+    hops = b"".join(b"Received: from hop%d by hop%d\r\n" % (i, i) for i in range(60))
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send_inbound(sender.smtp_port, "someone@outside.test", "bob@example.org",
+                     hops + FORWARDED)  # fmt: skip
+    assert refused.value.smtp_code == 554

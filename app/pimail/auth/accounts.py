@@ -192,10 +192,8 @@ class Directory:
             raise DirectoryError(f"{localpart}@{domain} is an account")
         normalized = []
         for target in targets:
+            # A target in another domain is forwarded there through the queue.
             t_local, t_domain = split_address(target)
-            if not self.is_local_domain(t_domain):
-                # Forwarding out needs the outbound queue; until then, only local targets.
-                raise DirectoryError(f"alias target {target}: not a local domain")
             normalized.append(f"{t_local}@{t_domain}")
         if not normalized:
             raise DirectoryError("an alias needs at least one target")
@@ -248,9 +246,13 @@ class Directory:
 
     # -- resolution -----------------------------------------------------
 
-    def resolve(self, address: str) -> tuple[Resolution, list[Account]]:
+    def resolve(
+        self, address: str, forwards: list[str] | None = None
+    ) -> tuple[Resolution, list[Account]]:
         """Where mail for `address` goes: exact account, exact alias, the
-        address without its +tag, then the domain's catch-all."""
+        address without its +tag, then the domain's catch-all. Alias targets
+        in other domains are appended to `forwards` (when given: the caller
+        can forward; else they count as nobody)."""
         localpart, at, domain = address.rpartition("@")
         try:
             domain = normalize_domain(domain)
@@ -262,8 +264,11 @@ class Directory:
         localpart = localpart.lower()
         if not at or not localpart:
             return Resolution.UNKNOWN_USER, []
-        accounts = self._resolve_local(domain_id, domain, localpart, set(), 0)
-        if accounts:
+        found: list[str] = []
+        accounts = self._resolve_local(domain_id, domain, localpart, set(), 0, forwards=found)
+        if forwards is not None:
+            forwards.extend(dict.fromkeys(found))
+        if accounts or (found and forwards is not None):
             return Resolution.LOCAL, accounts
         return Resolution.UNKNOWN_USER, []
 
@@ -288,22 +293,29 @@ class Directory:
         seen: set[str],
         depth: int,
         catch_all: bool = True,
+        forwards: list[str] | None = None,
     ) -> list[Account]:
         candidates = [localpart]
         base, plus, _tag = localpart.partition("+")
         if plus and base:
             candidates.append(base)
         for candidate in candidates:
-            found = self._expand(domain_id, domain, candidate, seen, depth)
+            found = self._expand(domain_id, domain, candidate, seen, depth, forwards)
             if found is not None:
                 return found
         if not catch_all:
             return []
-        found = self._expand(domain_id, domain, "", seen, depth)
+        found = self._expand(domain_id, domain, "", seen, depth, forwards)
         return found or []
 
     def _expand(
-        self, domain_id: int, domain: str, localpart: str, seen: set[str], depth: int
+        self,
+        domain_id: int,
+        domain: str,
+        localpart: str,
+        seen: set[str],
+        depth: int,
+        forwards: list[str] | None = None,
     ) -> list[Account] | None:
         """Accounts for exactly localpart@domain (an account or an alias), or None."""
         if localpart:
@@ -322,11 +334,14 @@ class Directory:
             t_local, t_domain = target.rsplit("@", 1)
             t_domain_id = self._domain_id(t_domain)
             if t_domain_id is None:
+                if forwards is not None:
+                    forwards.append(target)
                 continue
             # An alias target is taken as written: no catch-all behind it.
             resolved = self._resolve_local(
-                t_domain_id, t_domain, t_local, seen, depth + 1, catch_all=False
-            )
+                t_domain_id, t_domain, t_local, seen, depth + 1, catch_all=False,
+                forwards=forwards,
+            )  # fmt: skip
             for account in resolved:
                 out[account.id] = account
         return list(out.values())

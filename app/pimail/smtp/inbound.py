@@ -20,6 +20,7 @@ from typing import Any
 
 from ..auth.accounts import Account, Directory, Resolution
 from ..config import Settings
+from ..store import headers
 from ..store.spool import Incoming
 from ..store.store import Store
 
@@ -30,11 +31,18 @@ _UNSAFE_HELO = re.compile(r"[^\x21-\x7e]")
 MAX_ADDRESS = 320
 
 
+# RFC 5321 6.3: a message that has passed this many hosts is looping.
+MAX_HOPS = 50
+
+
 class InboundHandler:
-    def __init__(self, settings: Settings, directory: Directory, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, directory: Directory, store: Store, queue: Any = None
+    ) -> None:
         self.settings = settings
         self.directory = directory
         self.store = store
+        self.queue = queue  # forwards aliases to other domains; None: nobody outside
         self.delivered = 0
 
     async def handle_EHLO(
@@ -55,6 +63,7 @@ class InboundHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.accounts = {}
+        envelope.forwards = []
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -68,7 +77,8 @@ class InboundHandler:
         if _ROUTING.search(localpart.replace('"', "")):
             log.warning("routing trick refused peer=%r rcpt=%r", session.peer, address)
             return f"550 5.7.1 <{address}>: address routing (%, !, @ in local part) refused"
-        resolution, accounts = self.directory.resolve(address)
+        forwards: list[str] | None = [] if self.queue is not None else None
+        resolution, accounts = self.directory.resolve(address, forwards)
         if resolution is Resolution.RELAY_DENIED:
             log.info("relay denied peer=%r rcpt=%r", session.peer, address)
             return f"554 5.7.1 <{address}>: Relay access denied"
@@ -78,6 +88,9 @@ class InboundHandler:
         envelope.rcpt_options.extend(rcpt_options)
         for account in accounts:
             envelope.accounts[account.id] = account
+        for target in forwards or ():
+            if target not in envelope.forwards:
+                envelope.forwards.append(target)
         return "250 2.1.5 Ok"
 
     async def handle_DATA_START(
@@ -92,6 +105,24 @@ class InboundHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message: Incoming = envelope.incoming
         accounts: list[Account] = list(envelope.accounts.values())
+        hops = sum(1 for name, _ in headers.fields(bytes(message.head)) if name == b"received")
+        if hops > MAX_HOPS:
+            return "554 5.4.6 Too many hops: a mail loop"
+        if envelope.forwards:
+            # Aliases pointing to other domains: queued with the original sender,
+            # so a failure there goes back to who wrote (no SRS).
+            try:
+                queued = await self.queue.enqueue(
+                    message, reverse_path(envelope), envelope.forwards
+                )
+            except Exception:
+                log.exception("forwarding failed id=%s", envelope.queue_id)
+                return "451 4.3.0 Could not forward the message, try again later"
+            log.info("forwarded id=%s queue_id=%s targets=%d",
+                     envelope.queue_id, queued, len(envelope.forwards))  # fmt: skip
+            if not accounts:
+                message.discard()
+                return f"250 2.0.0 Ok: queued as {queued}"
         try:
             placements = await self.store.deliver(message, accounts)
         except Exception:

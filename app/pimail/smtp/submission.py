@@ -67,9 +67,8 @@ class SendingLimit:
 class SubmissionHandler(InboundHandler):
     def __init__(self, settings: Any, directory: Directory, store: Any,
                  authenticator: Authenticator, queue: Any) -> None:  # fmt: skip
-        super().__init__(settings, directory, store)
+        super().__init__(settings, directory, store, queue)
         self.authenticator = authenticator
-        self.queue = queue
         self.limit = SendingLimit(settings.submission.max_messages_per_hour)
 
     # -- AUTH (aiosmtpd calls the handler's auth_<MECHANISM> in place of its own) --
@@ -150,10 +149,15 @@ class SubmissionHandler(InboundHandler):
             return "452 4.5.3 Too many recipients"
         if len(address) > MAX_ADDRESS or "@" not in address.strip("@"):
             return "553 5.1.3 Recipient address malformed"
-        resolution, accounts = self.directory.resolve(address)
+        forwards: list[str] = []
+        resolution, accounts = self.directory.resolve(address, forwards)
+        if resolution is Resolution.RELAY_DENIED:
+            forwards = [address]
+        for target in forwards:
+            if target not in envelope.remote_rcpts:
+                envelope.remote_rcpts.append(target)
         if resolution is Resolution.RELAY_DENIED:
             envelope.rcpt_tos.append(address)
-            envelope.remote_rcpts.append(address)
             return "250 2.1.5 Ok"
         if resolution is Resolution.UNKNOWN_USER:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
