@@ -101,9 +101,19 @@ python_stage() {
     # The app's pinned dependencies, as aarch64 wheels for CPython 3.11 (bookworm's).
     local deps
     deps=$(python3 -c 'import tomllib,sys; print("\n".join(tomllib.load(open(sys.argv[1],"rb"))["project"]["dependencies"]))' "$REPO/app/pyproject.toml")
+    # Pure-Python dependencies published only as source (dkimpy) become
+    # platform-independent wheels here first; everything else must be a wheel.
+    local sdist_only
+    sdist_only=$(echo "$deps" | grep -iE '^(dkimpy)==' || true)
+    if [ -n "$sdist_only" ]; then
+        # shellcheck disable=SC2086
+        PIP_CONFIG_FILE=/dev/null "$pipvenv/bin/pip" wheel -q --disable-pip-version-check \
+            --cache-dir "$CACHE/pip" --no-deps -w "$CACHE/wheels" $sdist_only
+    fi
     # shellcheck disable=SC2086
     PIP_CONFIG_FILE=/dev/null "$pipvenv/bin/pip" install -q --disable-pip-version-check \
         --cache-dir "$CACHE/pip" --target "$lib" --only-binary=:all: \
+        --find-links "$CACHE/wheels" \
         --python-version 3.11 --implementation cp --abi cp311 --abi abi3 "${plats[@]}" $deps
     # pimail itself: pure Python, no dependencies (they are above).
     rm -rf "$lib/bin"

@@ -75,9 +75,10 @@ def toml_value(value: object) -> str:
 class PimailServer:
     def __init__(
         self, data_dir: Path, sections: dict | None = None, also_listen: list[str] | None = None,
-        **smtp: object,
+        hostname: str = "mx.test", **smtp: object,
     ) -> None:  # fmt: skip
         self.data_dir = data_dir
+        self.hostname = hostname
         self._also_listen = also_listen or []
         self.config = data_dir.parent / f"{data_dir.name}.toml"
         self._sections = sections or {}
@@ -114,7 +115,7 @@ class PimailServer:
         }
         for name, values in self._sections.items():
             tables.setdefault(name, {}).update(values)
-        lines = [f'data_dir = "{data_dir}"', 'hostname = "mx.test"']
+        lines = [f'data_dir = "{data_dir}"', f'hostname = "{self.hostname}"']
         for name, values in tables.items():
             lines.append(f"[{name}]")
             lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
@@ -229,9 +230,9 @@ def make_server(tmp_path: Path) -> Iterator[object]:
 
     def make(
         name: str = "data", sections: dict | None = None, also_listen: list[str] | None = None,
-        **smtp: object,
+        hostname: str = "mx.test", **smtp: object,
     ) -> PimailServer:  # fmt: skip
-        server = PimailServer(tmp_path / name, sections, also_listen, **smtp)
+        server = PimailServer(tmp_path / name, sections, also_listen, hostname, **smtp)
         servers.append(server)
         return server
 

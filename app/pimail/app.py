@@ -184,7 +184,9 @@ class Server:
                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             ) -> None:
                 assert certs is not None
-                await http01.handle_https(reader, writer, certs.handshake_context)
+                await http01.handle_https(
+                    reader, writer, certs.handshake_context, self._mta_sts_policy
+                )
 
             await self._bind(
                 "https", address,
@@ -195,6 +197,14 @@ class Server:
             loop = asyncio.get_running_loop()
             self._acme_task = loop.create_task(self._acme_loop())
             self._alpn_task = loop.create_task(self._watch_alpn_certificates())
+
+    def _mta_sts_policy(self, domain: str) -> str | None:
+        """Our own MTA-STS policy for a local domain (what `pimail dns` announces)."""
+        from .dns.records import mta_sts_policy
+
+        if not self.directory.is_local_domain(domain):
+            return None
+        return mta_sts_policy(self.settings, domain)
 
     async def _watch_alpn_certificates(self) -> None:
         """Serve TLS-ALPN-01 validation certificates (RFC 8737) while the ACME

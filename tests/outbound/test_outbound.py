@@ -416,3 +416,28 @@ def test_a_mail_loop_is_refused(outbound: Outbound) -> None:
         send_inbound(sender.smtp_port, "someone@outside.test", "bob@example.org",
                      hops + FORWARDED)  # fmt: skip
     assert refused.value.smtp_code == 554
+
+
+def test_pimail_serves_its_mta_sts_policy_and_another_pimail_honours_it(
+    outbound: Outbound, make_server: Any
+) -> None:
+    import sqlite3
+
+    receiver = make_server(
+        "receiver", {"web": {"listen_https": [f"127.0.0.7:{outbound.mta_sts_port}"]}},
+        also_listen=[f"127.0.0.7:{outbound.port}"], hostname="mx.remote.test",
+    )  # fmt: skip
+    receiver.cli("domain", "add", "remote.test")
+    receiver.add_user("carol@remote.test")
+    receiver.start()
+    assert publish(outbound, receiver.cli("dns", "remote.test").stdout) >= 8
+    outbound.zone.set("mx.remote.test", "A", "127.0.0.7")
+    ca_file = receiver.data_dir / "tls" / "ca" / "ca.pem"
+    sender = outbound.start_sender(ca_file=str(ca_file))
+    outbound.submit(["carol@remote.test"], MESSAGE)
+    wait_for(lambda: receiver.messages("carol@remote.test"), what="delivery")
+    con = sqlite3.connect(sender.data_dir / "queue" / "queue.db")
+    [(mode, mx)] = con.execute("SELECT mode, mx FROM mta_sts WHERE domain = 'remote.test'")
+    con.close()
+    # The internal CA is not public: pimail announces testing, not enforce.
+    assert mode == "testing" and "mx.remote.test" in mx

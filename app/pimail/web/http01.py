@@ -78,22 +78,47 @@ async def handle(
         writer.close()
 
 
+MTA_STS_PATH = "/.well-known/mta-sts.txt"
+
+
+def respond_https(head: bytes, mta_sts_policy: Callable[[str], str | None]) -> bytes:
+    """Port 443's answer (sans I/O): the MTA-STS policy (RFC 8461 3.3) at
+    https://mta-sts.<domain>/.well-known/mta-sts.txt, else a short notice."""
+    lines = head.split(b"\r\n")
+    try:
+        method, target, _version = lines[0].decode("ascii").split(" ")
+    except (UnicodeDecodeError, ValueError):
+        return _response(400, "Bad Request", b"bad request\n")
+    host = ""
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"host":
+            host = value.strip().decode("ascii", "replace").split(":")[0].lower().rstrip(".")
+    if method in ("GET", "HEAD") and target == MTA_STS_PATH and host.startswith("mta-sts."):
+        policy = mta_sts_policy(host[len("mta-sts.") :])
+        if policy is not None:
+            body = policy.encode() if method == "GET" else b""
+            return _response(200, "OK", body, {"Content-Type": "text/plain; charset=utf-8"})
+        return _response(404, "Not Found", b"")
+    return _response(503, "Service Unavailable", b"The web interface is not there yet.\n")
+
+
 async def handle_https(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     context: Callable[[], ssl.SSLContext],
+    mta_sts_policy: Callable[[str], str | None] = lambda domain: None,
 ) -> None:
     """Port 443 until the web interface arrives: TLS-ALPN-01 validations
-    (RFC 8737: the handshake is all the validator wants) and a short notice."""
+    (RFC 8737: the handshake is all the validator wants), MTA-STS policies,
+    and a short notice."""
     try:
         await writer.start_tls(context(), ssl_handshake_timeout=TIMEOUT)
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "acme-tls/1":
             return
-        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-        writer.write(
-            _response(503, "Service Unavailable", b"The web interface is not there yet.\n")
-        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        writer.write(respond_https(head, mta_sts_policy))
         await asyncio.wait_for(writer.drain(), TIMEOUT)
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError,
             ssl.SSLError, OSError):  # fmt: skip
