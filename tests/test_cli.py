@@ -168,3 +168,16 @@ def test_headless_setup_apply(admin: PimailServer, tmp_path: Path) -> None:
     m = imaplib.IMAP4_SSL("localhost", admin.imaps_port, ssl_context=admin.client_tls())
     assert m.login("admin@box.example", "boot-password")[0] == "OK"
     m.logout()
+
+
+def test_a_secret_setting_comes_from_stdin_and_is_never_shown(admin: PimailServer) -> None:
+    done = admin.cli("config", "set", "outbound.relay_password", "-", input="p4ss w0rd\n")
+    admin.cli("config", "set", "outbound.relay_password", "-", input="p4ss w0rd\n")
+    assert "p4ss" not in done.stdout and "********" in done.stdout
+    shown = admin.cli("config", "show").stdout
+    assert 'outbound.relay_password = "********"' in shown and "p4ss" not in shown
+    con = sqlite3.connect(admin.data_dir / "pimail.db")
+    [(value,)] = con.execute("SELECT value FROM settings WHERE key = 'outbound.relay_password'")
+    con.close()
+    assert value == '"p4ss w0rd"'
+    assert config.load(admin.config).outbound.relay_password == "p4ss w0rd"

@@ -567,6 +567,8 @@ def cmd_config_set(settings: config.Settings, args: argparse.Namespace) -> None:
         value = json.loads(args.value)
     except json.JSONDecodeError:
         value = args.value  # a bare string
+    if args.key in config.SECRET_KEYS:
+        value = args.value  # a password is a string, even one that looks like a number
     config.validate_override(args.key, value)
     con = db.open_main(settings.db_path)
     con.execute(
