@@ -561,14 +561,15 @@ def cmd_config_show(settings: config.Settings, args: argparse.Namespace) -> None
 
 
 def cmd_config_set(settings: config.Settings, args: argparse.Namespace) -> None:
-    if args.value == "-":  # a secret (the relay password) stays off the command line
+    from_stdin = args.value == "-"  # a secret (the relay password) stays off the command line
+    if from_stdin:
         args.value = sys.stdin.readline().rstrip("\r\n")
     try:
         value = json.loads(args.value)
     except json.JSONDecodeError:
         value = args.value  # a bare string
-    if args.key in config.SECRET_KEYS:
-        value = args.value  # a password is a string, even one that looks like a number
+    if from_stdin and args.key in config.SECRET_KEYS:
+        value = args.value  # a password is taken as typed, even "123456"
     config.validate_override(args.key, value)
     con = db.open_main(settings.db_path)
     con.execute(
