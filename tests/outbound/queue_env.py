@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import smtplib
+import socketserver
 import ssl
 import threading
 import time
@@ -138,6 +139,9 @@ class Sink:
             self.state.attempts += 1
             attempt = self.state.attempts
         reply = self.data_reply(attempt) if self.data_reply else None
+        if reply == "DROP":  # hang up without an answer to DATA
+            server.transport.abort()
+            return "421 4.3.0 gone"
         if reply:
             return reply
         with self.state.lock:
@@ -191,6 +195,28 @@ class PolicyServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class GarbageServer:
+    """Not an SMTP server at all: says something else and hangs up."""
+
+    def __init__(self, host: str, port: int, greeting: bytes) -> None:
+        self.connections = 0
+        owner = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                owner.connections += 1
+                self.request.sendall(greeting)
+                time.sleep(0.1)
+
+        self.server = socketserver.ThreadingTCPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Outbound:

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import PASSWORD
 
-from .queue_env import Outbound, Sink, wait_for
+from .queue_env import GarbageServer, Outbound, Sink, wait_for
 
 MESSAGE = (
     b"From: Alice <alice@example.org>\r\nTo: carol@remote.test\r\n"
@@ -441,3 +441,35 @@ def test_pimail_serves_its_mta_sts_policy_and_another_pimail_honours_it(
     con.close()
     # The internal CA is not public: pimail announces testing, not enforce.
     assert mode == "testing" and "mx.remote.test" in mx
+
+
+def test_a_receiver_hanging_up_after_data_means_a_retry(outbound: Outbound) -> None:
+    outbound.mx("remote.test", (10, "mx1.remote.test", "127.0.0.2"))
+    sink = outbound.sink("127.0.0.2", data_reply=lambda n: "DROP" if n == 1 else None)
+    outbound.start_sender(retry_min=0.5, retry_max=0.5)
+    outbound.submit(["carol@remote.test"], MESSAGE)
+    wait_for(lambda: sink.messages, what="delivery on the second attempt")
+    assert sink.state.attempts == 2
+    wait_for(lambda: outbound.queue_rows() == 0, what="an empty queue")
+
+
+@pytest.mark.parametrize(
+    "greeting",
+    [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"554 5.7.1 go away\r\n", b"\x00" * 5000 + b"\r\n",
+     b"220-" + b"x" * 100000 + b"\r\n"],
+)  # fmt: skip
+def test_a_hostile_or_broken_mx_is_skipped_for_the_next(
+    outbound: Outbound, greeting: bytes
+) -> None:
+    outbound.mx("remote.test", (5, "mx0.remote.test", "127.0.0.3"),
+                (10, "mx1.remote.test", "127.0.0.2"))  # fmt: skip
+    garbage = GarbageServer("127.0.0.3", outbound.port, greeting)
+    try:
+        sink = outbound.sink("127.0.0.2")
+        sender = outbound.start_sender()
+        outbound.submit(["carol@remote.test"], MESSAGE)
+        wait_for(lambda: sink.messages, what="delivery at the second MX")
+        assert garbage.connections >= 1
+        assert "Traceback" not in sender.log.read_text()
+    finally:
+        garbage.stop()
