@@ -139,13 +139,7 @@ class QueueStore:
         The spool file stays (hard-linked): the caller may deliver it locally too."""
         message_id = new_id()
         spool_path = message.make_durable()
-        target = self.path(message_id)
-        try:
-            os.link(spool_path, target)
-        except OSError as e:
-            if e.errno != 18:  # EXDEV: another filesystem
-                raise
-            _copy_durably(spool_path, target)
+        maildir.link_or_copy(spool_path, self.path(message_id))
         maildir.fsync_dir(self.messages_dir)
         self._insert(message_id, sender, recipients, account, kind, message.size, envid)
         return message_id
@@ -154,15 +148,7 @@ class QueueStore:
         self, data: bytes, sender: str, recipients: list[str], *, kind: str = "dsn"
     ) -> str:
         message_id = new_id()
-        target = self.path(message_id)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        maildir.write_new(self.path(message_id), data)
         maildir.fsync_dir(self.messages_dir)
         self._insert(message_id, sender, recipients, "", kind, len(data), None)
         return message_id
@@ -250,7 +236,7 @@ class QueueStore:
             if left == 0:
                 self.con.execute("DELETE FROM messages WHERE id = ?", (message_id,))
         if left == 0:
-            _unlink_quietly(self.path(message_id))
+            maildir.unlink_quietly(self.path(message_id))
         return left == 0
 
     # -- administration (`pimail queue`) ----------------------------------------
@@ -278,7 +264,7 @@ class QueueStore:
         with db.transaction(self.con):
             cur = self.con.execute("DELETE FROM messages WHERE id = ?", (message_id,))
         if cur.rowcount:
-            _unlink_quietly(self.path(message_id))
+            maildir.unlink_quietly(self.path(message_id))
         return cur.rowcount > 0
 
     def recover(self) -> tuple[int, int]:
@@ -304,18 +290,3 @@ def _recipient(r: sqlite3.Row) -> Recipient:
         r["id"], r["address"], r["domain"], r["state"], r["attempts"], r["next_attempt"],
         r["last_error"], r["orcpt"],
     )  # fmt: skip
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _copy_durably(source: Path, target: Path) -> None:
-    with open(source, "rb") as src, open(target, "xb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())

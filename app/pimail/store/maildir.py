@@ -20,6 +20,7 @@ RFC 7162 3.1), even after the highest UID is expunged and the index is lost.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
@@ -155,6 +156,39 @@ def write_state(folder: Path, state: FolderState) -> None:
         os.close(fd)
     os.replace(tmp, folder / STATE_FILE)
     fsync_dir(folder)
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create `path` (0600; it must not exist), write `data`, fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` as `target`; copy (and fsync) across filesystems."""
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        with open(source, "rb") as src, open(target, "xb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+
+
+def unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def fsync_dir(path: Path | str) -> None:

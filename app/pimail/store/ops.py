@@ -306,7 +306,7 @@ class MailboxOps:
             mbox.saved = (mbox.uidnext, mbox.highestmodseq)
         rows = self._rows(mailbox_id, uids, "uid, subdir, filename, id")
         for _uid, sub, name, _id in rows:
-            _unlink_quietly(mbox.path / sub / name)
+            maildir.unlink_quietly(mbox.path / sub / name)
         for sub in ("cur", "new"):
             maildir.fsync_dir(mbox.path / sub)
         mbox.highestmodseq += 1
@@ -396,14 +396,7 @@ class MailboxOps:
         mbox = self._by_id(mailbox_id)
         base = maildir.unique_base()
         tmp = mbox.path / "tmp" / base
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        maildir.write_new(tmp, data)
         when = internaldate if internaldate is not None else time.time()
         os.utime(tmp, (when, when))
         uid = mbox.uidnext
@@ -504,10 +497,3 @@ class MailboxOps:
                 self._store_analysis(message_id, data)
                 done += 1
         return done
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

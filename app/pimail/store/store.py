@@ -507,7 +507,7 @@ class Store(MailboxOps):
             except OSError as e:
                 d.error = e
                 for p in d.placements:  # all or nothing for one message
-                    _unlink_quietly(p.path)
+                    maildir.unlink_quietly(p.path)
                 d.placements = []
         # 3. the directory entries durable: from here on, the message is delivered
         for path in new_dirs:
@@ -531,12 +531,7 @@ class Store(MailboxOps):
             mbox = self._mailbox(account, "INBOX")
             uid = mbox.uidnext
             target = mbox.path / "new" / maildir.new_name(d.message.base, d.message.size, uid)
-            try:
-                os.link(spool_path, target)
-            except OSError as e:
-                if e.errno != 18:  # EXDEV: spool on another filesystem; copy instead
-                    raise
-                _copy_durably(spool_path, target)
+            maildir.link_or_copy(spool_path, target)
             mbox.uidnext = uid + 1
             d.placements.append(Placement(account.id, mbox.id, uid, target))
             new_dirs.add(target.parent)
@@ -557,18 +552,3 @@ class Store(MailboxOps):
                     touched[mbox.id] = mbox
             for mbox in touched.values():
                 self._changed(mbox)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _copy_durably(source: Path, target: Path) -> None:
-    with open(source, "rb") as src, open(target, "xb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
