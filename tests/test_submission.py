@@ -144,3 +144,16 @@ def test_starttls_injection_on_587(sub: PimailServer) -> None:
     # Had the plaintext AUTH run, MAIL would pass; it must still ask for AUTH.
     assert c.cmd(b"MAIL FROM:<alice@example.org>").startswith(b"530")
     c.close()
+
+
+def test_failed_auth_is_limited_per_address(make_server: Any) -> None:
+    server = make_server(sections={"auth": {"max_failures": 3, "failure_delay": 0.05}})
+    server.cli("domain", "add", "example.org")
+    server.add_user("alice@example.org")
+    server.start()
+    for _ in range(3):
+        with starttls(server) as s, pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("alice@example.org", "wrong-password")
+    # Now even the right password is refused from this address.
+    with starttls(server) as s, pytest.raises(smtplib.SMTPAuthenticationError):
+        s.login("alice@example.org", PASSWORD)

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class FailureLimiter:
-    """Failed logins per client address in a sliding window."""
+    """Events per key in a sliding window: failed logins per client address
+    (and, in submission, messages per account)."""
 
     def __init__(self, max_failures: int = 10, window: float = 600.0, max_tracked: int = 10_000):
         self.max_failures = max_failures

@@ -21,17 +21,15 @@ The same engine as the MX (server.py) with other policy:
 
 from __future__ import annotations
 
-import collections
 import email.utils
 import logging
-import time
 from base64 import b64decode
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, AuthResult
 
 from ..auth.accounts import Account, Directory, Resolution
-from ..auth.login import Authenticator, parse_sasl_plain
+from ..auth.login import Authenticator, FailureLimiter, parse_sasl_plain
 from ..store import headers
 from ..store.spool import Incoming
 from .inbound import MAX_ADDRESS, InboundHandler
@@ -39,37 +37,15 @@ from .inbound import MAX_ADDRESS, InboundHandler
 log = logging.getLogger(__name__)
 
 
-class SendingLimit:
-    """Messages per account in a sliding hour (kept in memory: a restart
-    forgets, which errs on the side of the user)."""
-
-    def __init__(self, per_hour: int, window: float = 3600.0) -> None:
-        self.per_hour = per_hour
-        self.window = window
-        self._sent: dict[int, collections.deque[float]] = {}
-
-    def _recent(self, account_id: int) -> collections.deque[float]:
-        sent = self._sent.setdefault(account_id, collections.deque())
-        horizon = time.monotonic() - self.window
-        while sent and sent[0] < horizon:
-            sent.popleft()
-        if not sent:
-            del self._sent[account_id]
-        return sent
-
-    def allowed(self, account_id: int) -> bool:
-        return len(self._recent(account_id)) < self.per_hour
-
-    def count(self, account_id: int) -> None:
-        self._sent.setdefault(account_id, collections.deque()).append(time.monotonic())
-
-
 class SubmissionHandler(InboundHandler):
     def __init__(self, settings: Any, directory: Directory, store: Any,
                  authenticator: Authenticator, queue: Any) -> None:  # fmt: skip
         super().__init__(settings, directory, store, queue)
         self.authenticator = authenticator
-        self.limit = SendingLimit(settings.submission.max_messages_per_hour)
+        # Messages per account in a sliding hour: the same window as failed
+        # logins (in memory: a restart forgets, which errs on the user's side).
+        self.per_hour = settings.submission.max_messages_per_hour
+        self.sent = FailureLimiter(self.per_hour, 3600.0)
 
     # -- AUTH (aiosmtpd calls the handler's auth_<MECHANISM> in place of its own) --
 
@@ -132,10 +108,10 @@ class SubmissionHandler(InboundHandler):
             return "530 5.7.0 Authentication required"
         if address == "<>" or not self.owns(account, address):
             return f"553 5.7.1 <{address}>: not an address of {account.address}"
-        if not self.limit.allowed(account.id):
+        if self.sent.blocked(account.address):
             log.warning("sending limit reached account=%s", account.address)
             return (
-                f"450 4.7.1 Sending limit of {self.limit.per_hour} messages an hour reached,"
+                f"450 4.7.1 Sending limit of {self.per_hour} messages an hour reached,"
                 " try again later"
             )
         reply = await super().handle_MAIL(server, session, envelope, address, mail_options)
@@ -192,7 +168,7 @@ class SubmissionHandler(InboundHandler):
                 return reply
         else:
             message.discard()
-        self.limit.count(account.id)
+        self.sent.failed(account.address)  # counted, not failed: the same sliding window
         log.info(
             "submitted id=%s account=%s local=%d remote=%d queue_id=%s size=%d",
             envelope.queue_id, account.address, len(envelope.accounts),
