@@ -50,7 +50,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BATCH = 500
-MAX_IN_MEMORY = 5000  # recipients handed to destinations and not finished yet
+# Recipients handed to destinations and not finished yet. Finished ones make
+# room; the scheduler refills when fewer than half are left, so that each
+# refill (a query that skips what is in flight) serves many deliveries.
+MAX_IN_MEMORY = 1000
 HEADER_CAP = 64 * 1024
 RELAY = "[relay]"
 
@@ -163,32 +166,39 @@ class Queue:
     # -- scheduling -------------------------------------------------------------------
 
     async def _schedule(self) -> None:
+        """Dispatch what is due; then sleep until the next retry is due, new
+        mail comes (`wake`), a job ends, or `poll_interval` passes. Never spins:
+        recipients due but in flight are waited for, not polled."""
         assert self._wakeup is not None
         poll = self.settings.outbound.poll_interval
         while True:
+            self._wakeup.clear()  # before looking: a wake() from now on counts
             try:
-                await self._dispatch()
+                dispatched, full = await self._dispatch()
                 next_due = await self.run(self.store.next_due)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("queue scheduling failed")
-                next_due = None
+                dispatched, full, next_due = 0, False, None
+            if dispatched and full:
+                continue  # a whole batch: there may be more due now
             delay = poll
-            if next_due is not None:
-                delay = max(0.0, min(poll, next_due - time.time()))
-            if delay > 0 or len(self._in_flight) >= MAX_IN_MEMORY:
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), max(delay, 0.05))
-                except TimeoutError:
-                    pass
+            if next_due is not None and next_due > time.time():
+                delay = min(poll, next_due - time.time())
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), max(delay, 0.01))
+            except TimeoutError:
+                pass
 
-    async def _dispatch(self) -> None:
+    async def _dispatch(self) -> tuple[int, bool]:
+        """Hand due recipients to their destinations. Returns (how many, whether
+        that was a full batch)."""
         room = MAX_IN_MEMORY - len(self._in_flight)
         if room <= 0:
-            return
-        due = await self.run(self.store.due, time.time(), min(BATCH, room), set(self._in_flight))
+            return 0, False
+        limit = min(BATCH, room)
+        due = await self.run(self.store.due, time.time(), limit, set(self._in_flight))
         jobs: dict[tuple[str, str], Job] = {}
         for message_id, recipient in due:
             key = self._destination_key(recipient.domain)
@@ -201,6 +211,7 @@ class Queue:
             )
             destination.jobs.append(job)
         self._start_workers()
+        return len(due), len(due) == limit
 
     def _destination_key(self, domain: str) -> str:
         return RELAY if self.settings.outbound.relay_host else domain
@@ -432,6 +443,8 @@ class Queue:
     def _release(self, job: Job) -> None:
         for r in job.recipients:
             self._in_flight.discard(r.id)
+        if len(self._in_flight) < MAX_IN_MEMORY // 2:
+            self.wake()  # room for more, and what was in flight may be due again
 
     async def _record(self, message: QueuedMessage, job: Job, outcomes: list[Outcome]) -> None:
         now = time.time()
