@@ -397,3 +397,18 @@ def test_cli_domain_from_before_dkim(tmp_path: Path, cli: Callable[..., tuple[in
     assert code == 0 and "active" in out
     code, out = cli("dns", DOMAIN)
     assert "k=ed25519" in out and "no DKIM keys" not in out
+
+
+def test_openssl_rsa_gives_dkimpys_own_signature(con: sqlite3.Connection) -> None:
+    """RSASSA-PKCS1-v1_5 is deterministic: the OpenSSL step that replaces
+    dkimpy's pure-Python one must produce the very same octets."""
+    import hashlib
+
+    [rsa_key] = [k for k in dkim.generate_keys(con, DOMAIN, "pending") if k.algorithm == dkim.RSA]
+    dkim.sign(b"From: a@example.org\r\n\r\nx\r\n", DOMAIN, [rsa_key])  # installs it
+    assert getattr(dkimpy.RSASSA_PKCS1_v1_5_sign, "pimail_openssl", False)
+    parsed = dkimpy.crypto.parse_pem_private_key(rsa_key.private_key.encode())
+    for data in (b"", b"hello", bytes(range(256)) * 10):
+        ours = dkimpy.RSASSA_PKCS1_v1_5_sign(hashlib.sha256(data), parsed)
+        pure = dkimpy.crypto.RSASSA_PKCS1_v1_5_sign(hashlib.sha256(data), parsed)
+        assert ours == pure and len(ours) == 256

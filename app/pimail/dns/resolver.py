@@ -56,6 +56,8 @@ class Resolver:
             self._resolver = dns.asyncresolver.Resolver()
         self._resolver.lifetime = timeout
         self._resolver.timeout = min(timeout, 3.0)
+        # Answers are kept for their TTL: a burst to one domain asks once.
+        self._resolver.cache = dns.resolver.LRUCache(4096)
 
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
         """The answer, or None when the name exists without such records."""

@@ -266,6 +266,7 @@ def sign(message: bytes, domain: str, keys: list[DkimKey]) -> bytes:
     """
     import dkim  # dkimpy; imported here, not at server start
 
+    _use_openssl_for_rsa(dkim)
     if not keys:
         return b""
     if _BARE_LF.search(message):
@@ -290,3 +291,45 @@ def sign(message: bytes, domain: str, keys: list[DkimKey]) -> bytes:
         fields.append(field_octets)
     log.debug("dkim signed domain=%s selectors=%s", domain, ",".join(k.selector for k in ordered))
     return b"".join(fields)
+
+
+_rsa_keys: dict[int, object] = {}
+
+
+def _use_openssl_for_rsa(dkim_module: object) -> None:
+    """dkimpy computes RSA signatures in pure Python: 8-12 ms of CPU for
+    RSA-2048 here, several times that on a Pi, all of it holding the GIL
+    (bench/outbound.py). OpenSSL, through `cryptography`, takes well under a
+    millisecond. dkimpy has no hook for its RSA step, so its module-level
+    `RSASSA_PKCS1_v1_5_sign(hash, key)` is replaced by one with the same
+    inputs (the hash object, dkimpy's parsed key) and the same output (the
+    signature octets, RFC 8017 8.2.1). `cryptography` then costs the server
+    some megabytes, from its first signed message on."""
+    original = dkim_module.RSASSA_PKCS1_v1_5_sign  # type: ignore[attr-defined]
+    if getattr(original, "pimail_openssl", False):
+        return
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+    prehashed = {"sha256": hashes.SHA256()}  # pimail signs rsa-sha256 only (RFC 8301)
+
+    def sign(hash_object: object, key: dict) -> bytes:
+        algorithm = prehashed.get(getattr(hash_object, "name", ""))
+        if algorithm is None:
+            return original(hash_object, key)
+        private = _rsa_keys.get(key["modulus"])
+        if private is None:
+            numbers = rsa.RSAPrivateNumbers(
+                p=key["prime1"], q=key["prime2"], d=key["privateExponent"],
+                dmp1=key["exponent1"], dmq1=key["exponent2"], iqmp=key["coefficient"],
+                public_numbers=rsa.RSAPublicNumbers(key["publicExponent"], key["modulus"]),
+            )  # fmt: skip
+            private = numbers.private_key()
+            if len(_rsa_keys) > 64:
+                _rsa_keys.clear()
+            _rsa_keys[key["modulus"]] = private
+        digest = hash_object.digest()  # type: ignore[attr-defined]
+        return private.sign(digest, padding.PKCS1v15(), utils.Prehashed(algorithm))  # type: ignore[attr-defined]
+
+    sign.pimail_openssl = True  # type: ignore[attr-defined]
+    dkim_module.RSASSA_PKCS1_v1_5_sign = sign  # type: ignore[attr-defined]
