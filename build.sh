@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# pimail's one entry point. Usage: ./build.sh run | test | image | qemu | bench [smtp|imap]
+# pimail's one entry point. Usage: ./build.sh run | test | image | qemu | bench [smtp|imap|queue]
 #   run    set up .venv, install pimail, start a server on development defaults
 #   test   install what the tests need, lint, build the SD image if it is missing
 #          or out of date, run the whole test suite (with the QEMU end-to-end
 #          tests; PIMAIL_SKIP_QEMU=1 leaves the image and those tests out)
 #   image  build out/pimail-arm64.img.xz (+ .sha256) (image/build.sh; root)
 #   qemu   boot the image under qemu-system-aarch64, mail ports on 127.0.0.1
-#   bench  measure pimail beside Postfix 3.7 + Dovecot 2.3 (installs them; root)
+#   bench  measure pimail beside Postfix 3.7 + Dovecot 2.3 (+ OpenDKIM) (installs them; root)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -92,6 +92,12 @@ cmd_bench() {
         echo "==> IMAP/POP3: pimail beside Dovecot (bench/imap_bench.py)"
         "$VENV/bin/python" bench/imap_bench.py --dovecot --pimail-start
     fi
+    if [ "$which" = all ] || [ "$which" = queue ]; then
+        echo "==> Outbound queue: pimail beside Postfix + OpenDKIM (bench/outbound.py)"
+        command -v opendkim >/dev/null && command -v postconf >/dev/null \
+            || bash bench/classic/outbound_setup.sh install
+        "$VENV/bin/python" bench/outbound.py   # stops its Postfix instance when done
+    fi
 }
 
 case "${1:-}" in
@@ -100,5 +106,5 @@ case "${1:-}" in
     image) shift; cmd_image "$@" ;;
     qemu) shift; cmd_qemu "$@" ;;
     bench) shift; cmd_bench "$@" ;;
-    *) echo "usage: $0 run | test | image | qemu | bench [smtp|imap]" >&2; exit 2 ;;
+    *) echo "usage: $0 run | test | image | qemu | bench [smtp|imap|queue]" >&2; exit 2 ;;
 esac
