@@ -473,3 +473,15 @@ def test_a_hostile_or_broken_mx_is_skipped_for_the_next(
         assert "Traceback" not in sender.log.read_text()
     finally:
         garbage.stop()
+
+
+def test_a_message_soon_after_another_reuses_the_connection(outbound: Outbound) -> None:
+    outbound.mx("remote.test", (10, "mx1.remote.test", "127.0.0.2"))
+    sink = outbound.sink("127.0.0.2")
+    outbound.start_sender()
+    outbound.submit(["carol@remote.test"], MESSAGE)
+    wait_for(lambda: len(sink.messages) == 1, what="the first delivery")
+    time.sleep(0.3)
+    outbound.submit(["carol@remote.test"], MESSAGE)
+    wait_for(lambda: len(sink.messages) == 2, what="the second delivery")
+    assert sink.state.sessions == 1 and sink.messages[0].session == sink.messages[1].session

@@ -55,6 +55,7 @@ BATCH = 500
 # refill (a query that skips what is in flight) serves many deliveries.
 MAX_IN_MEMORY = 1000
 HEADER_CAP = 64 * 1024
+CONNECTION_IDLE = 2.0  # seconds a connection waits for another message
 RELAY = "[relay]"
 
 
@@ -70,6 +71,8 @@ class Destination:
     key: str
     jobs: collections.deque[Job] = field(default_factory=collections.deque)
     workers: int = 0
+    # Set when jobs are added: an idle connection waiting for more takes them.
+    more: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class RouteError(Exception):
@@ -210,6 +213,7 @@ class Queue:
                 job.destination, Destination(job.destination)
             )
             destination.jobs.append(job)
+            destination.more.set()
         self._start_workers()
         return len(due), len(due) == limit
 
@@ -238,7 +242,18 @@ class Queue:
         out = self.settings.outbound
         connection: Connection | None = None
         try:
-            while destination.jobs:
+            while True:
+                if not destination.jobs:
+                    # Like Postfix's connection cache: a message that follows
+                    # within CONNECTION_IDLE seconds goes over this connection.
+                    if connection is None or not connection.usable:
+                        break
+                    destination.more.clear()
+                    try:
+                        await asyncio.wait_for(destination.more.wait(), CONNECTION_IDLE)
+                    except TimeoutError:
+                        break
+                    continue
                 job = destination.jobs.popleft()
                 if connection is not None and (
                     not connection.usable or connection.sent >= out.messages_per_connection
