@@ -129,6 +129,17 @@ class Resolver:
             return []
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
+    async def a_records(self, name: str) -> list[str]:
+        """IPv4 addresses of `name`; [] when it has none or does not exist (for a
+        DNSBL that is "not listed", RFC 5782 2.1). Temporary failures raise."""
+        try:
+            answer = await self._query(name, "A")
+        except DnsError as e:
+            if e.temporary:
+                raise
+            return []
+        return [] if answer is None else [r.address for r in answer]
+
 
 def _split_server(spec: str) -> tuple[str, int]:
     if spec.startswith("["):
