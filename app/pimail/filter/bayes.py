@@ -1,0 +1,397 @@
+"""The learning spam filter: a Bayesian classifier per account (issue 7).
+
+Each account has its own model, learnt from its user's decisions: a message
+moved into Junk is trained as spam, one moved out of Junk as ham (IMAP
+MOVE/COPY/STORE, the webmail, `pimail spam train`). `score()` gives the
+probability that a new message is spam, for the filter pipeline to combine
+with its rule scores.
+
+The method is Gary Robinson's, as SpamBayes uses it ("A Statistical Approach
+to the Spam Problem", Linux Journal, 2003; SpamBayes classifier.py):
+
+- each token w of a message (`pimail.filter.tokens`, each once per message)
+  gets p(w) = (s/S) / (s/S + h/H) from the number of spam (s) and ham (h)
+  messages trained with it out of S spam and H ham, then Robinson's
+  correction for rare tokens f(w) = (a*x + n*p(w)) / (a + n), n = s + h,
+  strength a = 0.45, prior x = 0.5;
+- the clues are the tokens with |f(w) - 0.5| >= 0.1, at most the 150
+  strongest;
+- Fisher's chi-square combining: S' = 1 - C(-2 sum ln(1 - f), 2n),
+  H' = 1 - C(-2 sum ln f, 2n), probability = (1 + S' - H') / 2, where C is
+  the chi-square survival function with 2n degrees of freedom. Near 1 is
+  spam, near 0 ham; near 0.5 means unsure, either because the clues are few
+  or because they pull both ways.
+
+Until an account has trained MIN_TRAINED spam and MIN_TRAINED ham messages
+its model says nothing: probability 0.5, `trained` False.
+
+Storage: `<data_dir>/bayes.db`, a SQLite file of its own (WAL; the writes
+are frequent and small and have nothing to do with pimail.db or index.db):
+
+  tokens(account_id, token, spam, ham)  token: a 64-bit hash of the token
+      text (the first 8 octets of BLAKE2b, signed), not the text, to keep
+      it small; spam/ham: how many trained messages of each class have it.
+      A row whose counts are both 0 is deleted.
+  totals(account_id, spam, ham)         messages trained per class
+  trained(account_id, digest, spam)     which messages are trained, and as
+      what (digest: 64 bits of the SHA-256 of the message octets). Training
+      the same message twice changes nothing; training it as the other class
+      moves it over; untraining a message that is not trained does nothing.
+      So the counts stay exact however often a user moves a message in and
+      out of Junk, and never go below zero.
+
+Losing the file loses the training, nothing else. The tokenizer must stay
+the same for the life of a database: untraining re-tokenizes the message.
+
+Thread safety: one `Bayes` may be used from several threads (the server's
+worker pool); its methods take a lock. Tokenizing runs outside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pimail import db
+from pimail.filter.tokens import tokenize
+
+log = logging.getLogger(__name__)
+
+MIN_TRAINED = 50  # spam and ham messages each before an account's model is used
+# Robinson's constants, SpamBayes' defaults.
+UNKNOWN_WORD_STRENGTH = 0.45  # a: how much the prior x weighs against the counts
+UNKNOWN_WORD_PROB = 0.5  # x: the probability of a token never seen
+MINIMUM_PROB_STRENGTH = 0.1  # |f(w) - 0.5| below this: not a clue
+MAX_DISCRIMINATORS = 150  # clues used, the strongest first
+# Suggested cut-offs (SpamBayes' defaults): at or above SPAM_CUTOFF spam, below
+# HAM_CUTOFF ham, between them unsure. The pipeline's configuration decides.
+SPAM_CUTOFF = 0.90
+HAM_CUTOFF = 0.20
+CLUES_REPORTED = 10  # strongest spam and ham clues returned by score()
+_CHUNK = 500  # host parameters per IN (...) query
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE tokens (
+        account_id INTEGER NOT NULL,        -- accounts.id in pimail.db
+        token INTEGER NOT NULL,             -- 64-bit hash of the token text
+        spam INTEGER NOT NULL DEFAULT 0,    -- spam messages trained with it
+        ham INTEGER NOT NULL DEFAULT 0,     -- ham messages trained with it
+        PRIMARY KEY (account_id, token)
+    ) WITHOUT ROWID;
+    CREATE TABLE totals (
+        account_id INTEGER PRIMARY KEY,
+        spam INTEGER NOT NULL DEFAULT 0,    -- spam messages trained
+        ham INTEGER NOT NULL DEFAULT 0      -- ham messages trained
+    );
+    CREATE TABLE trained (
+        account_id INTEGER NOT NULL,
+        digest INTEGER NOT NULL,            -- 64 bits of SHA-256 of the message
+        spam INTEGER NOT NULL,              -- 1: trained as spam, 0: as ham
+        PRIMARY KEY (account_id, digest)
+    ) WITHOUT ROWID
+    """,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Clue:
+    """A token of a scored message and its spam probability f(w)."""
+
+    token: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class BayesScore:
+    """What the model says of a message.
+
+    probability: 0 (ham) .. 1 (spam), 0.5 when untrained or without clues.
+    spam_tokens / ham_tokens: the strongest clues each way (at most
+    CLUES_REPORTED), strongest first. They are words of the message: log
+    them at debug level only.
+    """
+
+    probability: float
+    spam_tokens: list[Clue]
+    ham_tokens: list[Clue]
+    trained: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BayesStats:
+    """The size of an account's model."""
+
+    account_id: int
+    spam: int  # spam messages trained
+    ham: int  # ham messages trained
+    tokens: int  # distinct tokens stored
+    trained: bool  # enough of both to score (MIN_TRAINED)
+
+
+def token_hash(token: str) -> int:
+    """The 64-bit signed integer stored for a token."""
+    digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def message_digest(message: bytes) -> int:
+    """The 64-bit signed integer that identifies a trained message."""
+    return int.from_bytes(hashlib.sha256(message).digest()[:8], "big", signed=True)
+
+
+def token_probability(spam: int, ham: int, spam_total: int, ham_total: int) -> float:
+    """Robinson's f(w) for a token seen in `spam` of spam_total spam and `ham`
+    of ham_total ham messages (module docstring)."""
+    n = spam + ham
+    if n == 0 or spam_total == 0 or ham_total == 0:
+        return UNKNOWN_WORD_PROB
+    spam_ratio = min(spam / spam_total, 1.0)
+    ham_ratio = min(ham / ham_total, 1.0)
+    p = spam_ratio / (spam_ratio + ham_ratio)
+    return (UNKNOWN_WORD_STRENGTH * UNKNOWN_WORD_PROB + n * p) / (UNKNOWN_WORD_STRENGTH + n)
+
+
+def chi2_survival(x2: float, degrees: int) -> float:
+    """P(chi-square with an even number of degrees of freedom >= x2):
+    exp(-m) * sum of m^i / i! for i < degrees / 2, m = x2 / 2 (SpamBayes chi2Q)."""
+    m = x2 / 2.0
+    total = term = math.exp(-m)
+    for i in range(1, degrees // 2):
+        term *= m / i
+        total += term
+    return min(total, 1.0)
+
+
+def combine(probabilities: list[float]) -> float:
+    """Fisher/Robinson chi-square combining of the clues' f(w) (module docstring)."""
+    if not probabilities:
+        return 0.5
+    ln_spam = sum(math.log(1.0 - p) for p in probabilities)
+    ln_ham = sum(math.log(p) for p in probabilities)
+    degrees = 2 * len(probabilities)
+    spam = 1.0 - chi2_survival(-2.0 * ln_spam, degrees)
+    ham = 1.0 - chi2_survival(-2.0 * ln_ham, degrees)
+    return (spam - ham + 1.0) / 2.0
+
+
+class Bayes:
+    """The per-account models in one SQLite file (module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._con = db.connect(path, MIGRATIONS)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Bayes:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    # --- training -----------------------------------------------------------
+
+    def train(self, account_id: int, message: bytes, spam: bool) -> None:
+        """Learn a message as spam (or ham); see train_many."""
+        self.train_many(account_id, [message], spam)
+
+    def untrain(self, account_id: int, message: bytes, spam: bool) -> None:
+        """Forget a message trained as spam (or ham): the exact inverse of
+        train(). A message not trained as that class changes nothing."""
+        self.untrain_many(account_id, [message], spam)
+
+    def train_many(self, account_id: int, messages: Iterable[bytes], spam: bool) -> int:
+        """Learn messages as spam (or ham) in one transaction. A message
+        already trained as that class is skipped; one trained as the other
+        class moves over. Returns how many messages changed class or were new."""
+        return self._change(account_id, messages, spam, untrain=False)
+
+    def untrain_many(self, account_id: int, messages: Iterable[bytes], spam: bool) -> int:
+        """Forget messages trained as spam (or ham) in one transaction.
+        Returns how many were trained so and are forgotten now."""
+        return self._change(account_id, messages, spam, untrain=True)
+
+    def forget(self, account_id: int) -> None:
+        """Delete an account's model (the account is deleted)."""
+        with self._lock, db.transaction(self._con) as con:
+            for table in ("tokens", "totals", "trained"):
+                con.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
+        log.info("bayes forgotten account=%d", account_id)
+
+    def _change(self, account_id: int, messages: Iterable[bytes], spam: bool, untrain: bool) -> int:
+        spam = bool(spam)
+        prepared: dict[int, bytes] = {}
+        for message in messages:
+            prepared.setdefault(message_digest(message), message)
+        tokens = {digest: _hashes(message) for digest, message in prepared.items()}
+        # delta[token] = [spam change, ham change]
+        delta: dict[int, list[int]] = {}
+        totals = [0, 0]
+        records: list[tuple[int, int, int]] = []  # (account, digest, class) to record
+        removed: list[tuple[int, int]] = []  # (account, digest) to drop from `trained`
+        target = 0 if spam else 1  # index into [spam, ham]
+        with self._lock, db.transaction(self._con) as con:
+            known = self._trained_as(account_id, list(prepared))
+            for digest, hashes in tokens.items():
+                was = known.get(digest)  # True: spam, False: ham, None: not trained
+                if untrain:
+                    if was is not spam:
+                        continue
+                    _add(delta, totals, hashes, target, -1)
+                    removed.append((account_id, digest))
+                    continue
+                if was is spam:
+                    continue
+                if was is not None:  # trained as the other class: move it over
+                    _add(delta, totals, hashes, 1 - target, -1)
+                _add(delta, totals, hashes, target, +1)
+                records.append((account_id, digest, int(spam)))
+            self._apply(con, account_id, delta, totals)
+            con.executemany(
+                "INSERT OR REPLACE INTO trained (account_id, digest, spam) VALUES (?, ?, ?)",
+                records,
+            )
+            con.executemany("DELETE FROM trained WHERE account_id = ? AND digest = ?", removed)
+        changed = len(removed) if untrain else len(records)
+        log.info(
+            "bayes %s account=%d class=%s messages=%d changed=%d tokens=%d",
+            "untrain" if untrain else "train",
+            account_id,
+            "spam" if spam else "ham",
+            len(prepared),
+            changed,
+            len(delta),
+        )
+        return changed
+
+    def _trained_as(self, account_id: int, digests: list[int]) -> dict[int, bool]:
+        known: dict[int, bool] = {}
+        for chunk in _chunks(digests):
+            rows = self._con.execute(
+                "SELECT digest, spam FROM trained WHERE account_id = ? AND digest IN "
+                f"({','.join('?' * len(chunk))})",
+                (account_id, *chunk),
+            )
+            known.update((digest, bool(is_spam)) for digest, is_spam in rows)
+        return known
+
+    @staticmethod
+    def _apply(
+        con: sqlite3.Connection, account_id: int, delta: dict[int, list[int]], totals: list[int]
+    ) -> None:
+        """Add the count changes: increments by UPSERT, decrements clamped at 0,
+        then rows left at 0/0 deleted."""
+        increments = [
+            (account_id, token, max(ds, 0), max(dh, 0))
+            for token, (ds, dh) in delta.items()
+            if ds > 0 or dh > 0
+        ]
+        decrements = [
+            (max(-ds, 0), max(-dh, 0), account_id, token)
+            for token, (ds, dh) in delta.items()
+            if ds < 0 or dh < 0
+        ]
+        con.executemany(
+            "INSERT INTO tokens (account_id, token, spam, ham) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (account_id, token) DO UPDATE "
+            "SET spam = spam + excluded.spam, ham = ham + excluded.ham",
+            increments,
+        )
+        con.executemany(
+            "UPDATE tokens SET spam = max(spam - ?, 0), ham = max(ham - ?, 0) "
+            "WHERE account_id = ? AND token = ?",
+            decrements,
+        )
+        con.executemany(
+            "DELETE FROM tokens WHERE account_id = ? AND token = ? AND spam = 0 AND ham = 0",
+            [(account_id, token) for _, _, account_id, token in decrements],
+        )
+        con.execute(
+            "INSERT INTO totals (account_id, spam, ham) VALUES (?, max(?, 0), max(?, 0)) "
+            "ON CONFLICT (account_id) DO UPDATE "
+            "SET spam = max(spam + ?, 0), ham = max(ham + ?, 0)",
+            (account_id, totals[0], totals[1], totals[0], totals[1]),
+        )
+
+    # --- scoring --------------------------------------------------------------
+
+    def score(self, account_id: int, message: bytes) -> BayesScore:
+        """The spam probability of a message under the account's model."""
+        by_hash = {token_hash(token): token for token in tokenize(message)}
+        with self._lock:
+            spam_total, ham_total = self._totals(account_id)
+            if spam_total < MIN_TRAINED or ham_total < MIN_TRAINED:
+                return BayesScore(0.5, [], [], trained=False)
+            counts = self._counts(account_id, list(by_hash))
+        clues: list[tuple[float, str, float]] = []
+        for hashed, (spam, ham) in counts.items():
+            f = token_probability(spam, ham, spam_total, ham_total)
+            if abs(f - 0.5) >= MINIMUM_PROB_STRENGTH:
+                clues.append((abs(f - 0.5), by_hash[hashed], f))
+        clues.sort(reverse=True)
+        clues = clues[:MAX_DISCRIMINATORS]
+        probability = combine([f for _, _, f in clues])
+        spam_clues = [Clue(token, f) for _, token, f in clues if f > 0.5][:CLUES_REPORTED]
+        ham_clues = [Clue(token, f) for _, token, f in clues if f < 0.5][:CLUES_REPORTED]
+        return BayesScore(probability, spam_clues, ham_clues, trained=True)
+
+    def _totals(self, account_id: int) -> tuple[int, int]:
+        row = self._con.execute(
+            "SELECT spam, ham FROM totals WHERE account_id = ?", (account_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+    def _counts(self, account_id: int, hashes: list[int]) -> dict[int, tuple[int, int]]:
+        """(spam, ham) of each stored token among hashes; unknown ones left out
+        (f = 0.5, never a clue)."""
+        counts: dict[int, tuple[int, int]] = {}
+        for chunk in _chunks(hashes):
+            rows = self._con.execute(
+                "SELECT token, spam, ham FROM tokens WHERE account_id = ? AND token IN "
+                f"({','.join('?' * len(chunk))})",
+                (account_id, *chunk),
+            )
+            counts.update((token, (spam, ham)) for token, spam, ham in rows)
+        return counts
+
+    # --- figures --------------------------------------------------------------
+
+    def stats(self, account_id: int) -> BayesStats:
+        with self._lock:
+            spam, ham = self._totals(account_id)
+            (tokens,) = self._con.execute(
+                "SELECT count(*) FROM tokens WHERE account_id = ?", (account_id,)
+            ).fetchone()
+        trained = spam >= MIN_TRAINED and ham >= MIN_TRAINED
+        return BayesStats(account_id, spam, ham, tokens, trained)
+
+
+def _hashes(message: bytes) -> list[int]:
+    return list({token_hash(token) for token in tokenize(message)})
+
+
+def _add(
+    delta: dict[int, list[int]], totals: list[int], hashes: list[int], index: int, step: int
+) -> None:
+    totals[index] += step
+    for hashed in hashes:
+        entry = delta.get(hashed)
+        if entry is None:
+            entry = delta[hashed] = [0, 0]
+        entry[index] += step
+
+
+def _chunks(items: list[int]) -> Iterable[list[int]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
