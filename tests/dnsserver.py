@@ -36,6 +36,9 @@ class DnsServer:
         self.records: dict[tuple[str, str], list[str]] = {}
         self.servfail: set[str] = set()
         self.queries: list[tuple[str, str]] = []
+        # TTL 0: resolvers (pimail's caches answers for their TTL) see every
+        # change a test makes at once.
+        self.ttl = 0
         self._lock = threading.Lock()
         self._servers: list[socketserver.BaseServer] = []
         self.port = 0
@@ -85,18 +88,19 @@ class DnsServer:
             cname = self.records.get((name, "CNAME"))
             exists = any(k[0] == name or k[0].endswith("." + name) for k in self.records)
         if not values and cname and rdtype != "CNAME":
-            rrset = dns.rrset.from_text(question.name, 60, "IN", "CNAME", *cname)
+            rrset = dns.rrset.from_text(question.name, self.ttl, "IN", "CNAME", *cname)
             response.answer.append(rrset)
             target = _norm(cname[0])
             with self._lock:
                 values = list(self.records.get((target, rdtype), []))
             if values:
                 response.answer.append(
-                    dns.rrset.from_text(dns.name.from_text(target), 60, "IN", rdtype, *values)
+                    dns.rrset.from_text(dns.name.from_text(target), self.ttl, "IN", rdtype, *values)
                 )
             return response.to_wire(max_size=65535)
         if values:
-            response.answer.append(dns.rrset.from_text(question.name, 60, "IN", rdtype, *values))
+            rrset = dns.rrset.from_text(question.name, self.ttl, "IN", rdtype, *values)
+            response.answer.append(rrset)
         elif not exists:
             response.set_rcode(dns.rcode.NXDOMAIN)
         wire_out = response.to_wire(max_size=65535)
