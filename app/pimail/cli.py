@@ -130,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     x = t.add_parser("renew", help="get an ACME certificate now (the server answers HTTP-01)")
     x.set_defaults(func=cmd_cert_renew)
 
+    sp = sub.add_parser("spam", help="the learning spam filter").add_subparsers(metavar="ACTION")
+    x = sp.add_parser("train", help="train an account's filter with message files or Maildirs")
+    x.add_argument("address")
+    kind = x.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--spam", action="store_true", help="the messages are spam")
+    kind.add_argument("--ham", action="store_true", help="the messages are wanted mail")
+    x.add_argument("paths", nargs="+", help="message files, or folders (cur/ and new/ are read)")
+    x.set_defaults(func=cmd_spam_train)
+    x = sp.add_parser("stats", help="what an account's filter has learned")
+    x.add_argument("address")
+    x.set_defaults(func=cmd_spam_stats)
+
     q = sub.add_parser("queue", help="the outbound queue").add_subparsers(metavar="ACTION")
     x = q.add_parser("list", help="messages waiting to leave, with each recipient's state")
     x.set_defaults(func=cmd_queue_list)
@@ -484,6 +496,55 @@ def cmd_cert_renew(settings: config.Settings, args: argparse.Namespace) -> int:
     result = acme_client.run(request)
     print(" ".join(f"{k}={v}" for k, v in result.items()))
     return 0 if result["status"] == "issued" else 1
+
+
+def _account_id(settings: config.Settings, address: str) -> int:
+    account = _directory(settings).account(address)
+    if account is None:
+        raise DirectoryError(f"no account {address}")
+    return account.id
+
+
+def cmd_spam_train(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .filter.bayes import Bayes
+
+    account_id = _account_id(settings, args.address)
+    files: list[Path] = []
+    for name in args.paths:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for sub in ("cur", "new", ".") if (path / sub).is_dir()
+                            for p in (path / sub).iterdir() if p.is_file())  # fmt: skip
+        elif path.is_file():
+            files.append(path)
+        else:
+            print(f"pimail: {name}: no such file or folder", file=sys.stderr)
+            return 1
+    bayes = Bayes(settings.data_dir / "bayes.db")
+    try:
+        for start in range(0, len(files), 500):
+            batch = [p.read_bytes() for p in files[start : start + 500]]
+            bayes.train_many(account_id, batch, args.spam)
+        stats = bayes.stats(account_id)
+    finally:
+        bayes.close()
+    kind = "spam" if args.spam else "ham"
+    print(f"trained {len(files)} messages as {kind}; {args.address} has"
+          f" {stats.spam} spam, {stats.ham} ham, {stats.tokens} tokens")  # fmt: skip
+    return 0
+
+
+def cmd_spam_stats(settings: config.Settings, args: argparse.Namespace) -> None:
+    from .filter.bayes import Bayes
+
+    account_id = _account_id(settings, args.address)
+    bayes = Bayes(settings.data_dir / "bayes.db")
+    try:
+        stats = bayes.stats(account_id)
+    finally:
+        bayes.close()
+    state = "scoring" if stats.trained else "learning (scores once it has 50 of each)"
+    print(f"{args.address}: {stats.spam} spam, {stats.ham} ham, {stats.tokens} tokens; {state}")
 
 
 def _queue(settings: config.Settings) -> QueueStore:

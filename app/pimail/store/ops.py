@@ -56,6 +56,9 @@ class MailboxOps:
     notify: Callable[[int], None] | None
     _to_notify: set[int]
 
+    def learner(self) -> Any:  # filter.bayes.Bayes, or None: provided by Store
+        return None
+
     def _mailbox(self, account: Account, name: str, special_use: str | None = None) -> Mailbox:
         raise NotImplementedError
 
@@ -263,6 +266,12 @@ class MailboxOps:
                 self._changed(mbox)
             else:
                 mbox.highestmodseq -= 1  # nothing changed: no new mod-sequence
+        if mode in ("+", "=") and updates:
+            # The keywords mail clients set when the user says junk or not junk
+            # (Thunderbird, Apple Mail: $Junk / $NotJunk).
+            for keyword, spam in (("$Junk", True), ("$NotJunk", False)):
+                if any(f.lower() == keyword.lower() for f in flags):
+                    self._learn(mbox.account_id, [mbox.path / "cur" / u[0] for u in updates], spam)
         return changes, failed
 
     def set_flags(self, mailbox_id: int, uid: int, flags: list[str]) -> int:
@@ -378,7 +387,37 @@ class MailboxOps:
                     (new_id, old_id),
                 )
             self._changed(target)
+        junk = self._special_use(target.id) == "\\Junk"
+        was_junk = self._special_use(source.id) == "\\Junk"
+        if junk != was_junk and self._special_use(target.id) != "\\Trash":
+            # Into Junk: "this is spam"; out of Junk (not to Trash): "this is not".
+            files = [target.path / "cur" / new_name for _uid, new_name, _row in inserts]
+            self._learn(target.account_id, files, spam=junk)
         return target.uidvalidity, pairs
+
+    def _special_use(self, mailbox_id: int) -> str | None:
+        row = self.wcon.execute(
+            "SELECT special_use FROM mailboxes WHERE id = ?", (mailbox_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def _learn(self, account_id: int, files: list[Path], spam: bool) -> None:
+        """Teach the account's spam filter (filter/bayes.py) what the user said
+        by moving or marking messages. Never fails the user's command."""
+        learner = self.learner()
+        if learner is None or not files:
+            return
+        try:
+            messages = []
+            for path in files:
+                try:
+                    messages.append(path.read_bytes())
+                except FileNotFoundError:
+                    continue
+            learner.train_many(account_id, messages, spam)
+            log.info("learned account=%d messages=%d spam=%s", account_id, len(messages), spam)
+        except Exception:
+            log.exception("spam filter training failed account=%d", account_id)
 
     def move(
         self, mailbox_id: int, uids: list[int], target_id: int

@@ -150,6 +150,7 @@ class Store(MailboxOps):
         self._analyser: asyncio.Task[None] | None = None
         self._analyse_wakeup: asyncio.Event | None = None
         self._last_commit = 0.0
+        self._bayes: Any = None
         self.batches = 0  # statistics: how many group commits
         self.batched = 0  # and how many messages they carried
 
@@ -195,10 +196,21 @@ class Store(MailboxOps):
             if task is not None:
                 task.cancel()
         self._writer.submit(self._save_states).result()
+        if self._bayes is not None:
+            self._writer.submit(self._bayes.close).result()
         self._writer.shutdown(wait=True)
         if self._wcon is not None:
             self._wcon.close()
             self._wcon = None
+
+    def learner(self) -> Any:
+        """The spam filter's per-account model (bayes.db), opened on first use
+        (on the writer thread, which is the only one to train it)."""
+        if self._bayes is None:
+            from ..filter.bayes import Bayes
+
+            self._bayes = Bayes(self.settings.data_dir / "bayes.db")
+        return self._bayes
 
     async def aclose(self) -> None:
         """Finish pending deliveries, then close."""
