@@ -203,3 +203,17 @@ def test_folder_ops_flags_keywords_copy_move_append(env) -> None:
     again.open()
     assert rows(settings, alice.id)[0][3] == "\\Seen $Important"
     again.close()
+
+
+def test_a_delivery_can_go_to_junk_for_some_accounts(env) -> None:
+    settings, store, alice, bob = env
+    placements = asyncio.run(
+        store.deliver(incoming(store, "Subject: maybe spam\r\n\r\nx\r\n"), [alice, bob], {bob.id})
+    )
+    assert sorted((p.account_id, p.folder) for p in placements) == sorted(
+        [(alice.id, "INBOX"), (bob.id, "Junk")]
+    )
+    assert len(rows(settings, alice.id)) == 1 and rows(settings, alice.id, "Junk") == []
+    assert rows(settings, bob.id) == [] and len(rows(settings, bob.id, "Junk")) == 1
+    junk = settings.mail_dir / "example.org" / "bob" / ".Junk" / "new"
+    assert len(list(junk.iterdir())) == 1

@@ -25,7 +25,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +109,7 @@ class Placement:
     mailbox_id: int
     uid: int
     path: Path
+    folder: str = "INBOX"
 
 
 @dataclass
@@ -116,6 +117,7 @@ class _Delivery:
     message: Incoming
     accounts: list[Account]
     future: asyncio.Future[list[Placement]]
+    junk: frozenset[int] = frozenset()  # accounts whose copy goes to Junk
     placements: list[Placement] = field(default_factory=list)
     error: BaseException | None = None
 
@@ -435,15 +437,18 @@ class Store(MailboxOps):
 
     # -- delivery (group commit) ---------------------------------------------
 
-    async def deliver(self, message: Incoming, accounts: list[Account]) -> list[Placement]:
-        """Deliver to each account's INBOX; returns once every copy is durable."""
+    async def deliver(
+        self, message: Incoming, accounts: list[Account], junk: Collection[int] = ()
+    ) -> list[Placement]:
+        """Deliver to each account's INBOX (Junk for the accounts in `junk`);
+        returns once every copy is durable."""
         loop = asyncio.get_running_loop()
         committer = self._committer
         if self._wakeup is None or committer is None or committer.get_loop() is not loop:
             self._wakeup = asyncio.Event()
             self._committer = loop.create_task(self._commit_loop(), name="store-committer")
         future: asyncio.Future[list[Placement]] = loop.create_future()
-        self._pending.append(_Delivery(message, accounts, future))
+        self._pending.append(_Delivery(message, accounts, future, frozenset(junk)))
         self._wakeup.set()
         # shield: a client that goes away must not cancel a commit in flight.
         return await asyncio.shield(future)
@@ -540,12 +545,13 @@ class Store(MailboxOps):
         assert spool_path is not None
         for account in d.accounts:
             self.ensure_account(account)
-            mbox = self._mailbox(account, "INBOX")
+            folder = "Junk" if account.id in d.junk else "INBOX"
+            mbox = self._mailbox(account, folder, STANDARD_FOLDERS[folder])
             uid = mbox.uidnext
             target = mbox.path / "new" / maildir.new_name(d.message.base, d.message.size, uid)
             maildir.link_or_copy(spool_path, target)
             mbox.uidnext = uid + 1
-            d.placements.append(Placement(account.id, mbox.id, uid, target))
+            d.placements.append(Placement(account.id, mbox.id, uid, target, folder))
             new_dirs.add(target.parent)
 
     def _index_deliveries(self, live: list[_Delivery]) -> None:
@@ -556,7 +562,7 @@ class Store(MailboxOps):
                 # INTERNALDATE is the file's mtime, so a rebuild finds the same value.
                 internaldate = int(d.message.mtime)
                 for p in d.placements:
-                    mbox = self._mailboxes[(p.account_id, "INBOX")]
+                    mbox = self._mailboxes[(p.account_id, p.folder)]
                     mbox.highestmodseq += 1
                     self._insert_row(
                         mbox, p.uid, "new", p.path.name, [], internaldate, d.message.size, head
