@@ -217,3 +217,15 @@ def test_a_delivery_can_go_to_junk_for_some_accounts(env) -> None:
     assert rows(settings, bob.id) == [] and len(rows(settings, bob.id, "Junk")) == 1
     junk = settings.mail_dir / "example.org" / "bob" / ".Junk" / "new"
     assert len(list(junk.iterdir())) == 1
+
+
+@pytest.mark.parametrize("spill", [1 << 20, 10])
+def test_splice_in_memory_and_spilled(tmp_path: Path, spill: int) -> None:
+    message = Incoming(tmp_path, spill_threshold=spill)
+    message.write(b"Trace: 1\r\nX-Old: forged\r\nSubject: s\r\n\r\nbody\r\n")
+    message.splice(10, len(b"X-Old: forged\r\n"), b"X-New: ours\r\nX-Two: 2\r\n")
+    message.insert(0, b"Top: 0\r\n")
+    expected = b"Top: 0\r\nTrace: 1\r\nX-New: ours\r\nX-Two: 2\r\nSubject: s\r\n\r\nbody\r\n"
+    assert message.content() == expected and message.size == len(expected)
+    assert bytes(message.head) == expected
+    message.discard()

@@ -47,15 +47,21 @@ class Incoming:
 
     def insert(self, offset: int, data: bytes) -> None:
         """Insert `data` at `offset` (header fields a submission server adds,
-        RFC 6409 8). In memory that is cheap; a spilled message is rewritten."""
+        RFC 6409 8)."""
+        self.splice(offset, 0, data)
+
+    def splice(self, offset: int, length: int, data: bytes) -> None:
+        """Replace `length` octets at `offset` with `data` (header fields added
+        or removed before delivery). In memory that is cheap; a spilled
+        message is rewritten."""
         if self._fd == -1:
             raise RuntimeError("the message is durable already")
-        self.head[offset:offset] = data
+        self.head[offset : offset + length] = data
         del self.head[MAX_HEADER:]
-        self.size += len(data)
+        self.size += len(data) - length
         if self._fd is None:
             whole = b"".join(self._chunks)
-            self._chunks = [whole[:offset], data, whole[offset:]]
+            self._chunks = [whole[:offset], data, whole[offset + length :]]
             return
         assert self.path is not None
         old_path, old_fd = self.path, self._fd
@@ -65,6 +71,7 @@ class Incoming:
         with open(old_path, "rb") as old:
             _write_all(self._fd, old.read(offset))
             _write_all(self._fd, data)
+            old.seek(offset + length)
             while chunk := old.read(1 << 20):
                 _write_all(self._fd, chunk)
         os.close(old_fd)
