@@ -198,6 +198,16 @@ class Server:
             self._acme_task = loop.create_task(self._acme_loop())
             self._alpn_task = loop.create_task(self._watch_alpn_certificates())
 
+    def _pipeline(self) -> Any:
+        """The inbound content filter, when enabled (`filter.enabled`)."""
+        if not self.settings.filter.enabled:
+            return None
+        from .filter.bayes import Bayes
+        from .filter.pipeline import Pipeline
+
+        bayes = Bayes(self.settings.data_dir / "bayes.db") if self.settings.filter.bayes else None
+        return Pipeline(self.settings, self.queue.resolver, bayes)
+
     def _mta_sts_policy(self, domain: str) -> str | None:
         """Our own MTA-STS policy for a local domain (what `pimail dns` announces)."""
         from .dns.records import mta_sts_policy
@@ -238,7 +248,9 @@ class Server:
 
     async def _start_smtp(self) -> None:
         s = self.settings.smtp
-        handler = InboundHandler(self.settings, self.directory, self.store, self.queue)
+        handler = InboundHandler(
+            self.settings, self.directory, self.store, self.queue, self._pipeline()
+        )
         limiter = ConnectionLimiter(s.max_connections_per_ip, s.max_connections)
         incoming = self.settings.spool_dir / "incoming"
 

@@ -150,6 +150,46 @@ class TlsSettings:
 
 
 @dataclass
+class FilterSettings:
+    """Inbound mail checks (filter/pipeline.py). The scores are starting points."""
+
+    enabled: bool = True
+    # The authserv-id of our Authentication-Results fields (RFC 8601 2.5); empty: the host name.
+    authserv_id: str = ""
+    # RFC 7489 6.3: honour p=reject with 550 5.7.1 (p=quarantine always goes to Junk).
+    dmarc_reject: bool = True
+    # Total score at which a recipient's copy goes to Junk, and at which the message is refused.
+    junk_score: float = 5.0
+    reject_score: float = 15.0
+    # Per-account Bayes (filter/bayes.py), once the account has trained enough.
+    bayes: bool = True
+    # DNSBL/DNSWL zone entries in filter/dnsbl.py's syntax ("zen.spamhaus.org*3"); none by default.
+    dnsbl_zones: list[str] = field(default_factory=list)
+    dnswl_zones: list[str] = field(default_factory=list)
+    # clamd's address ("unix:/run/clamav/clamd.ctl", "127.0.0.1:3310"); empty: no virus scan.
+    clamd: str = ""
+    # clamd unreachable or failing: "tempfail" (451 4.7.0, the sender retries) or "accept".
+    clamd_unreachable: str = "tempfail"
+    # rspamd's address ("127.0.0.1:11333"); empty: not asked.
+    rspamd: str = ""
+    # "add": rspamd's score is added to ours; "replace": its action and score decide.
+    rspamd_mode: str = "add"
+    # Clients here are not sender-authenticated (SPF, DKIM, DMARC, DNSBL): the LAN,
+    # the box itself.
+    skip_networks: list[str] = field(
+        default_factory=lambda: [
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+            "fe80::/10",
+        ]
+    )
+
+
+@dataclass
 class AuthSettings:
     # Failed logins per client address, across IMAP, POP3, SMTP and the web.
     max_failures: int = 10
@@ -170,6 +210,7 @@ class Settings:
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    filter: FilterSettings = field(default_factory=FilterSettings)
     imap: ImapSettings = field(default_factory=ImapSettings)
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
     web: WebSettings = field(default_factory=WebSettings)

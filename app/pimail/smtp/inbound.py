@@ -37,12 +37,18 @@ MAX_HOPS = 50
 
 class InboundHandler:
     def __init__(
-        self, settings: Settings, directory: Directory, store: Store, queue: Any = None
+        self,
+        settings: Settings,
+        directory: Directory,
+        store: Store,
+        queue: Any = None,
+        pipeline: Any = None,
     ) -> None:
         self.settings = settings
         self.directory = directory
         self.store = store
         self.queue = queue  # forwards aliases to other domains; None: nobody outside
+        self.pipeline = pipeline  # filter/pipeline.py; None: no content filtering
         self.delivered = 0
 
     async def handle_EHLO(
@@ -108,6 +114,11 @@ class InboundHandler:
         hops = sum(1 for name, _ in headers.fields(bytes(message.head)) if name == b"received")
         if hops > MAX_HOPS:
             return "554 5.4.6 Too many hops: a mail loop"
+        junk: set[int] = set()
+        if self.pipeline is not None and not session.authenticated:
+            refusal = await self._filter(server, session, envelope, accounts, junk)
+            if refusal is not None:
+                return refusal
         if envelope.forwards:
             # Aliases pointing to other domains: queued with the original sender,
             # so a failure there goes back to who wrote (no SRS).
@@ -124,7 +135,7 @@ class InboundHandler:
                 message.discard()
                 return f"250 2.0.0 Ok: queued as {queued}"
         try:
-            placements = await self.store.deliver(message, accounts)
+            placements = await self.store.deliver(message, accounts, junk)
         except Exception:
             log.exception("delivery failed id=%s", envelope.queue_id)
             return "451 4.3.0 Local delivery failed, try again later"
@@ -138,6 +149,48 @@ class InboundHandler:
             message.size,
         )
         return f"250 2.0.0 Ok: delivered as {envelope.queue_id}"
+
+    async def _filter(
+        self, server: Any, session: Any, envelope: Any, accounts: list[Account], junk: set[int]
+    ) -> str | None:
+        """The content filter (filter/pipeline.py), before the answer to DATA so
+        that spam and viruses are refused, not bounced later. Mail from the LAN
+        and loopback (`filter.skip_networks`) is trusted and left as it is.
+        Returns the refusal, or None and fills `junk` with the accounts whose
+        copy goes to Junk."""
+        from ..filter.authres import strip_forged
+        from ..filter.pipeline import Envelope
+
+        message: Incoming = envelope.incoming
+        filtered = Envelope(
+            ip=session.peer[0] if session.peer else "",
+            helo=session.host_name or "",
+            mail_from=reverse_path(envelope),
+            rcpt_to=list(envelope.rcpt_tos),
+            authenticated=bool(session.authenticated),
+            queue_id=envelope.queue_id,
+        )
+        if self.pipeline.skips_authentication(filtered):
+            return None
+        verdict = await self.pipeline.check(
+            filtered, message.content(), [a.id for a in accounts]
+        )
+        log.info(
+            "filtered id=%s action=%s score=%.1f junk=%d symbols=%s",
+            envelope.queue_id, verdict.action, verdict.score, len(verdict.junk_accounts),
+            ",".join(sorted(verdict.symbols)),
+        )  # fmt: skip
+        if verdict.action != "accept":
+            return verdict.reply or "451 4.7.1 Try again later"
+        # RFC 8601 5: Authentication-Results claiming to be ours came from outside.
+        head = bytes(message.head)
+        block = head[: headers.header_end(head)]
+        cleaned = strip_forged(block, verdict.strip_authserv_id)
+        if cleaned != block:
+            message.splice(0, len(block), cleaned)
+        message.insert(envelope.trace_length, verdict.headers)
+        junk.update(verdict.junk_accounts)
+        return None
 
     def _trace_headers(self, server: Any, session: Any, envelope: Any) -> bytes:
         """Return-Path and Received (RFC 5321 4.4), in that order, at the top."""

@@ -1,0 +1,425 @@
+"""The inbound filter pipeline: every check on one received message, in order, to one verdict.
+
+`Pipeline(settings, resolver, bayes).check(envelope, message, account_ids)`
+runs, after DATA and before the reply to it:
+
+1. MIME/archive limits (limits.py, in a thread): refused -> its own SMTP status
+   (552 5.3.4, 554 5.6.0, 451 4.3.0).
+2. clamd, if `filter.clamd` is set: infected -> 554 5.7.0; unreachable ->
+   451 4.7.0 or, with `clamd_unreachable = "accept"`, the symbol CLAMD_ERROR;
+   too large for clamd -> the symbol CLAMD_SKIPPED.
+3. Sender authentication, unless the client is in `skip_networks` (the LAN,
+   the box itself) or authenticated (SMTP AUTH): SPF, DKIM and ARC at once,
+   then DMARC over their results. DMARC p=reject with `dmarc_reject` ->
+   550 5.7.1 (RFC 7489 6.3, 10.3); p=quarantine (or p=reject while
+   `dmarc_reject` is off) -> every recipient's copy goes to Junk.
+   When nothing was checked, the Authentication-Results field says so with
+   RFC 8601 2.2's `none` ("no message authentication was performed"): the
+   field is still added, so that a reader (and a forged field that the
+   caller strips) never leaves doubt about what this server did.
+4. DNSBL/DNSWL over the client address (dnsbl.py), with 3 as well.
+5. The static rules (rules.py).
+6. rspamd, if `filter.rspamd` is set. "add": its score is one more symbol,
+   RSPAMD. "replace": its score is the score, its action the action
+   (reject -> 550 5.7.1; soft reject, greylist -> 451 4.7.1; add header,
+   rewrite subject, quarantine -> Junk); our own symbols are still reported.
+   rspamd failing -> the symbol RSPAMD_ERROR and our own score alone.
+7. Bayes per recipient account (only accounts with a trained model), mapped
+   to one symbol (the weights are starting points, like rules.py's):
+
+       probability >= 0.99  BAYES_99  +5.0
+       probability >= 0.90  BAYES_90  +3.5
+       probability >= 0.70  BAYES_70  +1.0
+       probability <= 0.01  BAYES_00  -2.5
+       probability <= 0.10  BAYES_10  -1.5
+       otherwise            no symbol
+
+Scores: the shared score is the sum of every symbol from steps 2-6; an
+account's score adds its Bayes symbol. An account whose score reaches
+`junk_score` gets its copy in Junk. The message is refused (550 5.7.1) when
+every recipient account's score reaches `reject_score` (one user's training
+never refuses mail for another); with one account, that is simply its score.
+`Verdict.score` and `Verdict.symbols` are that one account's when there is
+exactly one, else the shared ones; `Verdict.account_headers` has the header
+fields for each account's copy.
+
+Every stage is guarded: an exception inside one is logged (with the queue id,
+never the message) and becomes the symbol `<STAGE>_ERROR` worth 0.0; the
+pipeline itself never raises. `Verdict.timings` has each stage's seconds.
+
+What it touches: DNS through the Resolver, clamd and rspamd sockets, the Bayes
+database (read only). It writes nothing and keeps no state between messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ..config import Settings
+from ..dns.resolver import Resolver
+from ..store.headers import header_end
+from . import authres, clamd, dkim_verify, dmarc, dnsbl, limits, rspamd, rules, spf
+from .bayes import Bayes
+from .dkim_verify import DkimResult
+from .dmarc import DmarcResult
+from .spf import SpfResult
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ACCEPT, REJECT, TEMPFAIL = "accept", "reject", "tempfail"
+# (minimum probability, symbol, points), checked in order; then the ham side.
+BAYES_SPAM = ((0.99, "BAYES_99", 5.0), (0.90, "BAYES_90", 3.5), (0.70, "BAYES_70", 1.0))
+BAYES_HAM = ((0.01, "BAYES_00", -2.5), (0.10, "BAYES_10", -1.5))
+RSPAMD_JUNK_ACTIONS = ("add header", "rewrite subject", "quarantine")
+RSPAMD_TEMPFAIL_ACTIONS = ("soft reject", "greylist")
+
+
+@dataclass
+class Envelope:
+    """The SMTP transaction of one message (RFC 5321 2.3.1)."""
+
+    ip: str
+    helo: str
+    mail_from: str
+    rcpt_to: list[str]
+    authenticated: bool = False  # SMTP AUTH succeeded
+    queue_id: str = ""
+
+
+@dataclass
+class Verdict:
+    action: str  # ACCEPT | REJECT | TEMPFAIL
+    reply: str | None  # the SMTP reply for reject/tempfail ("550 5.7.1 ...")
+    score: float
+    symbols: dict[str, float]
+    junk_accounts: set[int]  # accounts whose copy goes to Junk
+    headers: bytes  # Authentication-Results, X-Spam-Status, X-Spam-Score (CRLF each)
+    strip_authserv_id: str  # forged A-R fields with this id go (authres.strip_forged)
+    account_headers: dict[int, bytes] = field(default_factory=dict)  # per account's copy
+    account_scores: dict[int, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass
+class _Auth:
+    spf: SpfResult | None = None
+    dkim: list[DkimResult] = field(default_factory=list)
+    arc: str | None = None
+    dmarc: DmarcResult | None = None
+
+
+@dataclass
+class _Run:
+    """The state of one check() as it goes through the stages."""
+
+    envelope: Envelope
+    symbols: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    auth: _Auth = field(default_factory=_Auth)
+    checked_auth: bool = False
+    junk_all: bool = False
+    rspamd_result: rspamd.RspamdResult | None = None
+
+    async def stage(self, name: str, call: Callable[[], Awaitable[T]], default: T) -> T:
+        """Run one stage, timed; an exception is logged and becomes <NAME>_ERROR."""
+        started = time.monotonic()
+        try:
+            return await call()
+        except Exception:
+            log.exception("filter stage failed stage=%s queue_id=%s", name, self.envelope.queue_id)
+            self.symbols[f"{name.upper()}_ERROR"] = 0.0
+            return default
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - started
+
+
+class _Refusal(Exception):
+    def __init__(self, action: str, reply: str) -> None:
+        super().__init__(reply)
+        self.action = action
+        self.reply = reply
+
+
+class Pipeline:
+    """The checks of the module docstring, configured by `settings.filter`."""
+
+    def __init__(self, settings: Settings, resolver: Resolver, bayes: Bayes | None) -> None:
+        self.settings = settings
+        self.filter = settings.filter
+        self.resolver = resolver
+        self.bayes = bayes
+        self.authserv_id = self.filter.authserv_id or settings.hostname
+        self._skip = _networks(self.filter.skip_networks)
+
+    async def check(self, envelope: Envelope, message: bytes, account_ids: list[int]) -> Verdict:
+        """The verdict on `message`; never raises."""
+        run = _Run(envelope)
+        accounts = list(dict.fromkeys(account_ids))
+        if not self.filter.enabled:
+            return self._verdict(run, {a: {} for a in accounts}, ACCEPT, None)
+        try:
+            await self._limits(run, message)
+            await self._clamd(run, message)
+            await self._authenticate(run, message)
+            await self._rules(run, message)
+            await self._rspamd(run, message)
+        except _Refusal as refusal:
+            return self._verdict(run, {}, refusal.action, refusal.reply)
+        bayes = {a: await self._bayes(run, a, message) for a in accounts}
+        return self._decide(run, bayes)
+
+    # -- stages ------------------------------------------------------------------
+
+    async def _limits(self, run: _Run, message: bytes) -> None:
+        result = await run.stage("limits", lambda: asyncio.to_thread(limits.check, message), None)
+        if result is not None and not result.ok:
+            code, status = result.smtp_status
+            action = TEMPFAIL if code < 500 else REJECT
+            raise _Refusal(action, f"{code} {status} {result.reason}")
+
+    async def _clamd(self, run: _Run, message: bytes) -> None:
+        if not self.filter.clamd:
+            return
+        error = clamd.ScanResult("error", detail="internal error")
+        result = await run.stage("clamd", lambda: clamd.scan(self.filter.clamd, message), error)
+        if result.status == "infected":
+            raise _Refusal(REJECT, f"554 5.7.0 Virus found: {result.signature}")
+        if result.status == "skipped":
+            run.symbols["CLAMD_SKIPPED"] = 0.0
+        elif result.status == "error":
+            log.warning("clamd failed queue_id=%s detail=%s", run.envelope.queue_id, result.detail)
+            if self.filter.clamd_unreachable != "accept":
+                raise _Refusal(TEMPFAIL, "451 4.7.0 Virus scan unavailable, try again later")
+            run.symbols["CLAMD_ERROR"] = 0.0
+
+    def skips_authentication(self, envelope: Envelope) -> bool:
+        """LAN, loopback, or SMTP AUTH: no sender authentication, no DNS lists."""
+        if envelope.authenticated:
+            return True
+        try:
+            ip = ipaddress.ip_address(envelope.ip)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._skip)
+
+    async def _authenticate(self, run: _Run, message: bytes) -> None:
+        if self.skips_authentication(run.envelope):
+            return
+        run.checked_auth = True
+        env, auth = run.envelope, run.auth
+
+        def check_spf() -> Awaitable[SpfResult]:
+            return spf.check(self.resolver, env.ip, env.mail_from, env.helo)
+
+        auth.spf, auth.dkim, auth.arc, (blocked, allowed) = await asyncio.gather(
+            run.stage("spf", check_spf, None),
+            run.stage("dkim", lambda: dkim_verify.verify(message, self.resolver), []),
+            run.stage("arc", lambda: dkim_verify.verify_arc(message, self.resolver), None),
+            self._dns_lists(run),
+        )
+        block = message[: header_end(message)]
+        auth.dmarc = await run.stage(
+            "dmarc", lambda: dmarc.evaluate_message(self.resolver, block, auth.spf, auth.dkim), None
+        )
+        refused = False
+        if auth.dmarc is not None and auth.dmarc.result == "fail":
+            if auth.dmarc.policy == "reject" and self.filter.dmarc_reject:
+                refused = True  # RFC 7489 6.3 p=reject; reply per RFC 7372 3.2's 5.7.1
+            elif auth.dmarc.policy in ("reject", "quarantine"):
+                run.junk_all = True  # RFC 7489 6.3 p=quarantine: "place into spam folder"
+        run.symbols.update(
+            rules.auth_rules(
+                rules.AuthOutcome(
+                    spf=auth.spf.result if auth.spf else None,
+                    dkim=[r.result for r in auth.dkim],
+                    dmarc=auth.dmarc.result if auth.dmarc else None,
+                    dmarc_refused=refused,
+                    dnsbl=blocked,
+                    dnswl=allowed,
+                )
+            )
+        )
+        if refused and auth.dmarc is not None:
+            domain = spf.printable(auth.dmarc.domain)[:255]
+            raise _Refusal(REJECT, f"550 5.7.1 Rejected by DMARC policy of {domain}")
+
+    async def _dns_lists(self, run: _Run) -> tuple[int, int]:
+        """(blocklist score, allowlist weight) of the client address."""
+
+        async def ask(zones: list[str]) -> list[dnsbl.Listing]:
+            if not zones:
+                return []
+            return await dnsbl.lookup(self.resolver, run.envelope.ip, zones)
+
+        blocked, allowed = await asyncio.gather(
+            run.stage("dnsbl", lambda: ask(self.filter.dnsbl_zones), []),
+            run.stage("dnswl", lambda: ask(self.filter.dnswl_zones), []),
+        )
+        return dnsbl.score(blocked), sum(abs(listing.weight) for listing in allowed)
+
+    async def _rules(self, run: _Run, message: bytes) -> None:
+        async def header_rules() -> dict[str, float]:
+            return rules.header_rules(message)
+
+        run.symbols.update(await run.stage("rules", header_rules, {}))
+
+    async def _rspamd(self, run: _Run, message: bytes) -> None:
+        if not self.filter.rspamd:
+            return
+        env = run.envelope
+
+        def ask() -> Awaitable[rspamd.RspamdResult]:
+            return rspamd.check(
+                self.filter.rspamd,
+                message,
+                ip=env.ip or None,
+                helo=env.helo or None,
+                mail_from=env.mail_from,
+                rcpt_to=env.rcpt_to,
+                queue_id=env.queue_id or None,
+                mta_name=self.settings.hostname,
+            )
+
+        result = await run.stage("rspamd", ask, None)
+        if result is None:
+            return
+        if result.error is not None:
+            log.warning("rspamd failed queue_id=%s error=%s", env.queue_id, result.error)
+            run.symbols["RSPAMD_ERROR"] = 0.0
+            return
+        run.rspamd_result = result
+        if self.filter.rspamd_mode == "replace":
+            if result.action == "reject":
+                raise _Refusal(REJECT, "550 5.7.1 Message looks like spam")
+            if result.action in RSPAMD_TEMPFAIL_ACTIONS:
+                raise _Refusal(TEMPFAIL, "451 4.7.1 Try again later")
+            if result.action in RSPAMD_JUNK_ACTIONS:
+                run.junk_all = True
+        run.symbols["RSPAMD"] = round(result.score, 2)
+
+    async def _bayes(self, run: _Run, account_id: int, message: bytes) -> dict[str, float]:
+        bayes = self.bayes
+        if bayes is None or not self.filter.bayes:
+            return {}
+        result = await run.stage(
+            "bayes", lambda: asyncio.to_thread(bayes.score, account_id, message), None
+        )
+        if result is None or not result.trained:
+            return {}
+        return bayes_symbol(result.probability)
+
+    # -- the verdict -------------------------------------------------------------
+
+    def _shared_score(self, run: _Run) -> float:
+        if self.filter.rspamd_mode == "replace" and run.rspamd_result is not None:
+            return run.rspamd_result.score  # the other symbols are reported, not counted
+        return sum(run.symbols.values())
+
+    def _decide(self, run: _Run, bayes: dict[int, dict[str, float]]) -> Verdict:
+        shared = self._shared_score(run)
+        scores = {a: shared + sum(b.values()) for a, b in bayes.items()}
+        deciding = list(scores.values()) or [shared]
+        # In "replace" mode rspamd's action has decided on refusal already.
+        replaced = self.filter.rspamd_mode == "replace" and run.rspamd_result is not None
+        if not replaced and min(deciding) >= self.filter.reject_score:
+            return self._verdict(run, bayes, REJECT, "550 5.7.1 Message looks like spam")
+        return self._verdict(run, bayes, ACCEPT, None)
+
+    def _verdict(
+        self,
+        run: _Run,
+        bayes: dict[int, dict[str, float]],
+        action: str,
+        reply: str | None,
+    ) -> Verdict:
+        auth_results = self._auth_results(run)
+        shared = self._shared_score(run)
+        account_symbols = {a: {**run.symbols, **b} for a, b in bayes.items()}
+        account_scores = {a: shared + sum(b.values()) for a, b in bayes.items()}
+        account_headers = {
+            a: auth_results + self._spam_fields(account_scores[a], account_symbols[a])
+            for a in bayes
+        }
+        if len(bayes) == 1:
+            (only,) = bayes
+            score, symbols = account_scores[only], account_symbols[only]
+        else:
+            score, symbols = shared, dict(run.symbols)
+        junk = {a for a, s in account_scores.items() if run.junk_all or s >= self.filter.junk_score}
+        if not self.filter.enabled:
+            headers = b""
+            account_headers = {a: b"" for a in bayes}
+        else:
+            headers = auth_results + self._spam_fields(score, symbols)
+        if action != ACCEPT:
+            log.info(
+                "filter refused queue_id=%s reply=%r score=%.1f",
+                run.envelope.queue_id,
+                reply,
+                score,
+            )
+        return Verdict(
+            action=action,
+            reply=reply,
+            score=round(score, 2),
+            symbols=symbols,
+            junk_accounts=junk if action == ACCEPT else set(),
+            headers=headers,
+            strip_authserv_id=self.authserv_id,
+            account_headers=account_headers,
+            account_scores={a: round(s, 2) for a, s in account_scores.items()},
+            timings=run.timings,
+        )
+
+    def _auth_results(self, run: _Run) -> bytes:
+        auth = run.auth
+        try:
+            if not run.checked_auth:
+                return authres.header(self.authserv_id, None, [], None)  # RFC 8601 2.2: none
+            return authres.header(self.authserv_id, auth.spf, auth.dkim, auth.dmarc, auth.arc)
+        except ValueError:  # a host name that is not a token: a configuration error
+            log.exception("cannot write Authentication-Results authserv_id=%r", self.authserv_id)
+            return b""
+
+    def _spam_fields(self, score: float, symbols: dict[str, float]) -> bytes:
+        """X-Spam-Status and X-Spam-Score (SpamAssassin's form; the tokenizer skips X-Spam-*)."""
+        flag = "Yes" if score >= self.filter.junk_score else "No"
+        line = f"X-Spam-Status: {flag}, score={score:.1f} required={self.filter.junk_score:.1f}"
+        names = sorted(symbols)
+        line += " tests=" + (names[0] if names else "none")
+        for name in names[1:]:
+            # Fold between the tests (RFC 5322 2.2.3) to keep lines short.
+            short = len(line.rsplit("\n", 1)[-1]) + len(name) < 76
+            line += ("," if short else ",\r\n\t") + name
+        return f"{line}\r\nX-Spam-Score: {score:.1f}\r\n".encode("ascii")
+
+
+def bayes_symbol(probability: float) -> dict[str, float]:
+    """The Bayes symbol for a spam probability (module docstring), {} in the middle."""
+    for threshold, name, points in BAYES_SPAM:
+        if probability >= threshold:
+            return {name: points}
+    for threshold, name, points in BAYES_HAM:
+        if probability <= threshold:
+            return {name: points}
+    return {}
+
+
+def _networks(specs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for spec in specs:
+        try:
+            networks.append(ipaddress.ip_network(spec, strict=False))
+        except ValueError:
+            log.warning("filter skip_networks entry ignored value=%r", spec)
+    return networks
