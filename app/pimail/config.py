@@ -174,8 +174,13 @@ class FilterSettings:
     rspamd: str = ""
     # "add": rspamd's score is added to ours; "replace": its action and score decide.
     rspamd_mode: str = "add"
-    # Clients here are not sender-authenticated (SPF, DKIM, DMARC, DNSBL): the LAN,
-    # the box itself.
+    # Greylisting (RFC 6647) at RCPT for clients outside skip_networks: the first
+    # attempt of an unknown (network, sender, recipient) gets 451 4.7.1 and is
+    # accepted when retried after greylist_delay seconds (within a day).
+    greylist: bool = True
+    greylist_delay: float = 300.0
+    # Clients here are not sender-authenticated (SPF, DKIM, DMARC, DNSBL) nor
+    # greylisted: the LAN, the box itself.
     skip_networks: list[str] = field(
         default_factory=lambda: [
             "127.0.0.0/8",

@@ -6,6 +6,7 @@ loopback mail is filtered as mail from the internet would be."""
 from __future__ import annotations
 
 import smtplib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ def filtered(make_server: Any) -> Iterator[tuple[PimailServer, DnsServer]]:
     zone = DnsServer().start()
     server: PimailServer = make_server(sections={
         "dns": {"nameservers": [zone.address], "timeout": 3.0},
-        "filter": {"skip_networks": []},
+        "filter": {"skip_networks": [], "greylist": False},
     })  # fmt: skip
     server.cli("domain", "add", "example.org")
     server.add_user("alice@example.org")
@@ -73,3 +74,34 @@ def test_mail_that_passes_stays_in_the_inbox(filtered: Any) -> None:
     [inbox] = server.messages("alice@example.org")
     head = inbox.read_bytes().split(b"\r\n\r\n", 1)[0]
     assert b"spf=pass" in head and b"dmarc=pass" in head and b"X-Spam-Status: No" in head
+
+
+def test_greylisting_defers_the_first_attempt_then_accepts(make_server: Any) -> None:
+    zone = DnsServer().start()
+    server: PimailServer = make_server(sections={
+        "dns": {"nameservers": [zone.address], "timeout": 3.0},
+        "filter": {"skip_networks": [], "greylist": True, "greylist_delay": 1.0},
+    })  # fmt: skip
+    server.cli("domain", "add", "example.org")
+    server.add_user("alice@example.org")
+    server.start()
+    try:
+        zone.add("good.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+        zone.add("_dmarc.good.test", "TXT", '"v=DMARC1; p=reject"')
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as s:
+            s.ehlo("mta.good.test")
+            s.mail("someone@good.test")
+            code, text = s.rcpt("alice@example.org")
+            assert code == 451 and text.startswith(b"4.7.1")
+            code, _ = s.rcpt("alice@example.org")
+            assert code == 451  # too early
+        time.sleep(1.2)
+        send(server, "someone@good.test", message("good.test"))  # the retry passes
+        assert len(server.messages("alice@example.org")) == 1
+        send(server, "someone@good.test", message("good.test"))  # and is known now
+        assert len(server.messages("alice@example.org")) == 2
+        # A new sender of the same (DMARC-passing) domain from this network: known.
+        send(server, "other@good.test", message("good.test"))
+        assert len(server.messages("alice@example.org")) == 3
+    finally:
+        zone.stop()

@@ -106,6 +106,9 @@ class Verdict:
     account_headers: dict[int, bytes] = field(default_factory=dict)  # per account's copy
     account_scores: dict[int, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    # The author domain when DMARC passed (SPF or DKIM aligned): greylisting
+    # lets its next mail from the same network through at once.
+    authenticated_domain: str | None = None
 
 
 @dataclass
@@ -379,6 +382,11 @@ class Pipeline:
             account_headers=account_headers,
             account_scores={a: round(s, 2) for a, s in account_scores.items()},
             timings=run.timings,
+            authenticated_domain=(
+                run.auth.dmarc.domain
+                if run.auth.dmarc is not None and run.auth.dmarc.result == "pass"
+                else None
+            ),
         )
 
     def _auth_results(self, run: _Run) -> bytes:

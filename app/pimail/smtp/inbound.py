@@ -12,6 +12,7 @@ refused too; source routes (`@us:user@host`) are stripped by the parser, as RFC
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import re
@@ -49,6 +50,7 @@ class InboundHandler:
         self.store = store
         self.queue = queue  # forwards aliases to other domains; None: nobody outside
         self.pipeline = pipeline  # filter/pipeline.py; None: no content filtering
+        self.greylist: Any = None  # filter/greylist.py, opened at the first use
         self.delivered = 0
 
     async def handle_EHLO(
@@ -94,10 +96,48 @@ class InboundHandler:
         envelope.rcpt_options.extend(rcpt_options)
         for account in accounts:
             envelope.accounts[account.id] = account
+        refusal = await self._greylist(session, envelope, address)
+        if refusal is not None:
+            envelope.rcpt_tos.pop()
+            return refusal
         for target in forwards or ():
             if target not in envelope.forwards:
                 envelope.forwards.append(target)
         return "250 2.1.5 Ok"
+
+    def _envelope(self, session: Any, envelope: Any) -> Any:
+        from ..filter.pipeline import Envelope
+
+        return Envelope(
+            ip=session.peer[0] if session.peer else "",
+            helo=session.host_name or "",
+            mail_from=reverse_path(envelope),
+            rcpt_to=list(envelope.rcpt_tos),
+            authenticated=bool(session.authenticated),
+            queue_id=getattr(envelope, "queue_id", ""),
+        )
+
+    async def _greylist(self, session: Any, envelope: Any, recipient: str) -> str | None:
+        """RFC 6647 greylisting of a local recipient, for clients outside the
+        trusted networks; authenticated clients never (filter/greylist.py)."""
+        if self.pipeline is None or not self.settings.filter.greylist:
+            return None
+        if self.pipeline.skips_authentication(self._envelope(session, envelope)):
+            return None
+        if self.greylist is None:
+            from ..filter.greylist import Greylist
+
+            self.greylist = Greylist(
+                self.settings.data_dir / "greylist.db", delay=self.settings.filter.greylist_delay
+            )
+        decision = await asyncio.to_thread(
+            self.greylist.check, session.peer[0], reverse_path(envelope), recipient
+        )
+        if decision.action == "pass":
+            return None
+        log.info("greylisted peer=%s from=<%s> rcpt=<%s>",
+                 session.peer[0], reverse_path(envelope), recipient)  # fmt: skip
+        return decision.smtp_reply
 
     async def handle_DATA_START(
         self, server: Any, session: Any, envelope: Any, message: Incoming
@@ -159,17 +199,9 @@ class InboundHandler:
         Returns the refusal, or None and fills `junk` with the accounts whose
         copy goes to Junk."""
         from ..filter.authres import strip_forged
-        from ..filter.pipeline import Envelope
 
         message: Incoming = envelope.incoming
-        filtered = Envelope(
-            ip=session.peer[0] if session.peer else "",
-            helo=session.host_name or "",
-            mail_from=reverse_path(envelope),
-            rcpt_to=list(envelope.rcpt_tos),
-            authenticated=bool(session.authenticated),
-            queue_id=envelope.queue_id,
-        )
+        filtered = self._envelope(session, envelope)
         if self.pipeline.skips_authentication(filtered):
             return None
         verdict = await self.pipeline.check(
@@ -190,6 +222,15 @@ class InboundHandler:
             message.splice(0, len(block), cleaned)
         message.insert(envelope.trace_length, verdict.headers)
         junk.update(verdict.junk_accounts)
+        sender_domain = filtered.mail_from.rpartition("@")[2].lower()
+        author = verdict.authenticated_domain
+        if author and self.greylist is not None and sender_domain and (
+            sender_domain == author or sender_domain.endswith("." + author)
+            or author.endswith("." + sender_domain)
+        ):
+            # DMARC passed for a sender in the author's domain: its next mail from
+            # this network is not greylisted (RFC 6647 4.2: well-behaved senders).
+            await asyncio.to_thread(self.greylist.record_authenticated, sender_domain, filtered.ip)
         return None
 
     def _trace_headers(self, server: Any, session: Any, envelope: Any) -> bytes:
