@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from dnsserver import DnsServer
+from pimail.dns.resolver import Resolver
+
 ROOT = Path(__file__).resolve().parent.parent
 PIMAIL = [sys.executable, "-m", "pimail.cli"]
 PASSWORD = "secret-password"
@@ -254,3 +257,27 @@ def server(make_server: object) -> Iterator[PimailServer]:
 
 
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+
+
+# -- DNS on loopback, for modules that ask it many questions ----------------------
+
+
+@pytest.fixture(scope="module")
+def dns_server() -> Iterator[DnsServer]:
+    """One DNS server per test module (stopping one takes up to a second)."""
+    server = DnsServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zone(dns_server: DnsServer) -> DnsServer:
+    """The module's DNS server, emptied for this test."""
+    dns_server.reset()
+    return dns_server
+
+
+@pytest.fixture
+def resolver(zone: DnsServer) -> Resolver:
+    """pimail's resolver pointed at `zone`; a new one per test: an empty cache."""
+    return Resolver([zone.address], timeout=2.0)

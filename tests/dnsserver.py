@@ -61,6 +61,13 @@ class DnsServer:
             else:
                 self.records.pop(key, None)
 
+    def reset(self) -> None:
+        """Forget every record, SERVFAIL name and logged query (between tests)."""
+        with self._lock:
+            self.records.clear()
+            self.servfail.clear()
+            self.queries.clear()
+
     def remove_name(self, name: str) -> None:
         with self._lock:
             for key in [k for k in self.records if k[0] == _norm(name)]:

@@ -340,18 +340,9 @@ def http_response(
     return head.encode() + b"\r\n" + data
 
 
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DnsServer]:
-    server = DnsServer().start()  # one for the module: stopping one takes up to a second
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def zone(dns_server: DnsServer) -> DnsServer:
-    with dns_server._lock:
-        dns_server.records.clear()
-        dns_server.servfail.clear()
+    dns_server.reset()
     dns_server.add(f"_mta-sts.{DOMAIN}", "TXT", '"v=STSv1; id=1"')
     dns_server.add(f"mta-sts.{DOMAIN}", "A", "127.0.0.1")
     return dns_server

@@ -15,7 +15,6 @@ import email.policy
 import random
 import re
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,27 +43,6 @@ PLAIN = (
     b"\r\n"
     b"Shall we meet at noon?\r\n"
 )
-
-
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[DnsServer]:
-    server = DnsServer().start()  # one for the module: stopping one takes up to a second
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def zone(dns_server: DnsServer) -> DnsServer:
-    with dns_server._lock:
-        dns_server.records.clear()
-        dns_server.servfail.clear()
-        dns_server.queries.clear()
-    return dns_server
-
-
-@pytest.fixture
-def resolver(zone: DnsServer) -> Resolver:
-    return Resolver([zone.address], timeout=2.0)  # a new one per test: an empty cache
 
 
 def txt(zone: DnsServer, name: str, value: str) -> None:

@@ -67,10 +67,7 @@ def dns_server() -> Iterator[SlowDnsServer]:
 
 @pytest.fixture
 def zone(dns_server: SlowDnsServer) -> SlowDnsServer:
-    with dns_server._lock:
-        dns_server.records.clear()
-        dns_server.servfail.clear()
-        dns_server.queries.clear()
+    dns_server.reset()
     dns_server.slow.clear()
     dns_server.servfail_txt = False
     dnsbl._warned.clear()

@@ -43,27 +43,6 @@ PLAIN = (
 
 
 @pytest.fixture(scope="module")
-def dns_server() -> Iterator[DnsServer]:
-    server = DnsServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def zone(dns_server: DnsServer) -> DnsServer:
-    with dns_server._lock:
-        dns_server.records.clear()
-        dns_server.servfail.clear()
-        dns_server.queries.clear()
-    return dns_server
-
-
-@pytest.fixture
-def resolver(zone: DnsServer) -> Resolver:
-    return Resolver([zone.address], timeout=2.0)
-
-
-@pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> list[signer.DkimKey]:
     con: sqlite3.Connection = db.open_main(Path(tmp_path_factory.mktemp("dkim")) / "pimail.db")
     Directory(con).add_domain(DOMAIN)
