@@ -202,10 +202,10 @@ class Server:
         """The inbound content filter, when enabled (`filter.enabled`)."""
         if not self.settings.filter.enabled:
             return None
-        from .filter.bayes import Bayes
         from .filter.pipeline import Pipeline
 
-        bayes = Bayes(self.settings.data_dir / "bayes.db") if self.settings.filter.bayes else None
+        # The store's model: the one that IMAP moves into and out of Junk train.
+        bayes = self.store.learner() if self.settings.filter.bayes else None
         return Pipeline(self.settings, self.queue.resolver, bayes)
 
     def _mta_sts_policy(self, domain: str) -> str | None:

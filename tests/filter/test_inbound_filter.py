@@ -105,3 +105,25 @@ def test_greylisting_defers_the_first_attempt_then_accepts(make_server: Any) -> 
         assert len(server.messages("alice@example.org")) == 3
     finally:
         zone.stop()
+
+
+def test_a_big_message_is_rewritten_on_disk_and_a_huge_header_block_refused(
+    filtered: Any,
+) -> None:
+    server, zone = filtered
+    zone.add("big.test", "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+    forged = b"Authentication-Results: mx.test; dmarc=pass header.from=big.test\r\n"
+    body = b"x" * 998 + b"\r\n"
+    big = message("big.test", forged).replace(b"Hi.\r\n", body * 700)  # spilled (> 512 KB)
+    send(server, "someone@big.test", big)
+    [path] = server.messages("alice@example.org")
+    stored = path.read_bytes()
+    head = stored.split(b"\r\n\r\n", 1)[0]
+    assert b"dmarc=pass header.from=big.test" not in head and b"spf=pass" in head
+    assert stored.endswith(body * 700)
+    # 270 KB of header fields: over the filter's limit on a header block.
+    padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 900) for i in range(300))
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(server, "someone@big.test", message("big.test", padding + forged))
+    assert refused.value.smtp_code == 552 and b"5.3.4" in refused.value.smtp_error
+    assert len(server.messages("alice@example.org")) == 1

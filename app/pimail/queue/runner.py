@@ -44,7 +44,7 @@ from ..store import headers
 from ..store.spool import Incoming
 from . import dkim, dsn, mtasts
 from .client import Connection, ConnectionFailed, Reply, Tls, Transaction
-from .store import QueuedMessage, QueueStore, Recipient
+from .store import QUEUE_MIGRATIONS, QueuedMessage, QueueStore, Recipient
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,12 @@ class Queue:
         self.keys_con = db.open_main(settings.db_path)
         self.resolver = Resolver(settings.dns.nameservers, settings.dns.timeout)
         out = settings.outbound
+        # MTA-STS caches policies in queue.db through a connection of its own:
+        # it runs on the event loop, the store's connection on the writer thread.
+        self._mta_sts_con = db.connect(settings.queue_dir / "queue.db", QUEUE_MIGRATIONS)
         self.mta_sts = mtasts.MtaSts(
             self.resolver,
-            self.store.con,
+            self._mta_sts_con,
             port=out.mta_sts_port,
             cafile=out.ca_file or None,
             timeout=min(out.connect_timeout, 30.0),
@@ -143,6 +146,7 @@ class Queue:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.run(self.store.close)
+        self._mta_sts_con.close()
         self.keys_con.close()
         self._writer.shutdown(wait=True)
 

@@ -204,9 +204,9 @@ class InboundHandler:
         filtered = self._envelope(session, envelope)
         if self.pipeline.skips_authentication(filtered):
             return None
-        verdict = await self.pipeline.check(
-            filtered, message.content(), [a.id for a in accounts]
-        )
+        content = await asyncio.to_thread(message.content)  # may read a spool file
+        verdict = await self.pipeline.check(filtered, content, [a.id for a in accounts])
+        del content
         log.info(
             "filtered id=%s action=%s score=%.1f junk=%d symbols=%s",
             envelope.queue_id, verdict.action, verdict.score, len(verdict.junk_accounts),
@@ -214,13 +214,18 @@ class InboundHandler:
         )  # fmt: skip
         if verdict.action != "accept":
             return verdict.reply or "451 4.7.1 Try again later"
-        # RFC 8601 5: Authentication-Results claiming to be ours came from outside.
+        # One rewrite of the header block: Authentication-Results claiming to be
+        # ours came from outside and go (RFC 8601 5); ours and X-Spam-* go in
+        # after our trace fields. A block too large to see whole is not stripped.
         head = bytes(message.head)
-        block = head[: headers.header_end(head)]
-        cleaned = strip_forged(block, verdict.strip_authserv_id)
-        if cleaned != block:
-            message.splice(0, len(block), cleaned)
-        message.insert(envelope.trace_length, verdict.headers)
+        end = headers.header_end(head)
+        block = head[:end]
+        if block.endswith((b"\r\n\r\n", b"\n\n")):
+            block = strip_forged(block, verdict.strip_authserv_id)
+        at = envelope.trace_length
+        await asyncio.to_thread(
+            message.splice, 0, end, block[:at] + verdict.headers + block[at:]
+        )
         junk.update(verdict.junk_accounts)
         sender_domain = filtered.mail_from.rpartition("@")[2].lower()
         author = verdict.authenticated_domain

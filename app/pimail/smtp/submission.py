@@ -21,6 +21,7 @@ The same engine as the MX (server.py) with other policy:
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 from base64 import b64decode
@@ -151,7 +152,7 @@ class SubmissionHandler(InboundHandler):
             for _display, address in email.utils.getaddresses([text]):
                 if address and not self.owns(account, address):
                     return f"553 5.7.1 From: <{address}> is not an address of {account.address}"
-        self._complete(envelope)
+        await self._complete(envelope)
         message: Incoming = envelope.incoming
         queued = ""
         if envelope.remote_rcpts:
@@ -176,7 +177,7 @@ class SubmissionHandler(InboundHandler):
         )  # fmt: skip
         return f"250 2.0.0 Ok: queued as {queued or envelope.queue_id}"
 
-    def _complete(self, envelope: Any) -> None:
+    async def _complete(self, envelope: Any) -> None:
         """RFC 6409 8.2, 8.3: add Date and Message-ID when missing."""
         message: Incoming = envelope.incoming
         head = bytes(message.head)
@@ -190,5 +191,5 @@ class SubmissionHandler(InboundHandler):
         if b"message-id" not in present:
             domain = envelope.mail_from.rpartition("@")[2] or self.settings.hostname
             added += f"Message-ID: {email.utils.make_msgid(domain=domain)}\r\n".encode()
-        if added:
-            message.insert(envelope.trace_length, added)
+        if added:  # a spilled message is rewritten: not on the event loop
+            await asyncio.to_thread(message.insert, envelope.trace_length, added)

@@ -206,8 +206,9 @@ class Store(MailboxOps):
             self._wcon = None
 
     def learner(self) -> Any:
-        """The spam filter's per-account model (bayes.db), opened on first use
-        (on the writer thread, which is the only one to train it)."""
+        """The spam filter's per-account model (bayes.db), opened on first use.
+        The writer thread trains it (IMAP moves to and from Junk); the inbound
+        filter scores with it from worker threads (Bayes serialises its calls)."""
         if self._bayes is None:
             from ..filter.bayes import Bayes
 
