@@ -263,8 +263,8 @@ def device_defaults() -> Settings:
     )
 
 
-class ConfigError(Exception):
-    pass
+class ConfigError(ValueError):
+    """A setting that cannot be used; a ValueError, like any other bad value."""
 
 
 def _apply(target: Any, values: dict[str, Any], where: str) -> None:

@@ -345,3 +345,9 @@ def test_timing_helper(clamd_server: ClamdServer, rspamd_server: RspamdServer) -
     for samples in (scans, checks):
         figures = engines.percentiles(samples)
         assert 0 < figures[50] <= figures[99] <= max(samples)
+
+
+def test_engine_addresses_refused_cleanly() -> None:
+    for bad in ("", "unix:", "localhost", ":3310", "host:0", "host:99999", "host:port", "[::1]"):
+        with pytest.raises(ValueError):
+            clamd.parse_address(bad)

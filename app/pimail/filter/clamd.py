@@ -50,6 +50,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
+from ..config import parse_listen
+
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
@@ -102,12 +104,10 @@ def parse_address(address: str) -> tuple[str, int] | str:
         if not path:
             raise ValueError(f"no socket path in {address!r}")
         return path
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    host, port = parse_listen(address)  # the settings' own "host:port" syntax
+    if not host or not 0 < port < 65536:
         raise ValueError(f"not unix:/path or host:port: {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    return host, port
 
 
 async def connect(
