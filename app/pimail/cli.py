@@ -208,10 +208,8 @@ def cmd_domain_remove(settings: config.Settings, args: argparse.Namespace) -> No
 def _local_domain(directory: Directory, name: str) -> str:
     from .auth.accounts import normalize_domain
 
-    domain = normalize_domain(name)
-    if not directory.is_local_domain(domain):
-        raise DirectoryError(f"{domain} is not a local domain (pimail domain add {domain})")
-    return domain
+    directory.require_domain(name)
+    return normalize_domain(name)
 
 
 def cmd_dns(settings: config.Settings, args: argparse.Namespace) -> None:

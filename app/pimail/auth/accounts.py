@@ -110,7 +110,9 @@ class Directory:
         row = self.con.execute("SELECT id FROM domains WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
-    def _require_domain(self, name: str) -> int:
+    def require_domain(self, name: str) -> int:
+        """The id of local domain `name` (normalised, A-label), else DirectoryError."""
+        name = normalize_domain(name)
         domain_id = self._domain_id(name)
         if domain_id is None:
             raise DirectoryError(f"{name} is not a local domain (pimail domain add {name})")
@@ -125,7 +127,7 @@ class Directory:
                 f"account name {localpart!r}: use letters, digits, '.', '-', '_' "
                 "(no '+', no leading, trailing or double dot)"
             )
-        domain_id = self._require_domain(domain)
+        domain_id = self.require_domain(domain)
         if self._alias_targets(domain_id, localpart):
             raise DirectoryError(f"{localpart}@{domain} is an alias already")
         try:
@@ -187,7 +189,7 @@ class Directory:
     def add_alias(self, source: str, targets: list[str]) -> None:
         """`source` is local@domain, or @domain for the catch-all."""
         localpart, domain = self._alias_source(source)
-        domain_id = self._require_domain(domain)
+        domain_id = self.require_domain(domain)
         if localpart and self.account(f"{localpart}@{domain}"):
             raise DirectoryError(f"{localpart}@{domain} is an account")
         normalized = []
@@ -206,7 +208,7 @@ class Directory:
 
     def remove_alias(self, source: str, targets: list[str] | None = None) -> None:
         localpart, domain = self._alias_source(source)
-        domain_id = self._require_domain(domain)
+        domain_id = self.require_domain(domain)
         if targets:
             removed = 0
             for target in targets:

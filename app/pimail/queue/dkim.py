@@ -33,7 +33,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
-from ..auth.accounts import DirectoryError, normalize_domain
+from ..auth.accounts import Directory, normalize_domain
 from ..db import transaction
 
 log = logging.getLogger(__name__)
@@ -241,10 +241,7 @@ def _with_state(key: DkimKey, state: str) -> DkimKey:
 
 
 def _require_domain(con: sqlite3.Connection, domain: str) -> int:
-    row = con.execute("SELECT id FROM domains WHERE name = ?", (domain,)).fetchone()
-    if row is None:
-        raise DirectoryError(f"{domain} is not a local domain (pimail domain add {domain})")
-    return int(row[0])
+    return Directory(con).require_domain(domain)
 
 
 # -- signing ----------------------------------------------------------------
