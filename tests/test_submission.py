@@ -157,3 +157,19 @@ def test_failed_auth_is_limited_per_address(make_server: Any) -> None:
     # Now even the right password is refused from this address.
     with starttls(server) as s, pytest.raises(smtplib.SMTPAuthenticationError):
         s.login("alice@example.org", PASSWORD)
+
+
+@pytest.mark.parametrize(
+    "address", ["<a@>", "<@remote.test>", "<@>", "<" + "a" * 330 + "@remote.test>"]
+)
+def test_malformed_foreign_recipients_are_refused(sub: PimailServer, address: str) -> None:
+    with starttls(sub) as s:
+        s.login("alice@example.org", PASSWORD)
+        s.docmd("MAIL FROM:<alice@example.org>")
+        code, _ = s.docmd(f"RCPT TO:{address}")
+        assert code in (501, 553)  # aiosmtpd's syntax check, or ours (5.1.3)
+        code, _ = s.docmd("RCPT TO:<bob@example.org>")  # and the session goes on
+        assert code == 250
+    con = sqlite3.connect(sub.data_dir / "queue" / "queue.db")
+    assert con.execute("SELECT COUNT(*) FROM recipients").fetchone()[0] == 0
+    con.close()

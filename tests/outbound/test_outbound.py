@@ -251,6 +251,9 @@ def test_queue_show_and_delete(outbound: Outbound) -> None:
     assert outbound.queue_rows() == 0
     assert not (sender.data_dir / "queue" / "messages" / queue_id).exists()
     assert sender.cli("queue", "show", queue_id, check=False).returncode == 1
+    # An id is looked up, never used as a path.
+    assert sender.cli("queue", "delete", "../pimail.db", check=False).returncode == 1
+    assert (sender.data_dir / "pimail.db").exists()
     assert sender.messages("alice@example.org") == []  # deleting sends no bounce
 
 
