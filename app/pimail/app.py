@@ -203,10 +203,13 @@ class Server:
         if not self.settings.filter.enabled:
             return None
         from .filter.pipeline import Pipeline
+        from .filter.senders import SenderLists
 
         # The store's model: the one that IMAP moves into and out of Junk train.
         bayes = self.store.learner() if self.settings.filter.bayes else None
-        return Pipeline(self.settings, self.queue.resolver, bayes)
+        # The directory's connection: both are used on the event loop only.
+        senders = SenderLists(self.directory.con)
+        return Pipeline(self.settings, self.queue.resolver, bayes, senders)
 
     def _mta_sts_policy(self, domain: str) -> str | None:
         """Our own MTA-STS policy for a local domain (what `pimail dns` announces)."""

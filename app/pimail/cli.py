@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, config, db
 from .auth.accounts import Directory, DirectoryError
@@ -141,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     x = sp.add_parser("stats", help="what an account's filter has learned")
     x.add_argument("address")
     x.set_defaults(func=cmd_spam_stats)
+    for kind, text in (("allow", "never Junk (when SPF/DKIM/DMARC prove the sender)"),
+                       ("block", "always Junk")):  # fmt: skip
+        x = sp.add_parser(kind, help=f"senders (addresses or domains) whose mail is {text}")
+        x.add_argument("address", help="the account")
+        x.add_argument("senders", nargs="+", metavar="SENDER")
+        x.set_defaults(func=cmd_spam_list_set, kind=kind)
+    x = sp.add_parser("unlist", help="take senders off an account's allow or block list")
+    x.add_argument("address", help="the account")
+    x.add_argument("senders", nargs="+", metavar="SENDER")
+    x.set_defaults(func=cmd_spam_unlist)
+    x = sp.add_parser("lists", help="an account's allow and block lists")
+    x.add_argument("address", help="the account")
+    x.set_defaults(func=cmd_spam_lists)
 
     q = sub.add_parser("queue", help="the outbound queue").add_subparsers(metavar="ACTION")
     x = q.add_parser("list", help="messages waiting to leave, with each recipient's state")
@@ -543,6 +556,31 @@ def cmd_spam_stats(settings: config.Settings, args: argparse.Namespace) -> None:
         bayes.close()
     state = "scoring" if stats.trained else "learning (scores once it has 50 of each)"
     print(f"{args.address}: {stats.spam} spam, {stats.ham} ham, {stats.tokens} tokens; {state}")
+
+
+def _sender_lists(settings: config.Settings) -> Any:
+    from .filter.senders import SenderLists
+
+    return SenderLists(db.open_main(settings.db_path))
+
+
+def cmd_spam_list_set(settings: config.Settings, args: argparse.Namespace) -> None:
+    account_id = _account_id(settings, args.address)
+    for entry in _sender_lists(settings).set(account_id, args.kind, args.senders):
+        print(f"{args.kind} {entry}")
+
+
+def cmd_spam_unlist(settings: config.Settings, args: argparse.Namespace) -> int:
+    account_id = _account_id(settings, args.address)
+    removed = _sender_lists(settings).remove(account_id, args.senders)
+    print(f"removed {removed} of {len(args.senders)}")
+    return 0 if removed == len(args.senders) else 1
+
+
+def cmd_spam_lists(settings: config.Settings, args: argparse.Namespace) -> None:
+    account_id = _account_id(settings, args.address)
+    for kind, entry in _sender_lists(settings).entries(account_id):
+        print(f"{kind} {entry}")
 
 
 def _queue(settings: config.Settings) -> QueueStore:

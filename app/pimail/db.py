@@ -63,6 +63,16 @@ MAIN_MIGRATIONS: list[str] = [
         UNIQUE (domain_id, selector)
     )
     """,
+    # 3: each account's allow and block lists of senders (filter/senders.py)
+    """
+    CREATE TABLE sender_lists (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        entry TEXT NOT NULL,                -- 'local@domain' or 'domain' (covers subdomains)
+        kind TEXT NOT NULL CHECK (kind IN ('allow', 'block')),
+        created INTEGER NOT NULL,
+        PRIMARY KEY (account_id, entry)
+    ) WITHOUT ROWID
+    """,
 ]
 
 INDEX_MIGRATIONS: list[str] = [

@@ -215,6 +215,16 @@ def author_domains(header_block: bytes) -> AuthorDomains:
     return AuthorDomains(tuple(domains))
 
 
+def from_addresses(header_block: bytes) -> list[str]:
+    """The addresses of the From field (local@domain, as written), at most
+    MAX_AUTHOR_DOMAINS; empty when the field is missing, repeated or unreadable."""
+    fields = _from_fields(header_block[:_HEADER_LIMIT])
+    if len(fields) != 1 or any(c in fields[0] for c in "\r\n\x00"):
+        return []
+    addresses = [a for _, a in email.utils.getaddresses([fields[0]]) if "@" in a]
+    return list(dict.fromkeys(addresses))[:MAX_AUTHOR_DOMAINS]
+
+
 def _from_fields(header_block: bytes) -> list[str]:
     """The unfolded values of every From field, up to the end of the header."""
     text = header_block.decode("utf-8", "surrogateescape")

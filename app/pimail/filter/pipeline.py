@@ -24,7 +24,11 @@ runs, after DATA and before the reply to it:
    (reject -> 550 5.7.1; soft reject, greylist -> 451 4.7.1; add header,
    rewrite subject, quarantine -> Junk); our own symbols are still reported.
    rspamd failing -> the symbol RSPAMD_ERROR and our own score alone.
-7. Bayes per recipient account (only accounts with a trained model), mapped
+7. The account's own allow and block lists (senders.py): a blocked sender's
+   copy goes to Junk (USER_BLOCK); an allowed sender, authenticated by
+   SPF, DKIM or DMARC, is never put in Junk or refused for its score
+   (USER_ALLOW). Both symbols are worth 0.0: they decide, they do not score.
+8. Bayes per recipient account (only accounts with a trained model), mapped
    to one symbol (the weights are starting points, like rules.py's):
 
        probability >= 0.99  BAYES_99  +5.0
@@ -41,14 +45,17 @@ every recipient account's score reaches `reject_score` (one user's training
 never refuses mail for another); with one account, that is simply its score.
 `Verdict.score` and `Verdict.symbols` are that one account's when there is
 exactly one, else the shared ones; `Verdict.account_headers` has the header
-fields for each account's copy.
+fields for each account's copy. The stored message is one file linked into
+every recipient's Maildir, so it carries `Verdict.headers`: for several
+accounts, the shared score; each account's own score decides its Junk.
 
 Every stage is guarded: an exception inside one is logged (with the queue id,
 never the message) and becomes the symbol `<STAGE>_ERROR` worth 0.0; the
 pipeline itself never raises. `Verdict.timings` has each stage's seconds.
 
 What it touches: DNS through the Resolver, clamd and rspamd sockets, the Bayes
-database (read only). It writes nothing and keeps no state between messages.
+database and the sender lists in pimail.db (read only). It writes nothing and
+keeps no state between messages.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ from . import authres, clamd, dkim_verify, dmarc, dnsbl, limits, rspamd, rules, 
 from .bayes import Bayes
 from .dkim_verify import DkimResult
 from .dmarc import DmarcResult
+from .senders import ALLOW, BLOCK, Sender, SenderLists
 from .spf import SpfResult
 
 log = logging.getLogger(__name__)
@@ -130,6 +138,7 @@ class _Run:
     checked_auth: bool = False
     junk_all: bool = False
     rspamd_result: rspamd.RspamdResult | None = None
+    lists: dict[int, str] = field(default_factory=dict)  # account -> ALLOW | BLOCK
 
     async def stage(self, name: str, call: Callable[[], Awaitable[T]], default: T) -> T:
         """Run one stage, timed; an exception is logged and becomes <NAME>_ERROR."""
@@ -154,11 +163,18 @@ class _Refusal(Exception):
 class Pipeline:
     """The checks of the module docstring, configured by `settings.filter`."""
 
-    def __init__(self, settings: Settings, resolver: Resolver, bayes: Bayes | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        resolver: Resolver,
+        bayes: Bayes | None,
+        senders: SenderLists | None = None,
+    ) -> None:
         self.settings = settings
         self.filter = settings.filter
         self.resolver = resolver
         self.bayes = bayes
+        self.senders = senders
         self.authserv_id = self.filter.authserv_id or settings.hostname
         self._skip = _networks(self.filter.skip_networks)
 
@@ -176,6 +192,7 @@ class Pipeline:
             await self._rspamd(run, message)
         except _Refusal as refusal:
             return self._verdict(run, {}, refusal.action, refusal.reply)
+        await self._sender_lists(run, message, accounts)
         bayes = {a: await self._bayes(run, a, message) for a in accounts}
         return self._decide(run, bayes)
 
@@ -310,6 +327,37 @@ class Pipeline:
                 run.junk_all = True
         run.symbols["RSPAMD"] = round(result.score, 2)
 
+    async def _sender_lists(self, run: _Run, message: bytes, accounts: list[int]) -> None:
+        lists = self.senders
+        if lists is None or not accounts:
+            return
+
+        async def decide() -> dict[int, str]:
+            return lists.decide(accounts, self._senders(run, message))
+
+        run.lists = await run.stage("senders", decide, {})
+
+    def _senders(self, run: _Run, message: bytes) -> list[Sender]:
+        """MAIL FROM and the From: addresses, each with whether it is proven
+        (senders.py): SPF for MAIL FROM; DMARC, or an aligned DKIM pass, for From:."""
+        auth, trusted = run.auth, not run.checked_auth  # trusted: LAN or SMTP AUTH
+        found: list[Sender] = []
+        if run.envelope.mail_from:
+            spf_pass = (
+                auth.spf is not None and auth.spf.result == "pass" and auth.spf.scope == "mailfrom"
+            )
+            found.append(Sender(run.envelope.mail_from, trusted or spf_pass))
+        for address in dmarc.from_addresses(message[: header_end(message)]):
+            domain = address.rpartition("@")[2].lower().rstrip(".")
+            proven = trusted or (
+                auth.dmarc is not None and auth.dmarc.result == "pass"
+                and auth.dmarc.domain == domain
+            ) or any(
+                r.result == "pass" and dmarc.aligned(r.domain, domain, "r") for r in auth.dkim
+            )  # fmt: skip
+            found.append(Sender(address, proven))
+        return found
+
     async def _bayes(self, run: _Run, account_id: int, message: bytes) -> dict[str, float]:
         bayes = self.bayes
         if bayes is None or not self.filter.bayes:
@@ -332,9 +380,11 @@ class Pipeline:
         shared = self._shared_score(run)
         scores = {a: shared + sum(b.values()) for a, b in bayes.items()}
         deciding = list(scores.values()) or [shared]
+        if ALLOW in run.lists.values():
+            deciding = []  # one account wants it: the others' copies go to Junk instead
         # In "replace" mode rspamd's action has decided on refusal already.
         replaced = self.filter.rspamd_mode == "replace" and run.rspamd_result is not None
-        if not replaced and min(deciding) >= self.filter.reject_score:
+        if not replaced and deciding and min(deciding) >= self.filter.reject_score:
             return self._verdict(run, bayes, REJECT, "550 5.7.1 Message looks like spam")
         return self._verdict(run, bayes, ACCEPT, None)
 
@@ -348,6 +398,9 @@ class Pipeline:
         auth_results = self._auth_results(run)
         shared = self._shared_score(run)
         account_symbols = {a: {**run.symbols, **b} for a, b in bayes.items()}
+        for account, kind in run.lists.items():
+            if account in account_symbols:
+                account_symbols[account]["USER_ALLOW" if kind == ALLOW else "USER_BLOCK"] = 0.0
         account_scores = {a: shared + sum(b.values()) for a, b in bayes.items()}
         account_headers = {
             a: auth_results + self._spam_fields(account_scores[a], account_symbols[a])
@@ -358,7 +411,12 @@ class Pipeline:
             score, symbols = account_scores[only], account_symbols[only]
         else:
             score, symbols = shared, dict(run.symbols)
-        junk = {a for a, s in account_scores.items() if run.junk_all or s >= self.filter.junk_score}
+        junk = {
+            a
+            for a, s in account_scores.items()
+            if run.lists.get(a) == BLOCK
+            or (run.lists.get(a) != ALLOW and (run.junk_all or s >= self.filter.junk_score))
+        }
         if not self.filter.enabled:
             headers = b""
             account_headers = {a: b"" for a in bayes}
