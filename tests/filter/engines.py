@@ -55,7 +55,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -210,11 +210,15 @@ class RspamdServer(_Engine):
 
     name = "rspamd"
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, local_d: Mapping[str, str] | None = None) -> None:
         super().__init__(base)
         self.port = free_port()
         self.socket_path = _socket_dir(base) / "rspamd.sock"
         self.dns: DnsServer | None = None
+        # Extra files for <base>/local.d ({"multimap.conf": "..."}); one named like
+        # a file of this module's ("options.inc") is appended to it. In them,
+        # "$LOCAL_CONFDIR/local.d/<name>" is the path of another such file (a map).
+        self.local_d = dict(local_d or {})
 
     @property
     def address(self) -> str:
@@ -235,8 +239,13 @@ class RspamdServer(_Engine):
             f'dns {{ nameserver = ["{self.dns.address}"]; timeout = 1s; retransmits = 2; }}\n'
             f'url_tld = "{self.base}/tld.dat";\n'
         )
+        ours = {"options.inc"}
         for module in ("fuzzy_check", "rspamd_update", "rbl", "asn"):
             (local / f"{module}.conf").write_text("enabled = false;\n")
+            ours.add(f"{module}.conf")
+        for name, text in self.local_d.items():
+            with open(local / name, "a" if name in ours else "w") as f:
+                f.write(text)
         config = self.base / "rspamd.conf"
         config.write_text(
             '.include "$CONFDIR/common.conf"\n'
