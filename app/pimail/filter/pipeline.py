@@ -22,7 +22,8 @@ runs, after DATA and before the reply to it:
 6. rspamd, if `filter.rspamd` is set. "add": its score is one more symbol,
    RSPAMD. "replace": its score is the score, its action the action
    (reject -> 550 5.7.1; soft reject, greylist -> 451 4.7.1; add header,
-   rewrite subject, quarantine -> Junk); our own symbols are still reported.
+   rewrite subject, quarantine, discard -> Junk: pimail never drops mail it
+   acknowledged); our own symbols are still reported.
    rspamd failing -> the symbol RSPAMD_ERROR and our own score alone.
 7. The account's own allow and block lists (senders.py): a blocked sender's
    copy goes to Junk (USER_BLOCK); an allowed sender, authenticated by
@@ -86,7 +87,7 @@ ACCEPT, REJECT, TEMPFAIL = "accept", "reject", "tempfail"
 # (minimum probability, symbol, points), checked in order; then the ham side.
 BAYES_SPAM = ((0.99, "BAYES_99", 5.0), (0.90, "BAYES_90", 3.5), (0.70, "BAYES_70", 1.0))
 BAYES_HAM = ((0.01, "BAYES_00", -2.5), (0.10, "BAYES_10", -1.5))
-RSPAMD_JUNK_ACTIONS = ("add header", "rewrite subject", "quarantine")
+RSPAMD_JUNK_ACTIONS = ("add header", "rewrite subject", "quarantine", "discard")
 RSPAMD_TEMPFAIL_ACTIONS = ("soft reject", "greylist")
 
 
@@ -402,26 +403,28 @@ class Pipeline:
             if account in account_symbols:
                 account_symbols[account]["USER_ALLOW" if kind == ALLOW else "USER_BLOCK"] = 0.0
         account_scores = {a: shared + sum(b.values()) for a, b in bayes.items()}
-        account_headers = {
-            a: auth_results + self._spam_fields(account_scores[a], account_symbols[a])
-            for a in bayes
-        }
-        if len(bayes) == 1:
-            (only,) = bayes
-            score, symbols = account_scores[only], account_symbols[only]
-        else:
-            score, symbols = shared, dict(run.symbols)
         junk = {
             a
             for a, s in account_scores.items()
             if run.lists.get(a) == BLOCK
             or (run.lists.get(a) != ALLOW and (run.junk_all or s >= self.filter.junk_score))
         }
+        account_headers = {
+            a: auth_results + self._spam_fields(account_scores[a], account_symbols[a], a in junk)
+            for a in bayes
+        }
+        if len(bayes) == 1:
+            (only,) = bayes
+            score, symbols = account_scores[only], account_symbols[only]
+            shared_junk = only in junk
+        else:
+            score, symbols = shared, dict(run.symbols)
+            shared_junk = run.junk_all or score >= self.filter.junk_score
         if not self.filter.enabled:
             headers = b""
             account_headers = {a: b"" for a in bayes}
         else:
-            headers = auth_results + self._spam_fields(score, symbols)
+            headers = auth_results + self._spam_fields(score, symbols, shared_junk)
         if action != ACCEPT:
             log.info(
                 "filter refused queue_id=%s reply=%r score=%.1f",
@@ -457,9 +460,10 @@ class Pipeline:
             log.exception("cannot write Authentication-Results authserv_id=%r", self.authserv_id)
             return b""
 
-    def _spam_fields(self, score: float, symbols: dict[str, float]) -> bytes:
-        """X-Spam-Status and X-Spam-Score (SpamAssassin's form; the tokenizer skips X-Spam-*)."""
-        flag = "Yes" if score >= self.filter.junk_score else "No"
+    def _spam_fields(self, score: float, symbols: dict[str, float], junk: bool) -> bytes:
+        """X-Spam-Status and X-Spam-Score (SpamAssassin's form; the tokenizer skips
+        X-Spam-*). "Yes" when the copy goes to Junk, for whatever reason."""
+        flag = "Yes" if junk else "No"
         line = f"X-Spam-Status: {flag}, score={score:.1f} required={self.filter.junk_score:.1f}"
         names = sorted(symbols)
         line += " tests=" + (names[0] if names else "none")
