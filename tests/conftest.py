@@ -97,6 +97,7 @@ class PimailServer:
         self.pop3_port = free_port()
         self.pop3s_port = free_port()
         self.http_port = free_port()
+        self.https_port = free_port()
         self.submission_port = free_port()
         self.submissions_port = free_port()
         tables: dict[str, dict] = {
@@ -109,7 +110,10 @@ class PimailServer:
                 "listen": [f"127.0.0.1:{self.pop3_port}"],
                 "listen_tls": [f"127.0.0.1:{self.pop3s_port}"],
             },
-            "web": {"listen_http": [f"127.0.0.1:{self.http_port}"], "listen_https": []},
+            "web": {
+                "listen_http": [f"127.0.0.1:{self.http_port}"],
+                "listen_https": [f"127.0.0.1:{self.https_port}"],
+            },
             "submission": {
                 "listen_starttls": [f"127.0.0.1:{self.submission_port}"],
                 "listen_tls": [f"127.0.0.1:{self.submissions_port}"],
@@ -149,6 +153,7 @@ class PimailServer:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
+        readies = self._readies()
         log = open(self.log, "ab")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen(
             [*PIMAIL, "--config", str(self.config), "serve"], stdout=log, stderr=log
@@ -167,6 +172,18 @@ class PimailServer:
                 self.start()
                 return
             raise AssertionError("server did not start:\n" + text[-3000:]) from e
+        # The web listeners come last (aiohttp takes a moment to import).
+        deadline = time.monotonic() + 60
+        while self._readies() == readies and self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError("server not ready:\n" + self.log.read_text()[-3000:])
+            time.sleep(0.05)
+
+    def _readies(self) -> int:
+        try:
+            return self.log.read_text(errors="replace").count(" pimail ready data_dir=")
+        except FileNotFoundError:
+            return 0
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -37,7 +37,6 @@ from .smtp.server import create_session
 from .smtp.submission import SubmissionHandler
 from .store.store import Store
 from .tls.context import CertificateStore, make_server_context
-from .web import http01
 
 log = logging.getLogger("pimail")
 
@@ -83,6 +82,8 @@ class Server:
         self.certs: CertificateStore | None = None
         self._acme_task: asyncio.Task[None] | None = None
         self._alpn_task: asyncio.Task[None] | None = None
+        self._web_runners: list[Any] = []  # aiohttp AppRunners
+        self.web: Any = None
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -163,36 +164,33 @@ class Server:
             await asyncio.sleep(self.settings.tls.acme_check_interval)
 
     async def _start_http(self) -> None:
-        challenges = self.settings.data_dir / "tls" / "acme-challenge"
-        for address in self.settings.web.listen_http:
-            host, port = parse_listen(address)
+        """The web interface (web/server.py): HTTP for ACME and the redirect,
+        HTTPS for everything else, with the certificates chosen by SNI."""
+        from aiohttp import web as aioweb
 
-            async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                await http01.handle(reader, writer, challenges)
+        from .web.server import Web
 
-            await self._bind(
-                "http",
-                address,
-                asyncio.start_server(on_client, host, port, reuse_address=True,
-                                     limit=http01.MAX_HEAD),
-            )  # fmt: skip
+        self.web = Web(self)
+        loop = asyncio.get_running_loop()
         certs = self.certs
-        for address in self.settings.web.listen_https:
-            host, port = parse_listen(address)
-
-            async def on_tls_client(
-                reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-            ) -> None:
-                assert certs is not None
-                await http01.handle_https(
-                    reader, writer, certs.handshake_context, self._mta_sts_policy
-                )
-
-            await self._bind(
-                "https", address,
-                asyncio.start_server(on_tls_client, host, port, reuse_address=True,
-                                     limit=http01.MAX_HEAD),
-            )  # fmt: skip
+        sites = (
+            ("http", self.web.http, self.settings.web.listen_http, None),
+            ("https", self.web.https, self.settings.web.listen_https,
+             certs.context if certs is not None else None),
+        )  # fmt: skip
+        for name, application, addresses, context in sites:
+            if not addresses or (name == "https" and context is None):
+                continue
+            runner = aioweb.AppRunner(application, access_log=None, handle_signals=False)
+            await runner.setup()
+            self._web_runners.append(runner)
+            for address in addresses:
+                host, port = parse_listen(address)
+                creating = loop.create_server(
+                    runner.server, host, port, reuse_address=True, ssl=context,
+                    ssl_handshake_timeout=10 if context is not None else None,
+                )  # fmt: skip
+                await self._bind(name, address, creating)
         if self.settings.tls.acme:
             loop = asyncio.get_running_loop()
             self._acme_task = loop.create_task(self._acme_loop())
@@ -373,6 +371,8 @@ class Server:
                 task.cancel()
         for server in self.listeners:
             server.close()
+        for runner in self._web_runners:
+            await runner.cleanup()
         await self.queue.stop()
         await self.store.aclose()
         self.directory.con.close()

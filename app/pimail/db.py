@@ -73,6 +73,16 @@ MAIN_MIGRATIONS: list[str] = [
         PRIMARY KEY (account_id, entry)
     ) WITHOUT ROWID
     """,
+    # 4: web sessions (web/sessions.py): only the SHA-256 of each cookie's token
+    """
+    CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        seen INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
 ]
 
 INDEX_MIGRATIONS: list[str] = [

@@ -1,0 +1,334 @@
+"""The web interface: aiohttp + Jinja2, server-rendered, on HTTP and HTTPS.
+
+HTTP (`web.listen_http`, port 80 on the device) answers only:
+- ACME HTTP-01 challenges (RFC 8555 8.3) from `<data>/tls/acme-challenge/`;
+- Thunderbird's autoconfig, which clients fetch over plain HTTP as well;
+- everything else: a redirect to the same path over HTTPS.
+
+HTTPS (`web.listen_https`, 443) uses the server's certificates, chosen by SNI
+(ACME where issued, the internal CA's otherwise), reloaded on renewal:
+- `mta-sts.<domain>/.well-known/mta-sts.txt`: our MTA-STS policy (RFC 8461 3.3);
+- client autoconfiguration (web/autoconfig.py): Thunderbird's XML, Outlook's
+  Autodiscover, Apple's profile (from the webmail settings);
+- login and logout here; the webmail, admin and setup wizard pages register
+  their routes through `Web.page` (web/mail.py, web/admin.py, web/wizard.py).
+
+Rules every page gets from the middleware below:
+- Headers: a Content-Security-Policy without inline script or style, nosniff,
+  no Referer, no framing by other sites, HSTS (RFC 6797) over HTTPS.
+- The session cookie is Secure, HttpOnly, SameSite=Strict (web/sessions.py).
+- CSRF: every POST must carry a form field `csrf` equal to the session's token
+  or, before login, to the `pimail_csrf` cookie (double submit), and an
+  Origin header, when the browser sends one, naming this very host.
+- Logins go through the one Authenticator: the failure limiter is the one
+  IMAP, POP3 and SMTP AUTH use, per client address.
+- Request bodies are capped (MAX_BODY) and handlers never see more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from aiohttp import web
+
+from . import autoconfig
+from .sessions import Session, SessionStore
+
+if TYPE_CHECKING:
+    from ..app import Server
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+MAX_BODY = 40 * 1024 * 1024  # an upload of attachments; base64 makes 25 MB of files ~34 MB
+BODY_TIMEOUT = 300.0  # seconds for a whole request body (40 MB at ~1 Mbit/s)
+SESSION_COOKIE = "pimail_session"
+CSRF_COOKIE = "pimail_csrf"
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # base64url, RFC 8555 8.1
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; frame-src 'self'; form-action 'self'; "
+    "frame-ancestors 'self'; base-uri 'none'"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Web:
+    """What the pages share: the server's parts, templates, sessions."""
+
+    def __init__(self, server: Server) -> None:
+        from .. import db
+
+        self.server = server
+        self.settings = server.settings
+        self.directory = server.directory
+        self.authenticator = server.authenticator
+        self.sessions = SessionStore(db.open_main(server.settings.db_path))
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.https = web.Application(
+            client_max_size=MAX_BODY, middlewares=[self._security, self._csrf]
+        )
+        self.http = web.Application(client_max_size=64 * 1024, middlewares=[self._security])
+        self._routes()
+
+    # -- pages ------------------------------------------------------------------------
+
+    def render(
+        self, request: web.Request, template: str, status: int = 200, **context: Any
+    ) -> web.Response:
+        session: Session | None = request.get("session")
+        account = request.get("account")
+        body = self.templates.get_template(template).render(
+            csrf=session.csrf if session is not None else self._pre_csrf(request),
+            account=account,
+            hostname=self.settings.hostname,
+            **context,
+        )
+        return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+    def page(
+        self, method: str, path: str, handler: Handler, *, login: bool = True, admin: bool = False
+    ) -> None:
+        """Route an HTTPS page; `login` (default) sends visitors to the login
+        page, `admin` answers 403 to accounts that are not administrators."""
+        if login or admin:
+            handler = _guarded(handler, admin)
+        self.https.router.add_route(method, path, handler)
+
+    def _routes(self) -> None:
+        self.http.router.add_get("/.well-known/acme-challenge/{token}", self.acme_challenge)
+        self.http.router.add_get(autoconfig.THUNDERBIRD_WELL_KNOWN_PATH, self.thunderbird)
+        self.http.router.add_get(autoconfig.THUNDERBIRD_PATH, self.thunderbird)
+        self.http.router.add_route("*", "/{tail:.*}", self.to_https)
+
+        r = self.https.router
+        r.add_get("/.well-known/mta-sts.txt", self.mta_sts)
+        r.add_get(autoconfig.THUNDERBIRD_WELL_KNOWN_PATH, self.thunderbird)
+        r.add_get(autoconfig.THUNDERBIRD_PATH, self.thunderbird)
+        for path in (autoconfig.AUTODISCOVER_PATH, "/Autodiscover/Autodiscover.xml"):
+            r.add_post(path, self.autodiscover)
+        r.add_static("/static/", HERE / "static", append_version=True)
+        self.page("GET", "/login", self.login_form, login=False)
+        self.page("POST", "/login", self.login, login=False)
+        self.page("POST", "/logout", self.logout, login=False)
+        self.page("GET", "/", self.home)
+
+    # -- middleware -------------------------------------------------------------------
+
+    @web.middleware
+    async def _security(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        if session is not None:
+            account = self.directory.account_by_id(session.account_id)
+            if account is not None:
+                request["session"], request["account"] = session, account
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            response = e
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        if request.secure:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if "text/html" in headers.get("Content-Type", ""):
+            headers.setdefault("Cache-Control", "no-store")
+        if request.secure and CSRF_COOKIE not in request.cookies and "pre_csrf" in request:
+            _cookie(response, CSRF_COOKIE, request["pre_csrf"], max_age=None)
+        if isinstance(response, web.HTTPException) and response.status >= 400:
+            raise response
+        return response
+
+    @web.middleware
+    async def _csrf(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method in ("GET", "HEAD", "OPTIONS") or request.path in (
+            autoconfig.AUTODISCOVER_PATH,
+            "/Autodiscover/Autodiscover.xml",
+        ):
+            return await handler(request)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
+            log.warning("cross-site request refused path=%s origin=%r", request.path, origin[:100])
+            raise web.HTTPForbidden(text="Cross-site request refused.")
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)
+        form: Any = {}
+        if request.content_type in _FORM_TYPES:
+            try:  # a client that promises a body and sends it slowly, or never
+                form = await asyncio.wait_for(request.post(), BODY_TIMEOUT)
+            except TimeoutError:
+                raise web.HTTPRequestTimeout(text="The request body came too slowly.") from None
+        sent = form.get("csrf") if isinstance(form.get("csrf"), str) else None
+        session: Session | None = request.get("session")
+        expected = session.csrf if session is not None else request.cookies.get(CSRF_COOKIE)
+        if not sent or not expected or not secrets.compare_digest(str(sent), expected):
+            log.warning("request without a valid CSRF token refused path=%s", request.path)
+            raise web.HTTPForbidden(text="The form has expired. Go back, reload, try again.")
+        return await handler(request)
+
+    def _pre_csrf(self, request: web.Request) -> str:
+        """The double-submit token of a visitor who is not logged in."""
+        token = request.cookies.get(CSRF_COOKIE) or request.get("pre_csrf")
+        if not token or not _TOKEN.match(token):
+            token = request["pre_csrf"] = secrets.token_urlsafe(32)
+        return token
+
+    # -- plain HTTP --------------------------------------------------------------------
+
+    async def acme_challenge(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        if _TOKEN.match(token):
+            path = self.settings.data_dir / "tls" / "acme-challenge" / token
+            try:
+                body = path.read_bytes()
+            except OSError:
+                pass
+            else:
+                return web.Response(body=body, content_type="application/octet-stream")
+        raise web.HTTPNotFound(text="no such challenge")
+
+    async def to_https(self, request: web.Request) -> web.Response:
+        host = (request.host or "").rsplit(":", 1)[0] if "]" not in (request.host or "") else ""
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
+            host = self.settings.hostname
+        port = _https_port(self.settings.web.listen_https)
+        netloc = host if port in (None, 443) else f"{host}:{port}"
+        target = urllib.parse.urlunsplit(("https", netloc, request.path, request.query_string, ""))
+        raise web.HTTPMovedPermanently(target)
+
+    # -- policies and autoconfiguration ------------------------------------------------
+
+    async def mta_sts(self, request: web.Request) -> web.Response:
+        host = (request.host or "").split(":")[0].lower().rstrip(".")
+        if host.startswith("mta-sts."):
+            policy = self.server._mta_sts_policy(host[len("mta-sts.") :])
+            if policy is not None:
+                return web.Response(text=policy, content_type="text/plain", charset="utf-8")
+        raise web.HTTPNotFound()
+
+    def _endpoints(self) -> autoconfig.ServiceEndpoints:
+        return autoconfig.endpoints(self.settings)
+
+    async def thunderbird(self, request: web.Request) -> web.Response:
+        """Mozilla's autoconfig: the domain from ?emailaddress=, else from the
+        host name autoconfig.<domain>; only for our own domains."""
+        address = request.query.get("emailaddress", "")
+        domain = address.rpartition("@")[2] if "@" in address else ""
+        if not domain:
+            host = (request.host or "").split(":")[0].lower()
+            domain = host.removeprefix("autoconfig.")
+        try:
+            domain = autoconfig.normalize_domain(domain)
+        except ValueError:
+            raise web.HTTPNotFound() from None
+        if not self.directory.is_local_domain(domain):
+            raise web.HTTPNotFound()
+        body = autoconfig.thunderbird_config(self._endpoints(), domain)
+        return web.Response(body=body, content_type="application/xml", charset="utf-8")
+
+    async def autodiscover(self, request: web.Request) -> web.Response:
+        body = await request.content.read(autoconfig.MAX_AUTODISCOVER_REQUEST + 1)
+        address = autoconfig.parse_autodiscover_request(body)
+        domain = address.rpartition("@")[2] if address else ""
+        if address is None or not self.directory.is_local_domain(domain):
+            reply = autoconfig.autodiscover_error()
+        else:
+            reply = autoconfig.autodiscover_response(self._endpoints(), address)
+        return web.Response(body=reply, content_type="application/xml", charset="utf-8")
+
+    # -- login ---------------------------------------------------------------------------
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        if "account" in request:
+            raise web.HTTPSeeOther("/")
+        return self.render(request, "login.html", error=None, username="", next=_next(request))
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        username = str(form.get("username", ""))[:320].strip()
+        password = str(form.get("password", ""))[:1024]
+        ip = request.remote or "unknown"
+        account = await self.authenticator.login(username, password, ip, "web")
+        if account is None:
+            return self.render(
+                request,
+                "login.html",
+                status=401,
+                error="Wrong address or password (or too many attempts: wait a few minutes).",
+                username=username,
+                next=_next(request, form.get("next")),
+            )
+        self.sessions.end(request.cookies.get(SESSION_COOKIE))  # no session fixation
+        token, _ = self.sessions.create(account.id)
+        response = web.HTTPSeeOther(_next(request, form.get("next")))
+        _cookie(response, SESSION_COOKIE, token, max_age=None)
+        raise response
+
+    async def home(self, request: web.Request) -> web.Response:
+        return self.render(request, "home.html")
+
+    async def logout(self, request: web.Request) -> web.Response:
+        self.sessions.end(request.cookies.get(SESSION_COOKIE))
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(SESSION_COOKIE, path="/")
+        raise response
+
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _cookie(response: web.StreamResponse, name: str, value: str, max_age: int | None) -> None:
+    response.set_cookie(
+        name, value, path="/", secure=True, httponly=True, samesite="Strict", max_age=max_age
+    )
+
+
+def _next(request: web.Request, value: object = None) -> str:
+    """Where to go after login: a local path only (no open redirect)."""
+    target = value if isinstance(value, str) else request.query.get("next", "/")
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target[:2000]
+
+
+def _guarded(handler: Handler, admin: bool) -> Handler:
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        account = request.get("account")
+        if account is None:
+            if request.method == "GET":
+                query = urllib.parse.urlencode({"next": request.path_qs})
+                raise web.HTTPSeeOther(f"/login?{query}")
+            raise web.HTTPForbidden(text="Log in first.")
+        if admin and not account.is_admin:
+            raise web.HTTPForbidden(text="For administrators only.")
+        return await handler(request)
+
+    return guarded
+
+
+def _https_port(listen: list[str]) -> int | None:
+    from ..config import parse_listen
+
+    for address in listen:
+        try:
+            return parse_listen(address)[1]
+        except ValueError:
+            continue
+    return None
