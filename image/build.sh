@@ -142,7 +142,7 @@ overlay_stage() {
     "${ch[@]}" sh -c 'getent passwd pimail >/dev/null || useradd --system --uid 990 --gid 990 \
         --home-dir /data --no-create-home --shell /usr/sbin/nologin --comment "pimail mail server" pimail'
     # Serial-console smoke: pimail -> the import works on the target's Python.
-    "${ch[@]}" /usr/bin/python3 -c 'import pimail.cli, pimail.queue.runner, aiosmtpd, aiosmtplib, cryptography.x509, dkim, dns.asyncresolver, nacl.signing; print("    import ok:", pimail.__version__ if hasattr(pimail, "__version__") else "pimail")'
+    "${ch[@]}" /usr/bin/python3 -c 'import pimail.cli, pimail.queue.runner, pimail.web.server, aiohttp.web, jinja2, nh3, aiosmtpd, aiosmtplib, cryptography.x509, dkim, dns.asyncresolver, nacl.signing; print("    import ok:", pimail.__version__ if hasattr(pimail, "__version__") else "pimail")'
     systemctl --root="$ROOT" enable systemd-networkd.service systemd-resolved.service \
         systemd-timesyncd.service avahi-daemon.service pimail-data.service \
         pimail-firstboot.service pimail.service pimail-selftest.service >/dev/null 2>&1

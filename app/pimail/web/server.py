@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import logging
 import re
 import secrets
@@ -61,6 +62,8 @@ CSP = (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Each has `register(web: Web)`, which adds its pages with `Web.page`.
+PAGE_MODULES = ("mail", "settings", "admin", "wizard")
 
 
 class Web:
@@ -84,6 +87,8 @@ class Web:
         )
         self.http = web.Application(client_max_size=64 * 1024, middlewares=[self._security])
         self._routes()
+        for module in PAGE_MODULES:
+            importlib.import_module(f".{module}", __package__).register(self)
 
     # -- pages ------------------------------------------------------------------------
 
