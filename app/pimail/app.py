@@ -144,23 +144,29 @@ class Server:
             "challenge": t.acme_challenge,
         }
 
+    async def run_acme(self, force: bool = False) -> dict[str, Any]:
+        """One run of the ACME client (a child process, which decides whether
+        renewal is due and backs off by itself); reloads what it issued.
+        Returns its result, or {"status": "failed", "error": ...}."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pimail.tls.acme_client", json.dumps(self.acme_request(force)),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        lines = out.decode().strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            log.error("acme client failed: %s", err.decode().strip()[-1000:])
+            return {"status": "failed", "error": err.decode().strip()[-500:]}
+        result: dict[str, Any] = json.loads(lines[-1])
+        log.info("acme %s", " ".join(f"{k}={v}" for k, v in result.items()))
+        if result.get("status") == "issued" and self.certs is not None:
+            self.certs.reload()
+        return result
+
     async def _acme_loop(self) -> None:
-        """Check renewal now and then; the child process decides and backs off."""
+        """Check renewal now and then."""
         while True:
-            request = json.dumps(self.acme_request())
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pimail.tls.acme_client", request,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, err = await proc.communicate()
-            lines = out.decode().strip().splitlines()
-            if proc.returncode != 0 or not lines:
-                log.error("acme client failed: %s", err.decode().strip()[-1000:])
-            else:
-                result = json.loads(lines[-1])
-                log.info("acme %s", " ".join(f"{k}={v}" for k, v in result.items()))
-                if result.get("status") == "issued" and self.certs is not None:
-                    self.certs.reload()
+            await self.run_acme()
             await asyncio.sleep(self.settings.tls.acme_check_interval)
 
     async def _start_http(self) -> None:

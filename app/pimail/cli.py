@@ -12,21 +12,17 @@ import argparse
 import asyncio
 import getpass
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, config, db
+from . import __version__, admin_ops, config, db
 from .auth.accounts import Directory, DirectoryError
 from .auth.passwords import hash_password
 
 if TYPE_CHECKING:
     from .queue.store import QueueStore
-
-MIN_PASSWORD = 8
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,12 +194,8 @@ def cmd_serve(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_domain_add(settings: config.Settings, args: argparse.Namespace) -> None:
-    from .queue import dkim
-
-    directory = _directory(settings)
-    name = directory.add_domain(args.name)
+    name, created = admin_ops.add_domain(_directory(settings), args.name)
     print(f"added domain {name}")
-    created = dkim.generate_keys(directory.con, name)
     print(f"DKIM keys: {', '.join(k.selector for k in created)}")
     print(f"publish its DNS records: pimail dns {name}")
 
@@ -218,25 +210,20 @@ def cmd_domain_remove(settings: config.Settings, args: argparse.Namespace) -> No
     print(f"removed domain {args.name}")
 
 
-def _local_domain(directory: Directory, name: str) -> str:
-    from .auth.accounts import normalize_domain
-
-    directory.require_domain(name)
-    return normalize_domain(name)
+_local_domain = admin_ops.local_domain
 
 
 def cmd_dns(settings: config.Settings, args: argparse.Namespace) -> None:
     from .dns import records
-    from .queue import dkim
 
     directory = _directory(settings)
     domain = _local_domain(directory, args.name)
-    keys = dkim.keys(directory.con, domain)
+    wanted = admin_ops.dns_records(settings, directory, domain)
     print(f"; DNS records for {domain}, served by {settings.hostname}")
-    if not keys:
+    if not any(r.name.endswith("._domainkey." + domain) for r in wanted):
         print(f"; {domain} has no DKIM keys yet: pimail dkim rotate {domain} creates them")
     print()
-    for line in records.zone_lines(records.records(settings, domain, keys)):
+    for line in records.zone_lines(wanted):
         print(line)
     print()
     print(f"; MTA-STS policy, to serve at https://mta-sts.{domain}/.well-known/mta-sts.txt")
@@ -309,9 +296,7 @@ def read_password(prompt: str = "Password: ") -> str:
         password = first
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    if len(password) < MIN_PASSWORD:
-        raise ValueError(f"a password needs at least {MIN_PASSWORD} characters")
-    return password
+    return admin_ops.check_password(password)
 
 
 def cmd_user_add(settings: config.Settings, args: argparse.Namespace) -> None:
@@ -329,17 +314,8 @@ def cmd_user_list(settings: config.Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_user_remove(settings: config.Settings, args: argparse.Namespace) -> None:
-    account = _directory(settings).remove_account(args.address)
-    maildir = settings.mail_dir / account.domain / account.localpart
-    if maildir.is_dir():
-        target = (
-            settings.data_dir
-            / "removed"
-            / account.domain
-            / (f"{account.localpart}-{time.strftime('%Y%m%d-%H%M%S')}")
-        )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(maildir), target)
+    account, target = admin_ops.remove_account(settings, _directory(settings), args.address)
+    if target is not None:
         print(f"removed account {account.address}; its mail is kept in {target}")
     else:
         print(f"removed account {account.address}")
@@ -358,15 +334,8 @@ def cmd_user_hash(settings: config.Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_setup_apply(settings: config.Settings, args: argparse.Namespace) -> int:
-    """Headless first boot: what a [setup] table asks for, idempotently.
-
-    [setup]
-    domain = "example.org"
-    hostname = "mail.example.org"       # optional
-    admin = "admin@example.org"
-    password_hash = "$scrypt$..."       # from `pimail user hash`
-    setup_token = "..."                 # optional: the web wizard asks for it
-    """
+    """Headless first boot: what a [setup] table asks for, idempotently
+    (admin_ops.apply_setup says which keys it takes)."""
     import tomllib
 
     with open(args.file, "rb") as f:
@@ -374,37 +343,7 @@ def cmd_setup_apply(settings: config.Settings, args: argparse.Namespace) -> int:
     if not isinstance(setup, dict) or not setup:
         print(f"pimail: {args.file} has no [setup] table", file=sys.stderr)
         return 1
-    directory = _directory(settings)
-    if "domain" in setup and not directory.is_local_domain(setup["domain"]):
-        print(f"added domain {directory.add_domain(setup['domain'])}")
-    if "domain" in setup:
-        from .queue import dkim
-
-        if dkim.ensure_keys(directory.con, setup["domain"]):
-            print(f"DKIM keys made for {setup['domain']} (pimail dns {setup['domain']})")
-    if "hostname" in setup:
-        config.validate_override("hostname", setup["hostname"])
-        directory.con.execute(
-            "INSERT INTO settings (key, value) VALUES ('hostname', ?)"
-            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (json.dumps(setup["hostname"]),),
-        )
-        print(f"hostname = {setup['hostname']}")
-    if "admin" in setup:
-        stored = setup.get("password_hash", "")
-        if not stored.startswith("$scrypt$"):
-            print("pimail: [setup] admin needs a password_hash (pimail user hash)", file=sys.stderr)
-            return 1
-        if directory.account(setup["admin"]) is None:
-            account = directory.add_account(setup["admin"], stored, is_admin=True)
-            print(f"added account {account.address} (admin)")
-    if "setup_token" in setup:
-        token = settings.data_dir / "setup-token"
-        token.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(str(setup["setup_token"]) + "\n")
-        print("setup token stored")
+    admin_ops.apply_setup(settings, _directory(settings), setup, report=print)
     return 0
 
 
@@ -546,14 +485,7 @@ def cmd_spam_train(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_spam_stats(settings: config.Settings, args: argparse.Namespace) -> None:
-    from .filter.bayes import Bayes
-
-    account_id = _account_id(settings, args.address)
-    bayes = Bayes(settings.data_dir / "bayes.db")
-    try:
-        stats = bayes.stats(account_id)
-    finally:
-        bayes.close()
+    [stats] = admin_ops.spam_stats(settings, [_account_id(settings, args.address)])
     state = "scoring" if stats.trained else "learning (scores once it has 50 of each)"
     print(f"{args.address}: {stats.spam} spam, {stats.ham} ham, {stats.tokens} tokens; {state}")
 
@@ -610,13 +542,11 @@ def cmd_queue_list(settings: config.Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_queue_show(settings: config.Settings, args: argparse.Namespace) -> int:
-    from .store import headers
-
-    queue = _queue(settings)
-    m = queue.message(args.id)
-    if m is None:
+    detail = admin_ops.queue_detail(_queue(settings), args.id)
+    if detail is None:
         print(f"pimail: no message {args.id} in the queue", file=sys.stderr)
         return 1
+    m = detail.message
     print(f"id: {m.id}\nkind: {m.kind}\nsender: <{m.sender}>\naccount: {m.account or '-'}")
     print(f"size: {m.size}\nqueued: {_when(m.created)}\ndkim: {'signed' if m.dkim else 'no'}")
     for r in m.recipients:
@@ -624,10 +554,8 @@ def cmd_queue_show(settings: config.Settings, args: argparse.Namespace) -> int:
               f" next={_when(r.next_attempt)}")  # fmt: skip
         if r.last_error:
             print(f"    last error: {r.last_error}")
-    with open(queue.path(m.id), "rb") as f:
-        head = f.read(64 * 1024)
     print()
-    sys.stdout.write(head[: headers.header_end(head)].decode("utf-8", "replace"))
+    sys.stdout.write(detail.header)
     return 0
 
 
@@ -667,20 +595,13 @@ def cmd_config_set(settings: config.Settings, args: argparse.Namespace) -> None:
         value = args.value  # a bare string
     if from_stdin and args.key in config.SECRET_KEYS:
         value = args.value  # a password is taken as typed, even "123456"
-    config.validate_override(args.key, value)
-    con = db.open_main(settings.db_path)
-    con.execute(
-        "INSERT INTO settings (key, value) VALUES (?, ?)"
-        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (args.key, json.dumps(value)),
-    )
+    admin_ops.store_setting(db.open_main(settings.db_path), args.key, value)
     shown = "********" if args.key in config.SECRET_KEYS else json.dumps(value)
     print(f"{args.key} = {shown} (takes effect at the next start)")
 
 
 def cmd_config_unset(settings: config.Settings, args: argparse.Namespace) -> None:
-    con = db.open_main(settings.db_path)
-    con.execute("DELETE FROM settings WHERE key = ?", (args.key,))
+    admin_ops.unset_setting(db.open_main(settings.db_path), args.key)
     print(f"{args.key} unset")
 
 

@@ -273,7 +273,8 @@ def test_http_listener_serves_only_challenges(acme_setup) -> None:
 
     def get(path: str, raw: bytes | None = None) -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(raw or f"GET {path} HTTP/1.1\r\nHost: {NAME}\r\n\r\n".encode())
+            request = f"GET {path} HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n"
+            s.sendall(raw or request.encode())
             data = b""
             while chunk := s.recv(4096):
                 data += chunk
@@ -281,15 +282,14 @@ def test_http_listener_serves_only_challenges(acme_setup) -> None:
 
     assert get("/.well-known/acme-challenge/tok-en_1").endswith(b"\r\n\r\ntok-en_1.thumbprint")
     assert get("/.well-known/acme-challenge/missing").startswith(b"HTTP/1.1 404")
-    assert get("/.well-known/acme-challenge/../../pimail.db").startswith(b"HTTP/1.1 404")
+    escape = get("/.well-known/acme-challenge/../../pimail.db")  # normalised: /pimail.db
+    assert escape.startswith((b"HTTP/1.1 404", b"HTTP/1.1 301")) and b"SQLite" not in escape
     redirect = get("/webmail")
-    assert (
-        redirect.startswith(b"HTTP/1.1 301") and f"Location: https://{NAME}/".encode() in redirect
-    )
-    assert get("", b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
-    assert get("", b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 20000 + b"\r\n\r\n").startswith(
-        b"HTTP/1.1 431"
-    )
+    location = f"Location: https://{NAME}:{server.https_port}/webmail".encode()
+    assert redirect.startswith(b"HTTP/1.1 301") and location in redirect
+    assert get("", b"garbage\r\n\r\n")[:12] in (b"HTTP/1.1 400", b"HTTP/1.0 400")
+    huge_header = b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 20000 + b"\r\n\r\n"
+    assert get("", huge_header)[:12] in (b"HTTP/1.1 400", b"HTTP/1.0 400", b"HTTP/1.1 431")
     shutil.rmtree(challenges)
 
 

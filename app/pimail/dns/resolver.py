@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -117,16 +118,25 @@ class Resolver:
             raise errors[0]
         return found
 
-    async def txt(self, name: str) -> list[str]:
-        """Each TXT record's strings joined (RFC 7208 3.3); [] when none or no such name."""
+    async def records(self, name: str, rdtype: str) -> list[str]:
+        """The records of one type at `name` in presentation form ("10 mx.example.org."
+        for MX); [] when there are none or no such name. Temporary failures raise."""
+        answer = await self._answer(name, rdtype)
+        return [r.to_text() for r in answer if r.rdtype == dns.rdatatype.from_text(rdtype)]
+
+    async def _answer(self, name: str, rdtype: str) -> Any:
+        """The answer's records, or () when there are none or no such name."""
         try:
-            answer = await self._query(name, "TXT")
+            answer = await self._query(name, rdtype)
         except DnsError as e:
             if e.temporary:
                 raise
-            return []
-        if answer is None:
-            return []
+            return ()
+        return () if answer is None else answer
+
+    async def txt(self, name: str) -> list[str]:
+        """Each TXT record's strings joined (RFC 7208 3.3); [] when none or no such name."""
+        answer = await self._answer(name, "TXT")
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
     async def a_records(self, name: str) -> list[str]:
