@@ -224,15 +224,19 @@ class PimailServer:
             p for sub in ("new", "cur") if (base / sub).is_dir() for p in (base / sub).iterdir()
         )
 
-    def index_rows(self, address: str, folder: str = "INBOX") -> list[sqlite3.Row]:
+    def account_id(self, address: str) -> int:
         main = sqlite3.connect(self.data_dir / "pimail.db")
         local, domain = address.split("@")
-        row = main.execute(
+        [(account_id,)] = main.execute(
             "SELECT a.id FROM accounts a JOIN domains d ON d.id = a.domain_id"
             " WHERE a.localpart = ? AND d.name = ?",
             (local, domain),
-        ).fetchone()
+        ).fetchall()
         main.close()
+        return int(account_id)
+
+    def index_rows(self, address: str, folder: str = "INBOX") -> list[sqlite3.Row]:
+        row = (self.account_id(address),)
         con = sqlite3.connect(self.data_dir / "index.db")
         con.row_factory = sqlite3.Row
         rows = con.execute(

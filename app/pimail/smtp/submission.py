@@ -17,6 +17,12 @@ The same engine as the MX (server.py) with other policy:
 - Limits per account: `submission.max_recipients` per message (452 4.5.3) and
   `submission.max_messages_per_hour` (450 4.7.1, counted over the last 60
   minutes). Failed AUTH is limited per client address by the Authenticator.
+
+Everything after AUTH lives in `Submitter`, the one path by which an
+authenticated account's message enters the system: the SMTP hooks below call
+it step by step, the webmail (web/mail.py) calls `Submitter.submit` once. Both
+get the same instance (`Submitter.shared`), so the hourly limit counts
+messages from either.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import weakref
 from base64 import b64decode
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, AuthResult
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session
 
 from ..auth.accounts import Account, Directory, Resolution
 from ..auth.login import Authenticator, FailureLimiter, parse_sasl_plain
@@ -38,15 +46,220 @@ from .inbound import MAX_ADDRESS, InboundHandler
 log = logging.getLogger(__name__)
 
 
+class SubmissionRefused(Exception):
+    """A message the submission path will not take; `reply` is the SMTP reply
+    (code, enhanced status, text) that says why."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+    @property
+    def text(self) -> str:
+        """The reply without its codes, for people."""
+        parts = self.reply.split(" ", 2)
+        return parts[2] if len(parts) == 3 and "." in parts[1] else self.reply[4:]
+
+
+@dataclass
+class Routing:
+    """Where a submitted message goes: local accounts now, the rest to the queue."""
+
+    recipients: list[str] = field(default_factory=list)  # as given (RCPT TO)
+    accounts: dict[int, Account] = field(default_factory=dict)
+    remote: list[str] = field(default_factory=list)  # queued for other domains
+
+
+# One Submitter per store (that is, per server): SMTP and the webmail share it.
+_SHARED: weakref.WeakKeyDictionary[Any, Submitter] = weakref.WeakKeyDictionary()
+
+
+class Submitter:
+    """Accepting a message from an authenticated account: who it may send as,
+    where it goes, how it is completed, and the hourly limit."""
+
+    def __init__(self, settings: Any, directory: Directory, store: Any, queue: Any) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.store = store
+        self.queue = queue
+        # Messages per account in a sliding hour: the same window as failed
+        # logins (in memory: a restart forgets, which errs on the user's side).
+        self.per_hour = settings.submission.max_messages_per_hour
+        self.sent = FailureLimiter(self.per_hour, 3600.0)
+        # Local delivery, as the MX does it after its filter (which this one lacks).
+        self.local = InboundHandler(settings, directory, store, queue)
+
+    @classmethod
+    def shared(cls, settings: Any, directory: Directory, store: Any, queue: Any) -> Submitter:
+        found = _SHARED.get(store)
+        if found is None:
+            found = _SHARED[store] = cls(settings, directory, store, queue)
+        return found
+
+    # -- the envelope -----------------------------------------------------------------
+
+    def owns(self, account: Account, address: str) -> bool:
+        """Whether `account` may send as `address` (no catch-all, RFC 6409 8.1)."""
+        return any(a.id == account.id for a in self.directory.owners(address))
+
+    def check_sender(self, account: Account, address: str) -> str | None:
+        """MAIL FROM: the refusal, or None."""
+        if address == "<>" or not self.owns(account, address):
+            return f"553 5.7.1 <{address}>: not an address of {account.address}"
+        if self.sent.blocked(account.address):
+            log.warning("sending limit reached account=%s", account.address)
+            return (
+                f"450 4.7.1 Sending limit of {self.per_hour} messages an hour reached,"
+                " try again later"
+            )
+        return None
+
+    def add_recipient(self, routing: Routing, address: str) -> str:
+        """RCPT TO: route `address` (local accounts, or the queue); the reply."""
+        if len(routing.recipients) >= self.settings.submission.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if len(address) > MAX_ADDRESS or "@" not in address.strip("@"):
+            return "553 5.1.3 Recipient address malformed"
+        forwards: list[str] = []
+        resolution, accounts = self.directory.resolve(address, forwards)
+        if resolution is Resolution.RELAY_DENIED:
+            forwards = [address]
+        elif resolution is Resolution.UNKNOWN_USER:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        for target in forwards:
+            if target not in routing.remote:
+                routing.remote.append(target)
+        routing.recipients.append(address)
+        for account in accounts:
+            routing.accounts[account.id] = account
+        return "250 2.1.5 Ok"
+
+    # -- the message --------------------------------------------------------------------
+
+    def check_from(self, account: Account, head: bytes) -> str | None:
+        """Every From: address must be the account's own: the refusal, or None."""
+        for name, value in headers.fields(head):
+            if name != b"from":
+                continue
+            text = value.decode("utf-8", "replace")
+            for _display, address in email.utils.getaddresses([text]):
+                if address and not self.owns(account, address):
+                    return f"553 5.7.1 From: <{address}> is not an address of {account.address}"
+        return None
+
+    async def complete(self, message: Incoming, trace_length: int, mail_from: str) -> None:
+        """RFC 6409 8.2, 8.3: add Date and Message-ID when missing."""
+        head = bytes(message.head)
+        end = headers.header_end(head)
+        if end >= len(head) and len(head) >= headers.MAX_HEADER:
+            return  # a header block too large to see whole: leave it be
+        present = {name for name, _ in headers.fields(head[trace_length:])}
+        added = b""
+        if b"date" not in present:
+            added += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
+        if b"message-id" not in present:
+            domain = mail_from.rpartition("@")[2] or self.settings.hostname
+            added += f"Message-ID: {email.utils.make_msgid(domain=domain)}\r\n".encode()
+        if added:  # a spilled message is rewritten: not on the event loop
+            await asyncio.to_thread(message.insert, trace_length, added)
+
+    async def accept(self, account: Account, session: Any, envelope: Any, routing: Routing) -> str:
+        """Queue for the remote recipients, deliver to the local ones (both
+        durable before it returns), count it against the hourly limit; the reply.
+        Local delivery is the MX's own (`InboundHandler.handle_DATA`, without the
+        content filter: the sender is authenticated), so what follows a delivery
+        there (vacation replies) follows this one too."""
+        message: Incoming = envelope.incoming
+        queued = ""
+        if routing.remote:
+            try:
+                queued = await self.queue.enqueue(
+                    message, envelope.mail_from, routing.remote, account.address
+                )
+            except Exception:
+                log.exception("queueing failed id=%s", envelope.queue_id)
+                return "451 4.3.0 Could not queue the message, try again later"
+        if routing.accounts:
+            envelope.accounts = dict(routing.accounts)
+            envelope.forwards = []  # the Routing queued them already
+            reply = await self.local.handle_DATA(None, session, envelope)
+            if not reply.startswith("250"):
+                return reply
+        else:
+            message.discard()
+        self.sent.failed(account.address)  # counted, not failed: the same sliding window
+        log.info(
+            "submitted id=%s account=%s local=%d remote=%d queue_id=%s size=%d",
+            envelope.queue_id, account.address, len(routing.accounts), len(routing.remote),
+            queued or "-", message.size,
+        )  # fmt: skip
+        return f"250 2.0.0 Ok: queued as {queued or envelope.queue_id}"
+
+    async def submit(
+        self,
+        account: Account,
+        message: Incoming,
+        mail_from: str,
+        recipients: list[str],
+        *,
+        client: str,
+        queue_id: str,
+        trace_length: int = 0,
+    ) -> str:
+        """The whole submission at once (the webmail): every check SMTP makes at
+        MAIL, RCPT and DATA, in that order. Returns the 250 reply; raises
+        SubmissionRefused with the first refusal. The caller discards `message`."""
+        refusal = self.check_sender(account, mail_from)
+        if refusal is not None:
+            raise SubmissionRefused(refusal)
+        if not recipients:
+            raise SubmissionRefused("554 5.5.1 No valid recipients")
+        routing = Routing()
+        for address in recipients:
+            reply = self.add_recipient(routing, address)
+            if not reply.startswith("250"):
+                raise SubmissionRefused(reply)
+        refusal = self.check_from(account, bytes(message.head)[trace_length:])
+        if refusal is not None:
+            raise SubmissionRefused(refusal)
+        await self.complete(message, trace_length, mail_from)
+        session = Session(asyncio.get_running_loop())
+        session.peer = (client, 0)
+        session.host_name = "webmail"
+        session.authenticated = True
+        session.auth_data = account
+        envelope = Envelope()
+        envelope.mail_from = mail_from
+        envelope.rcpt_tos = list(routing.recipients)
+        envelope.incoming = message  # type: ignore[attr-defined]
+        envelope.queue_id = queue_id  # type: ignore[attr-defined]
+        reply = await self.accept(account, session, envelope, routing)
+        if not reply.startswith("250"):
+            raise SubmissionRefused(reply)
+        return reply
+
+    def trace_headers(
+        self, *, client: str, protocol: str, queue_id: str, recipients: list[str], mail_from: str
+    ) -> bytes:
+        """Return-Path and Received (RFC 5321 4.4) for a message that did not come
+        over SMTP (the webmail: `protocol` "HTTPSA", client its address)."""
+        received = (
+            f"Received: from webmail ([{client}])\r\n"
+            f"\tby {self.settings.hostname} (pimail) with {protocol} id {queue_id}"
+        )
+        if len(recipients) == 1:
+            received += f"\r\n\tfor <{recipients[0]}>"
+        received += f"; {email.utils.formatdate(localtime=True)}\r\n"
+        return f"Return-Path: <{mail_from}>\r\n{received}".encode("utf-8", "surrogateescape")
+
+
 class SubmissionHandler(InboundHandler):
     def __init__(self, settings: Any, directory: Directory, store: Any,
                  authenticator: Authenticator, queue: Any) -> None:  # fmt: skip
         super().__init__(settings, directory, store, queue)
         self.authenticator = authenticator
-        # Messages per account in a sliding hour: the same window as failed
-        # logins (in memory: a restart forgets, which errs on the user's side).
-        self.per_hour = settings.submission.max_messages_per_hour
-        self.sent = FailureLimiter(self.per_hour, 3600.0)
+        self.submitter = Submitter.shared(settings, directory, store, queue)
 
     # -- AUTH (aiosmtpd calls the handler's auth_<MECHANISM> in place of its own) --
 
@@ -95,11 +308,10 @@ class SubmissionHandler(InboundHandler):
             return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
         return AuthResult(success=True, auth_data=account)
 
-    # -- the envelope -------------------------------------------------------------
+    # -- the envelope and the message: the Submitter's steps, one per hook ---------------
 
     def owns(self, account: Account, address: str) -> bool:
-        """Whether `account` may send as `address` (no catch-all, RFC 6409 8.1)."""
-        return any(a.id == account.id for a in self.directory.owners(address))
+        return self.submitter.owns(account, address)
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
@@ -107,89 +319,26 @@ class SubmissionHandler(InboundHandler):
         account: Account | None = session.auth_data
         if account is None:
             return "530 5.7.0 Authentication required"
-        if address == "<>" or not self.owns(account, address):
-            return f"553 5.7.1 <{address}>: not an address of {account.address}"
-        if self.sent.blocked(account.address):
-            log.warning("sending limit reached account=%s", account.address)
-            return (
-                f"450 4.7.1 Sending limit of {self.per_hour} messages an hour reached,"
-                " try again later"
-            )
+        refusal = self.submitter.check_sender(account, address)
+        if refusal is not None:
+            return refusal
         reply = await super().handle_MAIL(server, session, envelope, address, mail_options)
-        envelope.remote_rcpts = []
+        envelope.routing = Routing()
         return reply
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.settings.submission.max_recipients:
-            return "452 4.5.3 Too many recipients"
-        if len(address) > MAX_ADDRESS or "@" not in address.strip("@"):
-            return "553 5.1.3 Recipient address malformed"
-        forwards: list[str] = []
-        resolution, accounts = self.directory.resolve(address, forwards)
-        if resolution is Resolution.RELAY_DENIED:
-            forwards = [address]
-        for target in forwards:
-            if target not in envelope.remote_rcpts:
-                envelope.remote_rcpts.append(target)
-        if resolution is Resolution.RELAY_DENIED:
+        reply = self.submitter.add_recipient(envelope.routing, address)
+        if reply.startswith("250"):
             envelope.rcpt_tos.append(address)
-            return "250 2.1.5 Ok"
-        if resolution is Resolution.UNKNOWN_USER:
-            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
-        envelope.rcpt_tos.append(address)
-        for account in accounts:
-            envelope.accounts[account.id] = account
-        return "250 2.1.5 Ok"
+        return reply
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         account: Account = session.auth_data
-        for name, value in headers.fields(bytes(envelope.incoming.head)):
-            if name != b"from":
-                continue
-            text = value.decode("utf-8", "replace")
-            for _display, address in email.utils.getaddresses([text]):
-                if address and not self.owns(account, address):
-                    return f"553 5.7.1 From: <{address}> is not an address of {account.address}"
-        await self._complete(envelope)
         message: Incoming = envelope.incoming
-        queued = ""
-        if envelope.remote_rcpts:
-            try:
-                queued = await self.queue.enqueue(
-                    message, envelope.mail_from, envelope.remote_rcpts, account.address
-                )
-            except Exception:
-                log.exception("queueing failed id=%s", envelope.queue_id)
-                return "451 4.3.0 Could not queue the message, try again later"
-        if envelope.accounts:
-            reply = await super().handle_DATA(server, session, envelope)
-            if not reply.startswith("250"):
-                return reply
-        else:
-            message.discard()
-        self.sent.failed(account.address)  # counted, not failed: the same sliding window
-        log.info(
-            "submitted id=%s account=%s local=%d remote=%d queue_id=%s size=%d",
-            envelope.queue_id, account.address, len(envelope.accounts),
-            len(envelope.remote_rcpts), queued or "-", message.size,
-        )  # fmt: skip
-        return f"250 2.0.0 Ok: queued as {queued or envelope.queue_id}"
-
-    async def _complete(self, envelope: Any) -> None:
-        """RFC 6409 8.2, 8.3: add Date and Message-ID when missing."""
-        message: Incoming = envelope.incoming
-        head = bytes(message.head)
-        end = headers.header_end(head)
-        if end >= len(head) and len(head) >= headers.MAX_HEADER:
-            return  # a header block too large to see whole: leave it be
-        present = {name for name, _ in headers.fields(head[envelope.trace_length :])}
-        added = b""
-        if b"date" not in present:
-            added += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
-        if b"message-id" not in present:
-            domain = envelope.mail_from.rpartition("@")[2] or self.settings.hostname
-            added += f"Message-ID: {email.utils.make_msgid(domain=domain)}\r\n".encode()
-        if added:  # a spilled message is rewritten: not on the event loop
-            await asyncio.to_thread(message.insert, envelope.trace_length, added)
+        refusal = self.submitter.check_from(account, bytes(message.head))
+        if refusal is not None:
+            return refusal
+        await self.submitter.complete(message, envelope.trace_length, envelope.mail_from)
+        return await self.submitter.accept(account, session, envelope, envelope.routing)
