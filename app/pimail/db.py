@@ -83,6 +83,36 @@ MAIN_MIGRATIONS: list[str] = [
         seen INTEGER NOT NULL
     ) WITHOUT ROWID
     """,
+    # 5: each account's vacation auto-reply (smtp/vacation.py) and whom it answered
+    """
+    CREATE TABLE vacations (
+        account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+        enabled INTEGER NOT NULL DEFAULT 0,
+        subject TEXT NOT NULL DEFAULT '',   -- empty: 'Auto: ' and the original subject
+        body TEXT NOT NULL DEFAULT '',
+        start_date TEXT,                    -- 'YYYY-MM-DD' in server local time, inclusive
+        end_date TEXT,                      -- inclusive, NULL: until switched off
+        days INTEGER NOT NULL DEFAULT 7,    -- one reply per sender in this many days
+        updated INTEGER NOT NULL
+    );
+    CREATE TABLE vacation_replies (
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        sender TEXT NOT NULL,               -- the envelope sender answered, lower case
+        sent INTEGER NOT NULL,              -- unix time of the last reply
+        PRIMARY KEY (account_id, sender)
+    ) WITHOUT ROWID;
+    CREATE INDEX vacation_replies_sent ON vacation_replies(sent)
+    """,
+    # 6: account ids are never used twice. The mail index (index.db) and the
+    # Bayes database are keyed by account id: a new account must not inherit
+    # a removed one's rows (auth/accounts.py add_account).
+    """
+    CREATE TABLE id_sequence (
+        name TEXT PRIMARY KEY,
+        last INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO id_sequence (name, last) SELECT 'accounts', coalesce(max(id), 0) FROM accounts
+    """,
 ]
 
 INDEX_MIGRATIONS: list[str] = [

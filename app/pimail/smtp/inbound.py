@@ -51,6 +51,7 @@ class InboundHandler:
         self.queue = queue  # forwards aliases to other domains; None: nobody outside
         self.pipeline = pipeline  # filter/pipeline.py; None: no content filtering
         self.greylist: Any = None  # filter/greylist.py, opened at the first use
+        self.vacation: Any = None  # smtp/vacation.py, made at the first delivery
         self.delivered = 0
 
     async def handle_EHLO(
@@ -188,6 +189,13 @@ class InboundHandler:
             len(placements),
             message.size,
         )
+        if self.vacation is None:
+            from .vacation import Responder
+
+            self.vacation = Responder(self.settings, self.store, self.queue)
+        # Auto-replies (RFC 3834): decided now, sent later; never raises.
+        self.vacation.after_delivery(reverse_path(envelope), bytes(message.head), accounts,
+                                     placements)  # fmt: skip
         return f"250 2.0.0 Ok: delivered as {envelope.queue_id}"
 
     async def _filter(
