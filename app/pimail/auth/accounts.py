@@ -131,14 +131,27 @@ class Directory:
         if self._alias_targets(domain_id, localpart):
             raise DirectoryError(f"{localpart}@{domain} is an alias already")
         try:
-            cur = self.con.execute(
-                "INSERT INTO accounts (domain_id, localpart, password_hash, is_admin, created)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (domain_id, localpart, password_hash, int(is_admin), int(time.time())),
-            )
+            with transaction(self.con):
+                # Never an id a removed account had: the mail index and the Bayes
+                # database are keyed by it (db.MAIN_MIGRATIONS 6).
+                (account_id,) = self.con.execute(
+                    "SELECT max(coalesce((SELECT last FROM id_sequence WHERE name = 'accounts'),"
+                    " 0), coalesce((SELECT max(id) FROM accounts), 0)) + 1"
+                ).fetchone()
+                self.con.execute(
+                    "INSERT INTO accounts (id, domain_id, localpart, password_hash, is_admin,"
+                    " created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (account_id, domain_id, localpart, password_hash, int(is_admin),
+                     int(time.time())),
+                )  # fmt: skip
+                self.con.execute(
+                    "INSERT INTO id_sequence (name, last) VALUES ('accounts', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET last = excluded.last",
+                    (account_id,),
+                )
         except sqlite3.IntegrityError as e:
             raise DirectoryError(f"account {localpart}@{domain} exists already") from e
-        return Account(cur.lastrowid or 0, localpart, domain, is_admin, 0)
+        return Account(account_id, localpart, domain, is_admin, 0)
 
     def remove_account(self, address: str) -> Account:
         account = self.account(address)
