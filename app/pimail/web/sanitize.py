@@ -223,7 +223,7 @@ def text_to_html(text: str) -> str:
     """A text/plain body as safe HTML: escaped, URLs linked, line breaks kept."""
     text = _valid_unicode(text).replace("\x00", "\ufffd")
     body = "<br>".join(_linkify(line) for line in _NEWLINE.split(text))
-    return f'<div style="white-space:pre-wrap;overflow-wrap:anywhere">{body}</div>'
+    return f'<div class="mail-text">{body}</div>'
 
 
 def link_href(url: str) -> str | None:

@@ -148,7 +148,9 @@ class Web:
         headers = response.headers
         headers.setdefault("Content-Security-Policy", CSP)
         headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Referrer-Policy", "no-referrer")
+        # Not "no-referrer": with it, Chromium sends "Origin: null" on our own form
+        # posts, and the Origin check below could not tell them from cross-site ones.
+        headers.setdefault("Referrer-Policy", "same-origin")
         headers.setdefault("X-Frame-Options", "SAMEORIGIN")
         if request.secure:
             headers.setdefault("Strict-Transport-Security", "max-age=31536000")
