@@ -52,6 +52,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .names import normalize_name
+
 log = logging.getLogger(__name__)
 
 # The name of the pair ensure_certificates() maintains under live/.
@@ -73,7 +75,6 @@ CA_RENEW_BEFORE = dt.timedelta(days=365)
 # RFC 5280 appendix A.1: ub-common-name is 64 characters.
 _CN_MAX = 64
 _KEEP_VERSIONS = 2
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _PAIR_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
@@ -213,26 +214,6 @@ def server_names(
         if name not in names:
             names.append(name)
     return names
-
-
-def normalize_name(name: str) -> str:
-    """A DNS name in lowercase A-labels without the trailing dot, or an IP literal.
-
-    Raises ValueError for anything that cannot go into a certificate.
-    """
-    text = name.strip()
-    with contextlib.suppress(ValueError):
-        return str(ipaddress.ip_address(text.strip("[]")))
-    text = text.rstrip(".").lower()
-    if not text.isascii():
-        text = text.encode("idna").decode("ascii")  # RFC 5280 7.2: IDNs as A-labels
-    labels = text.split(".")
-    # RFC 6125 6.4.3: a wildcard only as the whole left-most label.
-    if labels[0] == "*" and len(labels) > 2:
-        labels = labels[1:]
-    if len(text) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise ValueError(f"not a host name: {name!r}")
-    return text
 
 
 # -- the CA ---------------------------------------------------------------------------

@@ -40,13 +40,10 @@ from dataclasses import dataclass
 from typing import Literal
 from xml.parsers import expat
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from ..auth.accounts import DirectoryError, split_address
 from ..auth.accounts import normalize_domain as _directory_normalize_domain
 from ..config import Settings, parse_listen
-from ..tls.ca import normalize_name
+from ..tls.names import normalize_name
 
 THUNDERBIRD_PATH = "/mail/config-v1.1.xml"
 THUNDERBIRD_WELL_KNOWN_PATH = "/.well-known/autoconfig/mail/config-v1.1.xml"
@@ -430,6 +427,11 @@ def _reverse_dns(host: str) -> str:
 
 def _certificate_der(certificate: bytes | str) -> bytes:
     """DER of one X.509 certificate given in PEM or DER; ValueError otherwise."""
+    # Imported here: `cryptography` is 10 MiB of a process that otherwise never
+    # needs it (only a profile with the internal CA does).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     data = certificate.encode("ascii") if isinstance(certificate, str) else certificate
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
