@@ -267,6 +267,24 @@ def page(context: BrowserContext) -> Page:
     return context.new_page()
 
 
+def open_context(browser: Browser, base_url: str, log: BrowserLog) -> BrowserContext:
+    """Another context set up as the `context` fixture's (a second user logged in
+    beside the first, say), reporting to the same `log`, so that what its pages
+    report fails the test too. The caller closes it, after `settle(context)`."""
+    context = browser.new_context(
+        base_url=base_url,
+        ignore_https_errors=False,
+        viewport={"width": 1280, "height": 800},
+        locale="en-US",
+    )
+    context.set_default_timeout(TIMEOUT_MS)
+    context.on("console", log.on_console)
+    context.on("weberror", lambda error: log.add("pageerror", str(error.error)))
+    context.expose_binding("__pimailCspViolation", lambda _source, text: log.add("csp", str(text)))
+    context.add_init_script(_CSP_INIT_SCRIPT)
+    return context
+
+
 def settle(context: BrowserContext) -> None:
     """Let reports already sent by the pages arrive (one round trip each)."""
     for p in context.pages:
