@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     x = u.add_parser("passwd", help="set an account's password (from a prompt or stdin)")
     x.add_argument("address")
     x.set_defaults(func=cmd_user_passwd)
+    x = u.add_parser("quota", help="show an account's quota and usage, or set the quota")
+    x.add_argument("address")
+    x.add_argument(
+        "size", nargs="?", help="octets, or with K, M, G (KiB, MiB, GiB); 0 or none: no quota"
+    )
+    x.set_defaults(func=cmd_user_quota)
 
     a = sub.add_parser("alias", help="aliases and catch-alls").add_subparsers(metavar="ACTION")
     x = a.add_parser("add", help="alias SOURCE (local@domain or @domain) to TARGET...")
@@ -327,6 +333,42 @@ def cmd_user_passwd(settings: config.Settings, args: argparse.Namespace) -> None
         raise DirectoryError(f"no account {args.address}")
     directory.set_password(args.address, hash_password(read_password("New password: ")))
     print(f"password changed for {args.address}")
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'500M' -> 524288000 (binary units, as Dovecot reads quota sizes); 'none' -> 0."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    if value in ("NONE", "0"):
+        return 0
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _UNITS else (value, "")
+    if not number.isdigit() or len(number) > 15:
+        raise ValueError(f"not a size: {text!r} (say 2000000, 500M or 2G)")
+    return int(number) * _UNITS[unit]
+
+
+def cmd_user_quota(settings: config.Settings, args: argparse.Namespace) -> None:
+    from .store import quota
+
+    directory = _directory(settings)
+    if args.size is not None:
+        admin_ops.set_quota(directory, args.address, parse_size(args.size))
+    account = directory.account(args.address)
+    if account is None:
+        raise DirectoryError(f"no account {args.address}")
+    used = 0
+    if settings.index_path.exists():
+        index = db.open_index(settings.index_path)
+        try:
+            used = quota.usage(index, account.id)
+        finally:
+            index.close()
+    mib = 1024 * 1024
+    limit = f"{account.quota_bytes / mib:.1f} MiB" if account.quota_bytes else "no quota"
+    print(f"{account.address}: {used / mib:.1f} MiB used ({used} octets), {limit}"
+          + (f" ({account.quota_bytes} octets)" if account.quota_bytes else ""))  # fmt: skip
 
 
 def cmd_user_hash(settings: config.Settings, args: argparse.Namespace) -> None:

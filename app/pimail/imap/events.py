@@ -195,6 +195,12 @@ class GetQuotaRoot(Command):
     mailbox: str
 
 
+@dataclass(frozen=True)
+class SetQuota(Command):
+    root: str
+    limits: tuple[tuple[str, int], ...]  # (resource name, upper case; limit)
+
+
 # -- selected state (RFC 9051 6.4) -----------------------------------------------
 
 

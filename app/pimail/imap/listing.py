@@ -141,7 +141,8 @@ def status_items(
         "SELECT count(*), coalesce(sum(size), 0),"
         " coalesce(sum((' ' || flags || ' ') NOT LIKE '% \\Seen %'), 0),"
         " coalesce(sum((' ' || flags || ' ') LIKE '% \\Deleted %'), 0),"
-        " coalesce(sum(subdir = 'new'), 0)"
+        " coalesce(sum(subdir = 'new'), 0),"
+        " coalesce(sum(CASE WHEN (' ' || flags || ' ') LIKE '% \\Deleted %' THEN size END), 0)"
         " FROM messages WHERE mailbox_id = ?",
         (mailbox_id,),
     ).fetchone()
@@ -157,5 +158,8 @@ def status_items(
         "UIDNEXT": box[0],
         "UIDVALIDITY": box[1],
         "HIGHESTMODSEQ": box[2],
+        # RFC 9208 4.1.4: what EXPUNGE would free, the RFC822.SIZEs of the
+        # \Deleted messages (exact here: the size is what is stored).
+        "DELETED-STORAGE": row[5],
     }
     return [(item.upper(), values[item.upper()]) for item in items if item.upper() in values]

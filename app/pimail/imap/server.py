@@ -123,6 +123,11 @@ class Connection:
             if event is None:
                 return
             if isinstance(event, ev.NeedContinuation):
+                refusal = await s.literal_refusal(event)
+                if refusal is not None:  # the client sends no data: the command is over
+                    self.parser.reject_literal()
+                    s.send(refusal)
+                    continue
                 s.send("+ Ready for literal data\r\n")
                 await self._flush()
                 continue

@@ -25,6 +25,7 @@ from typing import Any
 from .. import __version__
 from ..auth.accounts import Account
 from ..auth.login import parse_sasl_plain
+from ..store import quota
 from ..store.ops import StoreError
 from . import events as ev
 from . import fetch as fetching
@@ -123,6 +124,7 @@ class Session:
             "CREATE-SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "ESEARCH", "SEARCHRES",
             "CONDSTORE", "QRESYNC", "UNSELECT", "BINARY", "UTF8=ACCEPT", "STATUS=SIZE",
             f"APPENDLIMIT={self.ctx.settings.imap.max_append_size}",
+            "QUOTA", "QUOTA=RES-STORAGE",  # RFC 9208, read-only: no QUOTASET
         ]  # fmt: skip
         return " ".join(caps)
 
@@ -368,8 +370,75 @@ class Session:
             raise No("No such mailbox", "TRYCREATE") from e
         flags = [f for f in c.flags if f.lower() != "\\recent"]
         when = c.internal_date.timestamp() if c.internal_date else None
-        uidvalidity, uid = await store.run(store.append, mbox.id, c.message, flags, when)
+        uidvalidity, uid = await store.run(
+            store.append, mbox.id, c.message, flags, when, self._quota_limit()
+        )  # NO [OVERQUOTA] from the store when it does not fit (store/quota.py)
         return f"OK [APPENDUID {uidvalidity} {uid}] APPEND completed"
+
+    async def literal_refusal(self, event: ev.NeedContinuation) -> str | None:
+        """The tagged answer that refuses a synchronising literal instead of "+"
+        (RFC 9051 7.6), or None to take it: an APPEND that cannot fit the quota
+        is refused before the client uploads it. (The literal may be the mailbox
+        name rather than the message, a few octets: refused only when those
+        would not fit either, and then the message would not.) The store checks
+        again when the message is in (`cmd_append`)."""
+        if event.command != "APPEND" or self.account is None:
+            return None
+        limit = self._quota_limit()
+        if limit <= 0:
+            return None
+        try:
+            used = await self.ctx.reader.run(quota.usage, self.me.id)
+        except sqlite3.Error:
+            log.exception("quota usage unreadable account=%s", self.me.address)
+            return None  # take the literal: the store decides
+        if quota.Quota(used, limit).fits(event.size):
+            return None
+        log.info("quota refused append account=%s used=%d size=%d limit=%d",
+                 self.me.address, used, event.size, limit)  # fmt: skip
+        return f"{event.tag} NO [OVERQUOTA] Quota exceeded (mailbox full)\r\n"
+
+    # -- QUOTA (RFC 9208), read-only: one quota root per account ------------------------
+
+    def _quota_limit(self) -> int:
+        """The account's limit in octets (0: none), read now: an administrator
+        may change it while the session lasts (pimail.db, nothing cached)."""
+        account = self.ctx.directory.account_by_id(self.me.id)
+        return account.quota_bytes if account is not None else self.me.quota_bytes
+
+    async def _send_quota(self) -> None:
+        """RFC 9208 4.2.1: * QUOTA "" (STORAGE used limit), in units of 1024
+        octets (5.1), rounded up so that a full account never looks otherwise."""
+        limit = self._quota_limit()
+        used = await self.ctx.reader.run(quota.usage, self.me.id)
+        self.send(f'* QUOTA "" (STORAGE {-(-used // 1024)} {-(-limit // 1024)})\r\n')
+
+    async def cmd_getquotaroot(self, c: ev.GetQuotaRoot) -> str:
+        store = self.ctx.store
+        try:
+            mbox = await store.run(store.open_mailbox, self.me, c.mailbox)
+        except StoreError as e:
+            raise No("No such mailbox", "NONEXISTENT") from e
+        # RFC 9208 4.1.2: every folder of the account is under the root "";
+        # an account without a quota has no root at all.
+        if self._quota_limit() <= 0:
+            self.send(b"* QUOTAROOT " + self.quote_mailbox(mbox.name) + b"\r\n")
+        else:
+            self.send(b"* QUOTAROOT " + self.quote_mailbox(mbox.name) + b' ""\r\n')
+            await self._send_quota()
+        return "OK GETQUOTAROOT completed"
+
+    async def cmd_getquota(self, c: ev.GetQuota) -> str:
+        # RFC 9208 4.1.1: a root that does not exist is a NO.
+        if c.root != "" or self._quota_limit() <= 0:
+            raise No("No such quota root", "NONEXISTENT")
+        await self._send_quota()
+        return "OK GETQUOTA completed"
+
+    async def cmd_setquota(self, c: ev.SetQuota) -> str:
+        # RFC 9208 4.1.3: only for servers that announce QUOTASET. Limits are the
+        # administrator's (pimail user quota, the admin pages).
+        raise No("Quotas are set by the administrator", "NOPERM")
 
     async def cmd_idle(self, c: ev.Idle) -> None:
         self.idling = c.tag
@@ -537,8 +606,12 @@ class Session:
         uids = self._uids_of(c.sequence_set, c.uid)
         if not uids:
             return f"OK {'MOVE' if move else 'COPY'} completed (nothing to do)"
-        op = store.move if move else store.copy
-        uidvalidity, pairs = await store.run(op, sel.mailbox_id, uids, target.id)
+        if move:  # never refused for quota: the account's usage stays (store/quota.py)
+            uidvalidity, pairs = await store.run(store.move, sel.mailbox_id, uids, target.id)
+        else:
+            uidvalidity, pairs = await store.run(
+                store.copy, sel.mailbox_id, uids, target.id, self._quota_limit()
+            )
         if not pairs:
             return "OK Nothing copied"
         source = SequenceSet.from_numbers(p[0] for p in pairs)
@@ -643,7 +716,7 @@ _STATE = {
     "Select": "auth", "Create": "auth", "Delete": "auth", "Rename": "auth",
     "Subscribe": "auth", "Unsubscribe": "auth", "List": "auth", "Lsub": "auth",
     "Namespace": "auth", "Status": "auth", "Append": "auth", "Idle": "auth",
-    "Enable": "auth", "GetQuota": "auth", "GetQuotaRoot": "auth",
+    "Enable": "auth", "GetQuota": "auth", "GetQuotaRoot": "auth", "SetQuota": "auth",
     "Close": "selected", "Unselect": "selected", "Expunge": "selected",
     "Search": "selected", "Fetch": "selected", "Store": "selected",
     "Copy": "selected", "Move": "selected", "Check": "selected",

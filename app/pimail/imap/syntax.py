@@ -7,7 +7,7 @@ served by the same grammar: it accepts what rev1 sends that rev2 dropped
 (CHECK, LSUB, RECENT/NEW/OLD search keys, RFC822.* fetch items, mUTF-7 names).
 Extensions understood: LITERAL+ (framing), SASL-IR, ENABLE, CONDSTORE/QRESYNC,
 LIST-EXTENDED, LIST-STATUS, SPECIAL-USE, ESEARCH, SEARCHRES, BINARY, MOVE,
-UIDPLUS, UNSELECT, ID, QUOTA, WITHIN.
+UIDPLUS, UNSELECT, ID, QUOTA (RFC 9208), WITHIN.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from pimail.imap.events import (
     Rename,
     Search,
     Select,
+    SetQuota,
     StartTLS,
     Status,
     Store,
@@ -387,10 +388,11 @@ def _lsub(r: Reader, tag: str, uid: bool) -> Command:
     return Lsub(tag, reference, pattern)
 
 
-# RFC 9051 6.3.11 (RECENT from RFC 3501, HIGHESTMODSEQ from RFC 7162 3.1.2.1).
+# RFC 9051 6.3.11 (RECENT from RFC 3501, HIGHESTMODSEQ from RFC 7162 3.1.2.1,
+# DELETED-STORAGE from RFC 9208 4.1.4).
 STATUS_ITEMS = (
     "MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "RECENT",
-    "HIGHESTMODSEQ",
+    "HIGHESTMODSEQ", "DELETED-STORAGE",
 )  # fmt: skip
 
 
@@ -637,6 +639,23 @@ _STORE_ITEM = re.compile(rb"[+-]?[A-Za-z.]+")
 _STORE_ACTIONS: dict[str, StoreAction] = {"+": "add", "-": "remove", "": "replace"}
 
 
+def _setquota(r: Reader, tag: str, uid: bool) -> Command:
+    # RFC 9208 4.1.3: SETQUOTA quota-root SP "(" [setquota-resource
+    # *(SP setquota-resource)] ")", setquota-resource = resource-name SP number64.
+    r.sp()
+    root = r.astring_text("Quota root")
+    r.sp()
+
+    def resource() -> tuple[str, int]:
+        name = r.keyword()
+        r.sp()
+        return name, r.number64("Resource limit")
+
+    limits = tuple(r.paren_list(resource))
+    r.end()
+    return SetQuota(tag, root, limits)
+
+
 def _store(r: Reader, tag: str, uid: bool) -> Command:
     # RFC 9051 9: store = "STORE" SP sequence-set SP store-att-flags, with RFC 7162
     # 3.1.3: [SP "(" "UNCHANGEDSINCE" SP mod-sequence-valzer ")"] before the item;
@@ -718,6 +737,7 @@ COMMANDS: dict[str, Parse] = {
     "IDLE": _no_args(Idle),
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
+    "SETQUOTA": _setquota,
     "CHECK": _no_args(Check),
     "CLOSE": _no_args(Close),
     "UNSELECT": _no_args(Unselect),

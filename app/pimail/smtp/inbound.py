@@ -1,8 +1,9 @@
 """Inbound MX policy: the aiosmtpd handler hooks for port 25.
 
 Who may receive (RCPT TO resolves through the directory: accounts, aliases,
-catch-all, plus-addressing), what a message gets on arrival (Return-Path and
-Received, RFC 5321 4.4), and delivery into the store before 250.
+catch-all, plus-addressing; a full mailbox is refused with 452 4.2.2, see
+store/quota.py), what a message gets on arrival (Return-Path and Received,
+RFC 5321 4.4), and delivery into the store before 250.
 
 No open relay: a recipient outside our domains is refused here, always. The
 routing tricks of old (`user%host@us`, `host!user@us`, `"user@host"@us`) are
@@ -22,6 +23,7 @@ from typing import Any
 from ..auth.accounts import Account, Directory, Resolution
 from ..config import Settings
 from ..store import headers
+from ..store.quota import declared_size
 from ..store.spool import Incoming
 from ..store.store import Store
 
@@ -73,6 +75,8 @@ class InboundHandler:
         envelope.mail_options.extend(mail_options)
         envelope.accounts = {}
         envelope.forwards = []
+        # RFC 1870: the announced size, checked against each recipient's quota.
+        envelope.declared_size = declared_size(mail_options)
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -93,6 +97,12 @@ class InboundHandler:
             return f"554 5.7.1 <{address}>: Relay access denied"
         if resolution is Resolution.UNKNOWN_USER:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if not forwards:  # with a copy going elsewhere, someone has room
+            refusal = await self.store.quota.rcpt_refusal(
+                address, accounts, getattr(envelope, "declared_size", 0)
+            )
+            if refusal is not None:
+                return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         for account in accounts:

@@ -17,6 +17,8 @@ The same engine as the MX (server.py) with other policy:
 - Limits per account: `submission.max_recipients` per message (452 4.5.3) and
   `submission.max_messages_per_hour` (450 4.7.1, counted over the last 60
   minutes). Failed AUTH is limited per client address by the Authenticator.
+- A local recipient whose mailbox is full gets 452 4.2.2, as on the MX
+  (store/quota.py); the sender's own quota never stops sending.
 
 Everything after AUTH lives in `Submitter`, the one path by which an
 authenticated account's message enters the system: the SMTP hooks below call
@@ -115,8 +117,10 @@ class Submitter:
             )
         return None
 
-    def add_recipient(self, routing: Routing, address: str) -> str:
-        """RCPT TO: route `address` (local accounts, or the queue); the reply."""
+    async def add_recipient(self, routing: Routing, address: str, size: int = 0) -> str:
+        """RCPT TO: route `address` (local accounts, or the queue); the reply.
+        `size` is the message's announced (SMTP SIZE=) or known (webmail) size,
+        0 if unknown: a local recipient it would take over quota is refused."""
         if len(routing.recipients) >= self.settings.submission.max_recipients:
             return "452 4.5.3 Too many recipients"
         if len(address) > MAX_ADDRESS or "@" not in address.strip("@"):
@@ -127,6 +131,10 @@ class Submitter:
             forwards = [address]
         elif resolution is Resolution.UNKNOWN_USER:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        elif not forwards:
+            refusal = await self.store.quota.rcpt_refusal(address, accounts, size)
+            if refusal is not None:
+                return refusal
         for target in forwards:
             if target not in routing.remote:
                 routing.remote.append(target)
@@ -217,7 +225,7 @@ class Submitter:
             raise SubmissionRefused("554 5.5.1 No valid recipients")
         routing = Routing()
         for address in recipients:
-            reply = self.add_recipient(routing, address)
+            reply = await self.add_recipient(routing, address, message.size)
             if not reply.startswith("250"):
                 raise SubmissionRefused(reply)
         refusal = self.check_from(account, bytes(message.head)[trace_length:])
@@ -329,7 +337,8 @@ class SubmissionHandler(InboundHandler):
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
-        reply = self.submitter.add_recipient(envelope.routing, address)
+        size = getattr(envelope, "declared_size", 0)
+        reply = await self.submitter.add_recipient(envelope.routing, address, size)
         if reply.startswith("250"):
             envelope.rcpt_tos.append(address)
         return reply

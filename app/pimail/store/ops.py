@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..db import transaction
-from . import headers, maildir
+from . import headers, maildir, quota
 from .analyze import analyze
 
 if TYPE_CHECKING:
@@ -338,10 +338,12 @@ class MailboxOps:
         return [r[0] for r in rows]
 
     def copy(
-        self, mailbox_id: int, uids: list[int], target_id: int
+        self, mailbox_id: int, uids: list[int], target_id: int, quota_bytes: int = 0
     ) -> tuple[int, list[tuple[int, int]]]:
         """COPY (RFC 9051 6.4.7): hard links into the target's cur/. Returns the
-        target's UIDVALIDITY and (source UID, new UID) pairs for COPYUID (RFC 4315)."""
+        target's UIDVALIDITY and (source UID, new UID) pairs for COPYUID (RFC 4315).
+        With `quota_bytes` (the account's limit), nothing is copied if the copies
+        would take the account over it (StoreError OVERQUOTA, quota.py)."""
         source, target = self._by_id(mailbox_id), self._by_id(target_id)
         rows = self._rows(
             mailbox_id,
@@ -349,6 +351,8 @@ class MailboxOps:
             "uid, subdir, filename, flags, internaldate, size, hdr_date, hdr_from, hdr_to,"
             " hdr_cc, hdr_subject, hdr_message_id, hdr_in_reply_to, analysed, id",
         )
+        if rows:
+            self._check_quota(target.account_id, quota_bytes, sum(row[5] for row in rows))
         pairs, inserts = [], []
         for row in rows:
             uid, sub, name, flags = row[0], row[1], row[2], row[3].split()
@@ -422,17 +426,26 @@ class MailboxOps:
     def move(
         self, mailbox_id: int, uids: list[int], target_id: int
     ) -> tuple[int, list[tuple[int, int]]]:
-        """MOVE (RFC 6851): copy, then expunge the originals."""
+        """MOVE (RFC 6851): copy, then expunge the originals. Never refused for
+        quota: the account's usage does not change (quota.py)."""
         uidvalidity, pairs = self.copy(mailbox_id, uids, target_id)
         self.expunge(mailbox_id, [src for src, _ in pairs])
         return uidvalidity, pairs
 
     def append(
-        self, mailbox_id: int, data: bytes, flags: list[str], internaldate: float | None = None
+        self,
+        mailbox_id: int,
+        data: bytes,
+        flags: list[str],
+        internaldate: float | None = None,
+        quota_bytes: int = 0,
     ) -> tuple[int, int]:
         """APPEND (RFC 9051 6.3.12): durable before it returns. Returns
-        (UIDVALIDITY, UID) for APPENDUID (RFC 4315)."""
+        (UIDVALIDITY, UID) for APPENDUID (RFC 4315). With `quota_bytes` (the
+        account's limit): StoreError OVERQUOTA if the message would take the
+        account over it."""
         mbox = self._by_id(mailbox_id)
+        self._check_quota(mbox.account_id, quota_bytes, len(data))
         base = maildir.unique_base()
         tmp = mbox.path / "tmp" / base
         maildir.write_new(tmp, data)
@@ -450,6 +463,17 @@ class MailboxOps:
             self._store_analysis(message_id, data)
             self._changed(mbox)
         return mbox.uidvalidity, uid
+
+    def _check_quota(self, account_id: int, quota_bytes: int, size: int) -> None:
+        """RFC 9208 4.3.1, RFC 9051 7.1: OVERQUOTA when the account would end over
+        its limit. Here, on the writer thread, the check and the write are one step."""
+        if quota_bytes <= 0:
+            return
+        used = quota.usage(self.wcon, account_id)
+        if not quota.Quota(used, quota_bytes).fits(size):
+            log.info("quota refused account=%d used=%d size=%d limit=%d",
+                     account_id, used, size, quota_bytes)  # fmt: skip
+            raise StoreError("OVERQUOTA", "Quota exceeded (mailbox full)")
 
     def _insert_row(
         self,

@@ -37,6 +37,7 @@ from ..config import Settings
 from ..db import transaction
 from . import headers, maildir
 from .ops import MailboxOps
+from .quota import QuotaReader
 from .spool import Incoming, clean_spool
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ class Store(MailboxOps):
         self._analyse_wakeup: asyncio.Event | None = None
         self._last_commit = 0.0
         self._bayes: Any = None
+        # Usage reads for the SMTP policy (quota.py); APPEND/COPY check on the writer.
+        self.quota = QuotaReader(settings.index_path)
         self.batches = 0  # statistics: how many group commits
         self.batched = 0  # and how many messages they carried
 
@@ -201,6 +204,7 @@ class Store(MailboxOps):
         if self._bayes is not None:
             self._writer.submit(self._bayes.close).result()
         self._writer.shutdown(wait=True)
+        self.quota.close()
         if self._wcon is not None:
             self._wcon.close()
             self._wcon = None

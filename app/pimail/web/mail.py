@@ -13,6 +13,11 @@ What it may touch, and how:
   the spam filter.
 - Sends through smtp/submission.py's Submitter: the very path of SMTP
   submission (sender checks, limits, local delivery, the queue and its DKIM).
+- Quota (store/quota.py): the folder list shows what the account uses of its
+  quota. Sending is never stopped by the sender's own quota; the Sent copy and
+  drafts are APPENDs and are refused when they do not fit: a draft is then
+  not saved (the page says so, the text stays in the form), and a message
+  sent without its Sent copy says that it was sent, without a copy.
 
 Every URL names a folder by its index id and a message by its UID; each
 handler first finds the folder among the logged-in account's own (a folder
@@ -47,7 +52,7 @@ from ..auth.accounts import Account
 from ..imap.search import fts_query
 from ..imap.views import IndexReader
 from ..smtp.submission import SubmissionRefused, Submitter
-from ..store import maildir
+from ..store import maildir, quota
 from ..store.ops import StoreError
 from ..store.spool import Incoming
 from . import mail_compose as mc
@@ -67,6 +72,7 @@ INLINE_LIFETIME = 12 * 3600  # seconds an inline image URL stays valid (at least
 FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"  # links open in a new tab
 DONE = {
     "sent": "Message sent.",
+    "sent_nocopy": "Message sent. Your mailbox is full: no copy was saved in Sent.",
     "saved": "Draft saved.",
     "moved": "Moved.",
     "deleted": "Deleted.",
@@ -223,6 +229,10 @@ class MailPages:
         await self._ready_account(account)
         return account, await self.reader.run(mi.folders, account.id)
 
+    async def _usage(self, account: Account) -> quota.Quota:
+        """What the account stores, and its limit (read with the request: fresh)."""
+        return quota.Quota(await self.reader.run(quota.usage, account.id), account.quota_bytes)
+
     async def _folder(self, account: Account, folder_id: int) -> mi.Folder:
         folder = await self.reader.run(mi.folder, account.id, folder_id)
         if folder is None:
@@ -306,7 +316,7 @@ class MailPages:
         raise web.HTTPSeeOther(f"/mail/{inbox.id}")
 
     async def folder(self, request: web.Request) -> web.Response:
-        _, folders = await self._context(request)
+        account, folders = await self._context(request)
         folder = next((f for f in folders if f.id == _number(request.match_info["folder"])), None)
         if folder is None:
             raise NotFound()
@@ -355,6 +365,7 @@ class MailPages:
             back=link(),
             when=_when,
             size=_size,
+            usage=await self._usage(account),
             done=DONE.get(request.query.get("done", "")),
         )
 
@@ -406,6 +417,7 @@ class MailPages:
             size=_size,
             targets=[f for f in folders if f.id != row.folder.id],
             sandbox=FRAME_SANDBOX,
+            usage=await self._usage(account),
         )
 
     async def _cleaned(
@@ -626,10 +638,10 @@ class MailPages:
             else:
                 draft = await asyncio.to_thread(mc.reopen, reading, text_ref)
             break
-        return self._compose_page(request, folders, draft, None,
-                                  done=DONE.get(q.get("done", "")))  # fmt: skip
+        return await self._compose_page(request, folders, draft, None,
+                                        done=DONE.get(q.get("done", "")))  # fmt: skip
 
-    def _compose_page(
+    async def _compose_page(
         self,
         request: web.Request,
         folders: list[mi.Folder],
@@ -648,6 +660,7 @@ class MailPages:
             error=error,
             done=done,
             size=_size,
+            usage=await self._usage(request["account"]),
         )
 
     async def compose_post(self, request: web.Request) -> web.Response:
@@ -687,10 +700,10 @@ class MailPages:
             message = e.text if isinstance(e, SubmissionRefused) else str(e)
             if uploads_lost(form):
                 message += " Attach your files again."
-            return self._compose_page(request, folders, draft, message, status=400)
-        await self._after_send(account, draft, data)
+            return await self._compose_page(request, folders, draft, message, status=400)
+        done = await self._after_send(account, draft, data)
         inbox = await self._special(account, "INBOX")
-        raise web.HTTPSeeOther(f"/mail/{inbox.id}?done=sent")
+        raise web.HTTPSeeOther(f"/mail/{inbox.id}?done={done}")
 
     async def _uploads(self, account: Account, form: Any, draft: mc.Draft) -> list[mc.Upload]:
         """The files uploaded with the form, and the kept attachments of the
@@ -756,13 +769,21 @@ class MailPages:
         log.info("webmail sent account=%s queue_id=%s recipients=%d size=%d",
                  account.address, queue_id, len(recipients), len(data))  # fmt: skip
 
-    async def _after_send(self, account: Account, draft: mc.Draft, data: bytes) -> None:
+    async def _after_send(self, account: Account, draft: mc.Draft, data: bytes) -> str:
         """The Sent copy, the original's \\Answered or $Forwarded, the draft gone.
-        The message is sent already: a failure here is logged, not shown."""
+        The message is sent already: a failure here is logged, not shown, but
+        for a Sent copy over quota. Returns the DONE key to show."""
         store = self.store
+        done = "sent"
         try:
             sent = await self._special(account, "\\Sent")
-            await store.run(store.append, sent.id, data, ["\\Seen"], None)
+            try:
+                await store.run(store.append, sent.id, data, ["\\Seen"], None, account.quota_bytes)
+            except StoreError as e:
+                if e.code != "OVERQUOTA":
+                    raise
+                log.info("sent copy over quota account=%s", account.address)
+                done = "sent_nocopy"
             replied = draft.replied.rsplit(":", 1)
             ref = _ref(replied[0], 2) if len(replied) == 2 else None
             if ref is not None and replied[1] in ("\\Answered", "$Forwarded"):
@@ -773,6 +794,7 @@ class MailPages:
             await self._drop_draft(account, draft)
         except (StoreError, OSError, web.HTTPException):
             log.exception("after sending account=%s", account.address)
+        return done
 
     async def _drop_draft(self, account: Account, draft: mc.Draft) -> None:
         ref = _ref(draft.draft, 2)
@@ -783,7 +805,18 @@ class MailPages:
     async def _save_draft(self, account: Account, draft: mc.Draft, data: bytes) -> web.Response:
         store = self.store
         drafts = await self._special(account, "\\Drafts")
-        _, uid = await store.run(store.append, drafts.id, data, ["\\Draft", "\\Seen"], None)
+        try:
+            _, uid = await store.run(
+                store.append, drafts.id, data, ["\\Draft", "\\Seen"], None, account.quota_bytes
+            )
+        except StoreError as e:
+            if e.code != "OVERQUOTA":
+                raise
+            usage = await self._usage(account)
+            raise mc.ComposeError(
+                f"Your mailbox is full ({_size(usage.used)} of {_size(usage.limit)} used):"
+                " the draft was not saved. Delete some mail, empty the Trash, and save again."
+            ) from None
         await self._drop_draft(account, draft)
         raise web.HTTPSeeOther(f"/mail/compose?draft={drafts.id}:{uid}&done=saved")
 
