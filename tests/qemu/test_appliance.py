@@ -145,6 +145,23 @@ def test_smtp_in_imap_and_pop3_out(vm: pimailvm.Machine) -> None:
         pop.quit()
 
 
+def test_webmail_on_the_appliance(vm: pimailvm.Machine) -> None:
+    """Port 80 sends browsers to HTTPS; on 443 the admin logs in to the webmail
+    and sees the message of the test before."""
+    sys.path.insert(0, str(REPO / "tests" / "web"))
+    from browser import Browser
+
+    plain = Browser(f"http://{HOST}:{vm.ports['http']}")
+    redirect = plain.get("/mail", follow=False)
+    assert redirect.status == 301 and (redirect.redirected_to or "").startswith("https://")
+    b = Browser(f"https://{HOST}:{vm.ports['https']}", tls())
+    assert b.login(ADMIN, PASSWORD).status == 200
+    inbox = b.get("/mail")
+    assert inbox.status == 200 and "e2e first@e2e.test" in inbox.text
+    autoconfig = b.get(f"/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress={ADMIN}")
+    assert autoconfig.status == 200 and "<port>993</port>" in autoconfig.text
+
+
 def test_root_is_read_only(vm: pimailvm.Machine, figures: dict) -> None:
     report = vm.selftest()
     assert report["pimail_active"] == "active"
@@ -157,6 +174,7 @@ def test_root_is_read_only(vm: pimailvm.Machine, figures: dict) -> None:
     assert report["data_fstype"].startswith("ext4"), report["data_fstype"]
     assert "noatime" in report["data_fstype"]
     assert report["data_owner"] == "pimail"
+    assert report["mdns_name"] == "pimail.local"  # what the user types in the browser
     assert "pimail" not in report["failed_units"], report["failed_units"]
     figures["guest_mem_total_kb"] = int(report["mem_total_kb"])
     figures["guest_mem_available_kb"] = int(report["mem_available_kb"])
