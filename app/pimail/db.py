@@ -193,10 +193,13 @@ INDEX_MIGRATIONS: list[str] = [
     CREATE INDEX messages_unanalysed ON messages(id) WHERE analysed = 0
     """,
     # 4: an account's usage (store/quota.py) is a SUM over its messages' sizes.
-    # With this covering index SQLite reads 10 octets a message, not the whole
-    # row: 0.6 ms instead of 19 ms at 10,000 messages (x86, 1 MiB page cache).
+    # The size joins the (mailbox_id, modseq) index, which then covers that SUM:
+    # 0.5 ms instead of 19 ms at 10,000 messages. Not an index of its own on
+    # (mailbox_id, size): SQLite would pick it for every per-folder query too,
+    # and fetching rows in size order (scattered) made the webmail's list 3x slower.
     """
-    CREATE INDEX messages_size ON messages(mailbox_id, size)
+    DROP INDEX messages_modseq;
+    CREATE INDEX messages_modseq ON messages(mailbox_id, modseq, size)
     """,
 ]
 
