@@ -227,3 +227,36 @@ def test_the_admin_dns_page(site: PimailServer, zone: DnsServer) -> None:
     assert '<span class="status different">different</span>' in text
     assert "v=spf1 mx -all" in text and "mode: testing" in text  # zone lines, MTA-STS policy
     assert b.get("/admin/dns/not-ours.example").status == 404
+
+
+def test_port_80_probe_finds_this_box_and_not_another(site: PimailServer) -> None:
+    """The wizard's Let's Encrypt check fetches a file of its own through the
+    public address: a real pimail HTTP listener answers it, another server
+    or a closed port does not, and the file is gone afterwards."""
+    challenges = site.data_dir / "tls" / "acme-challenge"
+    ok, detail = run(dnscheck.probe_http(HOST, ["127.0.0.1"], challenges, port=site.http_port))
+    assert ok, detail
+    assert list(challenges.iterdir()) == []  # the probe's file removed
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    ok, detail = run(dnscheck.probe_http(HOST, ["127.0.0.1"], challenges, port=port, timeout=2))
+    assert not ok and "127.0.0.1" in detail
+
+    other = socket.socket()  # a server that answers every path with 200 and its own text
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+
+    def answer() -> None:
+        conn, _ = other.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(answer)
+        ok, detail = run(dnscheck.probe_http(HOST, ["127.0.0.1"], challenges,
+                                             port=other.getsockname()[1], timeout=5))  # fmt: skip
+    other.close()
+    assert not ok and "another server answered" in detail

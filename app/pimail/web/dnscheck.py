@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import Settings
 from ..dns import records as dns_records
@@ -303,6 +305,10 @@ class HostCheck:
     public: tuple[str, ...]
     own: tuple[str, ...]
     error: str = ""
+    # Port 80 at the public address answered with our own challenge file: True;
+    # no answer, or another one: False; not tried (no public address): None.
+    http_ok: bool | None = None
+    http_detail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -324,6 +330,57 @@ async def check_host(resolver: Resolver, host: str, timeout: float = CHECK_TIMEO
     public = tuple(a for a in found if _is_global(a))
     error = "" if public else "only private addresses: the internet cannot reach them"
     return HostCheck(host, tuple(found), public, own, error)
+
+
+async def probe_http(
+    host: str, addresses: Sequence[str], challenges: Path, port: int = 80, timeout: float = 5.0
+) -> tuple[bool, str]:
+    """Whether http://<host>/ at `addresses` reaches this box, as Let's Encrypt's
+    HTTP-01 validation will (RFC 8555 8.3): a random file is put where the
+    challenges are served, fetched through each address, and compared.
+
+    From inside the network this goes out to the router and back in ("NAT
+    loopback"), which some routers do not do: a failure is then not proof,
+    and the page says so."""
+    token = secrets.token_urlsafe(24)
+    expected = f"pimail-probe-{token}".encode()
+    challenges.mkdir(parents=True, exist_ok=True)
+    path = challenges / token
+    path.write_bytes(expected)
+    try:
+        details = []
+        for address in addresses:
+            try:
+                body = await asyncio.wait_for(_http_get(address, port, host, token), timeout)
+            except (OSError, TimeoutError, ValueError) as e:
+                details.append(f"{address}: {e.__class__.__name__} {e}".strip())
+                continue
+            if body == expected:
+                return True, f"{address} port {port} answered with this box's file"
+            details.append(f"{address}: another server answered")
+        return False, "; ".join(details) or "no address to try"
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def _http_get(address: str, port: int, host: str, token: str) -> bytes:
+    """The body of one plain HTTP/1.1 GET of a challenge path (at most 4 KiB)."""
+    reader, writer = await asyncio.open_connection(address, port)
+    try:
+        writer.write(
+            f"GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: {host}\r\n"
+            "Connection: close\r\n\r\n".encode("ascii")
+        )
+        await writer.drain()
+        reply = await reader.read(8192)
+        while len(reply) < 8192 and (chunk := await reader.read(8192 - len(reply))):
+            reply += chunk
+    finally:
+        writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or head[9:12] != b"200":
+        raise ValueError(head.split(b"\r\n", 1)[0].decode("ascii", "replace")[:80])
+    return body[:4096]
 
 
 def outgoing_addresses() -> list[str]:

@@ -459,6 +459,10 @@ class Wizard:
     ) -> aioweb.Response:
         resolver = dnscheck.resolver_for(self.settings)
         result = await dnscheck.check_host(resolver, wizard.hostname)
+        if result.public:  # then port 80 there, as Let's Encrypt will try it
+            challenges = self.settings.data_dir / "tls" / "acme-challenge"
+            ok, detail = await dnscheck.probe_http(wizard.hostname, result.public, challenges)
+            result = dataclasses.replace(result, http_ok=ok, http_detail=detail)
         return self._render_step(request, wizard, "certificates", form=form, host_check=result)
 
     async def _take_outbound(self, wizard: WizardState, form: dict[str, str]) -> None:
