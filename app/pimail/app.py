@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -179,6 +180,8 @@ class Server:
         self.web = Web(self)
         loop = asyncio.get_running_loop()
         certs = self.certs
+        w = self.settings.web
+        limiter = ConnectionLimiter(w.max_connections_per_ip, w.max_connections)
         sites = (
             ("http", self.web.http, self.settings.web.listen_http, None),
             ("https", self.web.https, self.settings.web.listen_https,
@@ -187,13 +190,17 @@ class Server:
         for name, application, addresses, context in sites:
             if not addresses or (name == "https" and context is None):
                 continue
-            runner = aioweb.AppRunner(application, access_log=None, handle_signals=False)
+            runner = aioweb.AppRunner(
+                application, access_log=None, handle_signals=False,
+                keepalive_timeout=w.request_timeout,
+            )  # fmt: skip
             await runner.setup()
             self._web_runners.append(runner)
+            factory = _limited(runner.server, limiter)
             for address in addresses:
                 host, port = parse_listen(address)
                 creating = loop.create_server(
-                    runner.server, host, port, reuse_address=True, ssl=context,
+                    factory, host, port, reuse_address=True, ssl=context,
                     ssl_handshake_timeout=10 if context is not None else None,
                 )  # fmt: skip
                 await self._bind(name, address, creating)
@@ -384,6 +391,50 @@ class Server:
         self.directory.con.close()
         self.lock.close()
         log.info("stopped")
+
+
+class _Limited(asyncio.Protocol):
+    """aiohttp's protocol behind a count of connections per client address: one
+    over the limits is closed as soon as it is made (its requests never run).
+    A wrapper, since aiohttp's RequestHandler has __slots__."""
+
+    def __init__(self, inner: asyncio.Protocol, limiter: ConnectionLimiter) -> None:
+        self.inner = inner
+        self.limiter = limiter
+        self.ip: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        ip = str(peer[0])
+        refused = self.limiter.acquire(ip)
+        self.inner.connection_made(transport)
+        if refused is None:
+            self.ip = ip
+        else:
+            log.warning("web connection refused ip=%s reason=%s", ip, refused[4:])
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ip is not None:
+            self.limiter.release(self.ip)
+            self.ip = None
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+def _limited(factory: Callable[[], Any], limiter: ConnectionLimiter) -> Callable[[], Any]:
+    return lambda: _Limited(factory(), limiter)
 
 
 def configure_logging(level: str) -> None:

@@ -125,6 +125,12 @@ class Pop3Settings:
 class WebSettings:
     listen_http: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     listen_https: list[str] = field(default_factory=lambda: ["127.0.0.1:8443"])
+    # Open connections (HTTP and HTTPS together); over them a new one is closed at once.
+    max_connections_per_ip: int = 128  # browsers open ~6; a shared office address more
+    max_connections: int = 512
+    # Seconds a client has to send a request head, after connecting or after a
+    # response (aiohttp's keep-alive timer, which trickling bytes do not reset).
+    request_timeout: float = 30.0
 
 
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"

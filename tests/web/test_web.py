@@ -8,6 +8,7 @@ import re
 import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -216,3 +217,44 @@ def test_garbage_requests_get_errors_not_crashes(site: PimailServer) -> None:
             tls.close()
         assert reply[:7] == b"HTTP/1." and reply[9:12] in codes, (raw[:40], reply[:40])
     assert browser(site).get("/login").status == 200
+
+
+def test_silent_trickling_and_too_many_connections_are_closed(tmp_path: Any) -> None:
+    """A client that connects and sends nothing, or trickles a request head, is
+    closed after web.request_timeout; one over web.max_connections_per_ip is
+    closed at once; the others keep being served."""
+    import socket
+    import time
+
+    server = PimailServer(
+        tmp_path / "data",
+        {"web": {"request_timeout": 2.0, "max_connections_per_ip": 4}},
+        None,
+        "mx.test",
+    )
+    server.start()
+    try:
+        address = ("127.0.0.1", server.http_port)
+        held = [socket.create_connection(address, timeout=10) for _ in range(4)]
+        extra = socket.create_connection(address, timeout=10)
+        assert extra.recv(100) == b""  # the fifth: closed at once, nothing served
+        extra.close()
+        started = time.monotonic()
+        trickler = held[0]
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":  # a byte a 0.1 s: never a whole head
+            try:
+                trickler.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        for s in held:
+            s.settimeout(10)
+            assert s.recv(100) == b""  # closed by the server
+            s.close()
+        assert time.monotonic() - started < 8
+        # Room again: a normal request is served.
+        page = Browser(f"http://127.0.0.1:{server.http_port}").get("/", follow=False)
+        assert page.status == 301
+        assert "web connection refused ip=127.0.0.1" in server.log.read_text()
+    finally:
+        server.stop()
