@@ -258,10 +258,7 @@ class Session:
     async def cmd_select(self, c: ev.Select) -> str:
         self.selected = None  # RFC 9051 6.3.2: a failed SELECT leaves no mailbox selected
         store = self.ctx.store
-        try:
-            mbox = await store.run(store.open_mailbox, self.me, c.mailbox)
-        except StoreError as e:
-            raise No("No such mailbox", "NONEXISTENT") from e
+        mbox = await self._open(c.mailbox, "NONEXISTENT")
         if c.condstore or c.qresync:
             self.enabled.add("CONDSTORE")
         if c.qresync and "QRESYNC" not in self.enabled:
@@ -345,16 +342,21 @@ class Session:
         await handle_list(self, c)
         return "OK LIST completed"
 
+    async def _open(self, name: str, code: str) -> Any:
+        """A folder of this account; NO [`code`] when there is none (RFC 9051 7.1:
+        NONEXISTENT, or TRYCREATE where creating it would help)."""
+        store = self.ctx.store
+        try:
+            return await store.run(store.open_mailbox, self.me, name)
+        except StoreError as e:
+            raise No("No such mailbox", code) from e
+
     async def cmd_lsub(self, c: ev.Lsub) -> str:
         await handle_lsub(self, c)
         return "OK LSUB completed"
 
     async def cmd_status(self, c: ev.Status) -> str:
-        store = self.ctx.store
-        try:
-            mbox = await store.run(store.open_mailbox, self.me, c.mailbox)
-        except StoreError as e:
-            raise No("No such mailbox", "NONEXISTENT") from e
+        mbox = await self._open(c.mailbox, "NONEXISTENT")
         items = await self.ctx.reader.run(status_items, mbox.id, c.items)
         text = " ".join(f"{k} {v}" for k, v in items)
         self.send(b"* STATUS " + self.quote_mailbox(mbox.name) + f" ({text})\r\n".encode())
@@ -364,10 +366,7 @@ class Session:
         store = self.ctx.store
         if len(c.message) > self.ctx.settings.imap.max_append_size:
             raise No("Message too large", "TOOBIG")
-        try:
-            mbox = await store.run(store.open_mailbox, self.me, c.mailbox)
-        except StoreError as e:
-            raise No("No such mailbox", "TRYCREATE") from e
+        mbox = await self._open(c.mailbox, "TRYCREATE")
         flags = [f for f in c.flags if f.lower() != "\\recent"]
         when = c.internal_date.timestamp() if c.internal_date else None
         uidvalidity, uid = await store.run(
@@ -414,11 +413,7 @@ class Session:
         self.send(f'* QUOTA "" (STORAGE {-(-used // 1024)} {-(-limit // 1024)})\r\n')
 
     async def cmd_getquotaroot(self, c: ev.GetQuotaRoot) -> str:
-        store = self.ctx.store
-        try:
-            mbox = await store.run(store.open_mailbox, self.me, c.mailbox)
-        except StoreError as e:
-            raise No("No such mailbox", "NONEXISTENT") from e
+        mbox = await self._open(c.mailbox, "NONEXISTENT")
         # RFC 9208 4.1.2: every folder of the account is under the root "";
         # an account without a quota has no root at all.
         if self._quota_limit() <= 0:
@@ -599,10 +594,7 @@ class Session:
             raise No("Mailbox is read-only", "READ-ONLY")
         self._check_set(c.sequence_set, c.uid)
         store = self.ctx.store
-        try:
-            target = await store.run(store.open_mailbox, self.me, c.mailbox)
-        except StoreError as e:
-            raise No("No such mailbox", "TRYCREATE") from e
+        target = await self._open(c.mailbox, "TRYCREATE")
         uids = self._uids_of(c.sequence_set, c.uid)
         if not uids:
             return f"OK {'MOVE' if move else 'COPY'} completed (nothing to do)"
