@@ -9,11 +9,14 @@ from __future__ import annotations
 import http.cookiejar
 import re
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import Any
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -85,3 +88,14 @@ class Browser:
         return self.post(
             "/login", {"csrf": form.csrf, "username": address, "password": password, "next": "/"}
         )
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """`check()`'s first true value, asked every 50 ms; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")

@@ -19,8 +19,7 @@ import secrets
 import shutil
 import smtplib
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from playwright.sync_api import Browser, Page, expect
 from conftest import PASSWORD, PimailServer
 from dnsserver import DnsServer
 
+from .browser import wait_for
 from .conftest import ADDRESS, DOMAIN, HOSTNAME, BrowserLog, open_context, settle, shot, start_site
 
 ALICE = ADDRESS
@@ -150,16 +150,6 @@ def message(subject: str, body: str, sender: str, to: str) -> str:
         f"Message-ID: <{secrets.token_hex(8)}@remote.test>\n"
         f"Date: Mon, 01 Jan 2024 10:00:00 +0000\n\n{body}\n"
     )
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def subjects(site: PimailServer, address: str, folder: str = "INBOX") -> list[str]:

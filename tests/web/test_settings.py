@@ -9,10 +9,8 @@ import plistlib
 import re
 import smtplib
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -21,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from conftest import PASSWORD, PimailServer
 from dnsserver import DnsServer
 
-from .browser import Browser
+from .browser import Browser, wait_for
 
 DOMAIN = "example.org"
 NEW_PASSWORD = "a much longer passphrase"
@@ -70,16 +68,6 @@ def account_id(site: PimailServer, address: str) -> int:
             (local, domain),
         ).fetchone()
     return int(row[0])
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 # -- the page and its guards ----------------------------------------------------------------
