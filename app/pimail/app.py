@@ -25,7 +25,8 @@ from typing import IO, Any
 
 from . import db, systemd
 from .auth.accounts import Directory
-from .auth.login import Authenticator, FailureLimiter
+from .auth.login import Authenticator
+from .auth.throttle import LoginThrottle, throttle_limits
 from .config import Settings, parse_listen
 from .imap.context import ImapContext
 from .imap.server import ImapServer
@@ -75,9 +76,10 @@ class Server:
         self.store = Store(settings, Directory(db.open_main(settings.db_path)))
         self.listeners: list[asyncio.base_events.Server] = []
         self.stopping = asyncio.Event()
-        a = settings.auth
         self.authenticator = Authenticator(
-            self.directory, FailureLimiter(a.max_failures, a.failure_window), a.failure_delay
+            self.directory,
+            LoginThrottle(throttle_limits(settings.auth)),
+            settings.auth.failure_delay,
         )
         self.queue = Queue(settings, Directory(db.open_main(settings.db_path)), self.store)
         self.certs: CertificateStore | None = None

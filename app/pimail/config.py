@@ -202,10 +202,23 @@ class FilterSettings:
 
 @dataclass
 class AuthSettings:
-    # Failed logins per client address, across IMAP, POP3, SMTP and the web.
+    # The login throttle (auth/throttle.py; docs/ARCHITECTURE.md "Login
+    # throttling"), shared by IMAP, POP3, SMTP AUTH and the web. Failed logins
+    # in any `failure_window` seconds: per client address (IPv6 per /64), per
+    # account from addresses it has not logged in from, and per account from
+    # an address it has logged in from within `known_address_days`. From half
+    # a limit on, attempts wait first (failure_delay doubling, at most
+    # max_throttle_delay); at the limit they are refused unchecked.
     max_failures: int = 10
+    max_failures_per_account: int = 20
+    max_failures_known_address: int = 50
     failure_window: float = 600.0
+    # What every failure (and refusal) costs the client, in seconds.
     failure_delay: float = 1.0
+    max_throttle_delay: float = 16.0
+    known_address_days: float = 30.0
+    # Keys the throttle remembers per table (bounded memory under a distributed attack).
+    max_tracked: int = 10_000
 
 
 @dataclass

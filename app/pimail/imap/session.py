@@ -210,7 +210,13 @@ class Session:
         return await self._login(c.user, c.password)
 
     async def _login(self, user: str, password: str) -> str:
-        account = await self.ctx.authenticator.login(user, password, self.peer_ip, "imap")
+        result = await self.ctx.authenticator.authenticate(user, password, self.peer_ip, "imap")
+        account = result.account
+        if result.refused:
+            # RFC 5530 3: UNAVAILABLE is a temporary failure; the password was not
+            # checked, so AUTHENTICATIONFAILED ("no point in trying the same
+            # login/password again later") would be untrue.
+            raise No("Too many failed logins, try again later", "UNAVAILABLE")
         if account is None:
             raise No("Authentication failed", "AUTHENTICATIONFAILED")
         self.account = account

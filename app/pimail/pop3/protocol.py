@@ -390,6 +390,15 @@ class Pop3Connection:
         else:
             self._out.append(Pop3Error("Authentication failed", "AUTH").response())
 
+    def login_refused(self) -> None:
+        """The login throttle refused the attempt unchecked: RFC 3206 4's
+        [SYS/TEMP] (a temporary problem, not the credentials: [AUTH] would
+        have the client tell its user the password is wrong)."""
+        self._done(Login)
+        self._out.append(
+            Pop3Error("Too many failed logins, try again later", "SYS/TEMP").response()
+        )
+
     def message_follows(self, size: int) -> None:
         """The message could be opened: the server writes the status line queued
         here, then the stuffed octets (DotStuffer) and the terminator."""

@@ -157,7 +157,13 @@ class Connection:
 
     async def _login(self, event: p.Login) -> None:
         server = self.server
-        account = await server.authenticator.login(event.username, event.password, self.ip, "pop3")
+        result = await server.authenticator.authenticate(
+            event.username, event.password, self.ip, "pop3"
+        )
+        account = result.account
+        if result.refused:
+            self.conn.login_refused()
+            return
         if account is None:
             self.conn.login_failed()
             return

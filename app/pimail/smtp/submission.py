@@ -311,7 +311,11 @@ class SubmissionHandler(InboundHandler):
 
     async def _login(self, server: Any, user: str, password: str) -> AuthResult:
         ip = server.session.peer[0] if server.session.peer else "?"
-        account = await self.authenticator.login(user, password, str(ip), "submission")
+        result = await self.authenticator.authenticate(user, password, str(ip), "submission")
+        if result.refused:  # RFC 4954 6: 454 4.7.0, a temporary authentication failure
+            message = "454 4.7.0 Too many failed logins, try again later"
+            return AuthResult(success=False, handled=False, message=message)
+        account = result.account
         if account is None:
             return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
         return AuthResult(success=True, auth_data=account)

@@ -1,8 +1,8 @@
 """The settings page every account has: /settings.
 
 - Password: the current one and the new one twice (at least MIN_PASSWORD
-  characters). A wrong current password counts in the one failure limiter
-  that logins of every protocol share (auth/login.py), per client address.
+  characters). A wrong current password counts in the login throttle that
+  logins of every protocol share (auth/throttle.py), per address and account.
   After a change, every other web session of the account ends.
 - Devices: the manual settings (host, ports, TLS) of IMAP, POP3 and
   submission, an Apple profile (web/autoconfig.py), and, while the server's
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web as aioweb
 
 from ..auth.accounts import Account
+from ..auth.login import Outcome
 from ..auth.passwords import hash_password, verify_password
 from ..filter.senders import ALLOW, BLOCK, ListError, SenderLists
 from ..smtp import vacation
@@ -140,18 +141,17 @@ class SettingsPages:
         authenticator = self.web.authenticator
         ip = request.remote or "unknown"
         loop = asyncio.get_running_loop()
-        blocked = authenticator.limiter.blocked(ip)
         stored = self.web.directory.password_hash(account.id)
-        ok = (
-            not blocked
-            and stored is not None
-            and await loop.run_in_executor(None, verify_password, current, stored)
-        )
-        if not ok:
-            if not blocked:
-                authenticator.limiter.failed(ip)  # the limiter every login shares
+
+        async def check() -> bool:
+            return stored is not None and await loop.run_in_executor(
+                None, verify_password, current, stored
+            )
+
+        # The throttle every login shares (a stolen session must not guess on).
+        outcome = await authenticator.guard(ip, account.address, "web-settings", check)
+        if outcome is not Outcome.OK:
             log.warning("password change refused account=%s ip=%s", account.address, ip)
-            await asyncio.sleep(authenticator.failure_delay)
             return self._page(
                 request, 403,
                 password_error="The current password is wrong (or there were too many"

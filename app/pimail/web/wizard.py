@@ -24,7 +24,8 @@ Who may use it:
   LAN): the box may already be reachable from the internet (403 otherwise);
 - when a setup token file exists (<data>/setup-token, written by `pimail
   setup apply`, or BOOT_TOKEN_FILE on the boot partition), only who types it;
-  its failures count in the login limiter, per client address.
+  its failures count in the login throttle (auth/throttle.py), per client
+  address and against the token as if it were an account.
 
 State: what the steps collected lives in memory, per browser (a cookie), until
 applied; a restart of the server starts the wizard over. Passwords are kept
@@ -56,6 +57,7 @@ from aiohttp import web as aioweb
 
 from .. import admin_ops, config, db
 from ..auth.accounts import Directory, DirectoryError, normalize_domain, split_address
+from ..auth.login import Outcome
 from ..auth.passwords import hash_password
 from . import dnscheck
 
@@ -66,6 +68,7 @@ log = logging.getLogger(__name__)
 
 BOOT_TOKEN_FILE = Path("/boot/firmware/pimail-setup-token")
 DATA_TOKEN_FILE = "setup-token"  # under the data directory (`pimail setup apply`)
+TOKEN_ACCOUNT = "(setup token)"  # what the login throttle counts token guesses against
 DONE_FILE = "setup-done"  # under the data directory
 MIN_PASSWORD = 10
 COOKIE = "pimail_setup"
@@ -276,19 +279,21 @@ class Wizard:
         form = await request.post()
         tokens = setup_tokens(self.settings.data_dir)
         ip = request.remote or "unknown"
-        limiter = self.web.authenticator.limiter
         if tokens:
             given = str(form.get("token", ""))[:1024]
-            if limiter.blocked(ip) or not token_matches(given, tokens):
-                limiter.failed(ip)
+
+            async def check() -> bool:
+                return token_matches(given, tokens)
+
+            # The login throttle, with the token as the account it guards.
+            outcome = await self.web.authenticator.guard(ip, TOKEN_ACCOUNT, "setup", check)
+            if outcome is not Outcome.OK:
                 log.warning("setup token refused ip=%s", ip)
-                await asyncio.sleep(self.web.authenticator.failure_delay)
                 return self._welcome(
                     request,
                     "That is not the setup token (or too many attempts: wait a few minutes).",
                     403,
                 )
-            limiter.succeeded(ip)
         token = secrets.token_urlsafe(32)
         while len(self._states) >= MAX_WIZARDS:
             self._states.popitem(last=False)
