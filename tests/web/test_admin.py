@@ -25,13 +25,13 @@ BOB = f"bob@{DOMAIN}"
 GET_PAGES = (
     "/admin", "/admin/welcome", "/admin/domains", "/admin/accounts", "/admin/aliases",
     "/admin/queue", "/admin/certificates", "/admin/certificates/ca.pem", "/admin/storage",
-    "/admin/log", "/admin/spam", "/admin/dns", f"/admin/dns/{DOMAIN}",
+    "/admin/log", "/admin/spam", "/admin/dns", f"/admin/dns/{DOMAIN}", "/admin/throttle",
 )  # fmt: skip
 POST_ACTIONS = (
     "/admin/domains/add", "/admin/domains/remove", "/admin/accounts/add",
     "/admin/accounts/remove", "/admin/accounts/password", "/admin/accounts/quota",
     "/admin/accounts/admin", "/admin/aliases/add", "/admin/aliases/remove", "/admin/queue/retry",
-    "/admin/queue/delete", "/admin/certificates/renew",
+    "/admin/queue/delete", "/admin/certificates/renew", "/admin/throttle/lift",
 )  # fmt: skip
 
 

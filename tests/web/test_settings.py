@@ -31,7 +31,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PimailServer]:
     zone.servfail.add("remote.test")  # replies there stay in the queue (deferred)
     server = PimailServer(
         tmp_path_factory.mktemp("settings") / "data",
-        {"auth": {"failure_delay": 0.05, "max_failures": 5},
+        {"auth": {"failure_delay": 0.05, "max_failures": 5, "max_failures_known_address": 5},
          "dns": {"nameservers": [zone.address]}},
         None,
         "mx.test",
@@ -135,7 +135,9 @@ def test_wrong_current_passwords_count_in_the_shared_limiter(site: PimailServer)
     address = f"erin@{DOMAIN}"
     b = logged_in(site, address)
     csrf = b.get("/settings").csrf
-    for _ in range(5):  # max_failures = 5, per client address, all protocols
+    # erin logged in from here: her failures count for (erin, this address), whose
+    # limit (max_failures_known_address) is 5 here, for every protocol.
+    for _ in range(5):
         page = b.post("/settings/password",
                       {"csrf": csrf, "current": "guess", "new": NEW_PASSWORD,
                        "repeat": NEW_PASSWORD})  # fmt: skip

@@ -15,6 +15,7 @@ accounts), and every change goes through the functions the CLI uses
     /admin/log                  the last LOG_LINES log lines of this process
     /admin/spam                 the Bayes filter's figures per account
     /admin/dns[/{domain}]       the DNS records to publish, checked live (web/dnscheck.py)
+    /admin/throttle             addresses and accounts the login throttle holds back; lift one
     /admin/welcome              after the setup wizard: what to do next
 
 A POST answers with the page it came from, with what was done or what was
@@ -63,6 +64,7 @@ SECTIONS = (
     ("/admin/storage", "Storage"),
     ("/admin/spam", "Spam filter"),
     ("/admin/log", "Log"),
+    ("/admin/throttle", "Login throttle"),
 )
 
 
@@ -145,6 +147,8 @@ class Admin:
             ("GET", "/admin/spam", self.spam),
             ("GET", "/admin/dns", self.dns),
             ("GET", "/admin/dns/{domain}", self.dns_domain),
+            ("GET", "/admin/throttle", self.throttle),
+            ("POST", "/admin/throttle/lift", self.throttle_lift),
         ]
         for method, path, handler in routes:
             self.web.page(method, path, handler, admin=True)
@@ -553,6 +557,28 @@ class Admin:
 
         keys = dkim.keys(self.directory.con, domain)
         return await dnscheck.check_domain(self._next_start_settings(), domain, keys)
+
+    # -- the login throttle (auth/throttle.py) -----------------------------------------------
+
+    async def throttle(
+        self, request: aioweb.Request, status: int = 200, notice: str = "", error: str = ""
+    ) -> aioweb.Response:
+        authenticator = self.server.authenticator
+        now = authenticator.clock()
+        return self.render(
+            request, "throttle.html", status=status, notice=notice, error=error,
+            entries=authenticator.throttle.throttled(now), now=now,
+            limits=authenticator.throttle.limits,
+        )  # fmt: skip
+
+    async def throttle_lift(self, request: aioweb.Request) -> aioweb.Response:
+        form = await self._form(request)
+        kind, key = form.get("kind", ""), form.get("key", "")
+        if not self.server.authenticator.throttle.lift(kind, key):
+            return await self.throttle(request, 400, error=f"{key} is not held back (any more).")
+        log.info("admin throttle lifted kind=%s key=%s by=%s", kind, key.replace(" ", "/"),
+                 request["account"].address)  # fmt: skip
+        return await self.throttle(request, notice=f"Lifted: {key}.")
 
 
 def _when(epoch: float | None) -> str:
