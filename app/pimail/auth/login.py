@@ -104,6 +104,7 @@ class Authenticator:
         self.failure_delay = failure_delay
         self.clock = clock
         self.checks = 0  # passwords (or tokens) actually checked, for tests and benches
+        self.check_seconds = 0.05  # how long a check takes, lately (what a refusal waits too)
         self._dummy_hash = hash_password("not a password of anybody")
 
     async def guard(
@@ -115,13 +116,17 @@ class Authenticator:
         verdict = attempt.verdict
         if attempt.refused:
             self._log(service, ip, username, Outcome.REFUSED, verdict)
-            await asyncio.sleep(self.failure_delay)  # costs what a wrong password costs
+            # As long as a wrong password takes: the check (scrypt) it skipped, then the delay.
+            await asyncio.sleep(self.check_seconds + self.failure_delay)
             return Outcome.REFUSED
         try:
             if verdict.delay > 0:
                 await asyncio.sleep(verdict.delay)
             self.checks += 1
+            started = time.monotonic()
             ok = await check()
+            took = time.monotonic() - started
+            self.check_seconds += (took - self.check_seconds) / 8  # a moving average
         except BaseException:
             attempt.failed(self.clock())  # the client went away: it still counts
             raise

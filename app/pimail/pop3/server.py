@@ -3,7 +3,7 @@
 Each connection feeds a `protocol.Pop3Connection` and carries out what it asks:
 
 - `Login`: the password through the shared `Authenticator` (scrypt in a
-  thread, failures rate-limited per client address across all protocols), then
+  thread, the login throttle of every protocol; a refusal is [SYS/TEMP]), then
   INBOX opened on the store's writer and its messages read from the index
   (`IndexReader`, a reader thread): that list is the session's maildrop;
 - `Retrieve`: the message's file name from the index, the file opened and read

@@ -4,8 +4,9 @@ The same engine as the MX (server.py) with other policy:
 
 - AUTH PLAIN and LOGIN, only over TLS (587 does not even advertise AUTH before
   STARTTLS, and refuses every command but EHLO/NOOP/QUIT/STARTTLS in the
-  clear); passwords go through the shared `Authenticator`, so failures count
-  against the client's address across all protocols. Nothing but AUTH'd
+  clear); passwords go through the shared `Authenticator` and its login
+  throttle (auth/throttle.py: per address and per account, across all
+  protocols; a refusal is 454 4.7.0, RFC 4954 6). Nothing but AUTH'd
   clients may send (530 5.7.0).
 - The envelope sender and every From: address must be the user's own: the
   account's address, a +tag of it, or an alias that reaches it (a catch-all
@@ -16,7 +17,7 @@ The same engine as the MX (server.py) with other policy:
   are added when the client sent none.
 - Limits per account: `submission.max_recipients` per message (452 4.5.3) and
   `submission.max_messages_per_hour` (450 4.7.1, counted over the last 60
-  minutes). Failed AUTH is limited per client address by the Authenticator.
+  minutes).
 - A local recipient whose mailbox is full gets 452 4.2.2, as on the MX
   (store/quota.py); the sender's own quota never stops sending.
 
