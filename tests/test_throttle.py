@@ -251,3 +251,28 @@ def test_the_log_line_has_the_decision_and_never_the_password(
     assert "hunter2-x" not in text
     assert f"login service=imap user=alice@example.org?decision?ok ip={X} decision=fail" in text
     assert f"login service=imap user={ALICE} ip={X} decision=ok known=no" in text
+
+
+def test_known_addresses_survive_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pimail.auth.known import KnownAddresses
+
+    store = KnownAddresses(tmp_path / "logins.db", ttl=30 * 86400.0, limit=100)
+    limits = ThrottleLimits(per_address=2, per_account=2, base_delay=0.0, max_delay=0.0)
+    first = Authenticator(_Directory(), LoginThrottle(limits), 0.0, known=store)  # type: ignore[arg-type]
+    assert asyncio.run(first.authenticate(ALICE, "right", "2001:db8:5::1", "imap")).account
+    assert store.load()[0][:2] == (ALICE, "2001:db8:5::/64")
+    # "Restarted": a new throttle, the known address loaded, the failures not.
+    second = Authenticator(_Directory(), LoginThrottle(limits), 0.0, known=store)  # type: ignore[arg-type]
+    for _ in range(5):
+        asyncio.run(second.authenticate(ALICE, "wrong", X, "imap"))
+    assert asyncio.run(second.authenticate(ALICE, "right", Y, "imap")).refused
+    home = asyncio.run(second.authenticate(ALICE, "right", "2001:db8:5::77", "imap"))
+    assert home.account is not None
+    # Past the lifetime a row is neither loaded nor kept.
+    short = KnownAddresses(tmp_path / "logins.db", ttl=0.0, limit=100)
+    assert short.load() == []
+    # An unreadable file loads as nothing, and saving into it does not raise.
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"not a database" * 100)
+    assert KnownAddresses(broken, 86400.0, 10).load() == []
+    KnownAddresses(broken, 86400.0, 10).save(ALICE, X, 0.0)

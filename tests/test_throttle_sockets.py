@@ -334,3 +334,26 @@ def test_the_admin_page_lists_and_lifts(site: PimailServer) -> None:
     assert again.status == 400
     forged = admin.post("/admin/throttle/lift", {"kind": "address", "key": "127.0.0.9"})
     assert forged.status == 403
+
+
+# -- a restart (last: it empties the throttle every test above filled) --------------------
+
+
+def test_a_known_address_is_still_known_after_a_restart(site: PimailServer) -> None:
+    peggy, attacker, home, elsewhere = user("peggy"), "127.0.8.1", "127.0.8.3", "127.0.8.4"
+    assert asyncio.run(imap_login(site, peggy, PASSWORD, home)).startswith(b"a OK")
+    site.stop()
+    site.start()
+
+    async def run() -> tuple[list[bytes], bytes, bytes]:
+        guesses = [await imap_login(site, peggy, f"guess-{i}", attacker) for i in range(10)]
+        return (
+            guesses,
+            await imap_login(site, peggy, PASSWORD, elsewhere),
+            await imap_login(site, peggy, PASSWORD, home),
+        )
+
+    guesses, from_elsewhere, from_home = asyncio.run(run())
+    assert all(g.startswith(b"a NO") for g in guesses)
+    assert from_elsewhere.startswith(b"a NO [UNAVAILABLE]")  # the account is held back...
+    assert from_home.startswith(b"a OK")  # ...but not at home, restart or not

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import db, systemd
+from .auth import known
 from .auth.accounts import Directory
 from .auth.login import Authenticator
 from .auth.throttle import LoginThrottle, throttle_limits
@@ -76,10 +77,14 @@ class Server:
         self.store = Store(settings, Directory(db.open_main(settings.db_path)))
         self.listeners: list[asyncio.base_events.Server] = []
         self.stopping = asyncio.Event()
+        limits = throttle_limits(settings.auth)
         self.authenticator = Authenticator(
             self.directory,
-            LoginThrottle(throttle_limits(settings.auth)),
+            LoginThrottle(limits),
             settings.auth.failure_delay,
+            known=known.KnownAddresses(
+                settings.data_dir / known.FILENAME, limits.known_ttl, limits.max_tracked
+            ),
         )
         self.queue = Queue(settings, Directory(db.open_main(settings.db_path)), self.store)
         self.certs: CertificateStore | None = None

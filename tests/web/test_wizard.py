@@ -294,3 +294,26 @@ def test_the_certificate_step_refuses_acme_for_a_local_name(fresh: PimailServer)
     # Changing the domain sends the addresses chosen in the old one back to be chosen again.
     step(b, "names", {"domain": "example.net", "hostname": "mail.example.net"})
     assert b.get("/setup/certificates", follow=False).redirected_to == "/setup/admin"
+
+
+def test_setup_token_guesses_go_through_the_login_throttle(
+    make_server, dns_server: DnsServer
+) -> None:
+    server: PimailServer = make_server(
+        sections={"dns": {"nameservers": [dns_server.address]},
+                  "auth": {"max_failures": 3, "failure_delay": 0.05}},
+    )  # fmt: skip
+    server.data_dir.mkdir(parents=True, exist_ok=True)
+    (server.data_dir / "setup-token").write_text("correct horse\n")
+    server.start()
+    b = browser(server)
+    welcome = b.get("/setup")
+    for guess in ("wrong horse", "battery staple", "tr0ub4dor"):
+        assert post(b, "/setup", {"token": guess}, welcome).status == 403
+    # The limit reached: the right token is refused unchecked, with the same page.
+    refused = post(b, "/setup", {"token": "correct horse"}, welcome)
+    assert refused.status == 403 and "not the setup token" in refused.text
+    log = server.log.read_text()
+    assert log.count("login service=setup user=(setup?token) ip=127.0.0.1 decision=fail") == 3
+    assert "login service=setup user=(setup?token) ip=127.0.0.1 decision=refused" in log
+    assert "correct horse" not in log and "wrong horse" not in log

@@ -7,7 +7,8 @@ the setup wizard's token). scrypt runs in a thread (never on the event loop).
 The throttle (auth/throttle.py) counts failures per client address and per
 account, reserves a place for every attempt before its password is checked,
 delays and then refuses; the policy is in docs/ARCHITECTURE.md ("Login
-throttling"). Every failure and every refusal costs the client
+throttling"); the addresses each account logged in from are kept across
+restarts by auth/known.py. Every failure and every refusal costs the client
 `failure_delay`, so a refusal takes as long as a wrong password, and unknown
 users cost as much time as known ones, so timing does not tell which
 addresses exist. One log line per decision, key=value, never the password.
@@ -19,6 +20,7 @@ login (submission's messages per account and hour).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .accounts import Account, Directory
+from .known import KnownAddresses
 from .passwords import hash_password, verify_password
 from .throttle import LoginThrottle, Verdict, account_key
 
@@ -98,11 +101,17 @@ class Authenticator:
         throttle: LoginThrottle | None = None,
         failure_delay: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        known: KnownAddresses | None = None,
     ) -> None:
         self.directory = directory
         self.throttle = throttle or LoginThrottle()
         self.failure_delay = failure_delay
         self.clock = clock
+        self.known = known
+        if known is not None:  # the known addresses of before the restart
+            age = time.time() - clock()  # epoch seconds to this clock's
+            for account, address, last in known.load():
+                self.throttle.remember(account, address, last - age)
         self.checks = 0  # passwords (or tokens) actually checked, for tests and benches
         self.check_seconds = 0.05  # how long a check takes, lately (what a refusal waits too)
         self._dummy_hash = hash_password("not a password of anybody")
@@ -131,7 +140,12 @@ class Authenticator:
             attempt.failed(self.clock())  # the client went away: it still counts
             raise
         if ok:
-            attempt.succeeded(self.clock())
+            if attempt.succeeded(self.clock()) and self.known is not None:
+                loop = asyncio.get_running_loop()
+                store = functools.partial(
+                    self.known.save, attempt.account, attempt.address, time.time()
+                )
+                await loop.run_in_executor(None, store)
             self._log(service, ip, username, Outcome.OK, verdict)
             return Outcome.OK
         attempt.failed(self.clock())

@@ -30,6 +30,9 @@ docs/ARCHITECTURE.md, "Login throttling"):
   at the limit the attempt is refused without checking the password (the
   caller still makes it cost what a failure costs). A refused attempt counts
   as a failure too, so an attacker who keeps going stays refused.
+- Known addresses survive a restart: the Authenticator stores them
+  (auth/known.py, <data>/logins.db) when `Attempt.succeeded` says so, at most
+  once a day per pair.
 - Bounded memory. Each table keeps at most `max_tracked` keys (the least
   recently touched goes first; never one with an attempt in flight) and
   each key at most its limit's number of failures.
@@ -46,6 +49,7 @@ from typing import Any
 from .accounts import DirectoryError, split_address
 
 MAX_USERNAME = 320  # RFC 5321 4.5.3.1: 64 + @ + 255, rounded
+REMEMBER_EVERY = 86400.0  # a known address is stored again at most once a day
 
 
 class Decision(Enum):
@@ -163,10 +167,13 @@ class Attempt:
     def refused(self) -> bool:
         return self.verdict.decision is Decision.REFUSE
 
-    def succeeded(self, now: float) -> None:
-        if not self.done:
-            self.done = True
-            self.throttle._end(self, now, ok=True)
+    def succeeded(self, now: float) -> bool:
+        """True when the address became known for the account, or was last
+        remembered more than REMEMBER_EVERY ago: worth storing (auth/known.py)."""
+        if self.done:
+            return False
+        self.done = True
+        return self.throttle._end(self, now, ok=True)
 
     def failed(self, now: float) -> None:
         if not self.done:
@@ -259,19 +266,18 @@ class LoginThrottle:
         ):
             bucket.failures.popleft()
 
-    def _end(self, attempt: Attempt, now: float, ok: bool) -> None:
+    def _end(self, attempt: Attempt, now: float, ok: bool) -> bool:
         address, account = attempt.address, attempt.account
         # A bucket forgotten meanwhile (bounded memory) has nothing to release.
         for bucket, _, other in self._sides(address, account, attempt.verdict.known, touch=False):
             bucket.in_flight = max(0, bucket.in_flight - 1)
             if not ok:
                 self._record(bucket, now, other)
-        if ok:
-            self._forgive(address, account, now)
+        return self._forgive(address, account, now) if ok else False
 
-    def _forgive(self, address: str, account: str, now: float) -> None:
+    def _forgive(self, address: str, account: str, now: float) -> bool:
         """A success: clear this (address, account) pair's failures, and only
-        theirs, and remember the address for the account."""
+        theirs, and remember the address for the account (True: newly)."""
         window = self.limits.window
         for table, key, other in (
             (self.addresses, address, account),
@@ -282,7 +288,14 @@ class LoginThrottle:
             if bucket is not None:
                 bucket.failures = deque(f for f in bucket.failures if f[1] != other)
                 table.prune(key, now, window)
-        self.known[(account, address)] = now
+        previous = self.known.get((account, address))
+        self.remember(account, address, now)
+        return previous is None or now - previous >= REMEMBER_EVERY
+
+    def remember(self, account: str, address: str, when: float) -> None:
+        """`address` (an address_key) is known for `account` since `when` (also
+        what auth/known.py loads at start)."""
+        self.known[(account, address)] = when
         self.known.move_to_end((account, address))
         while len(self.known) > self.limits.max_tracked:
             self.known.popitem(last=False)
