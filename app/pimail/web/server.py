@@ -271,7 +271,7 @@ class Web:
         username = str(form.get("username", ""))[:320].strip()
         password = str(form.get("password", ""))[:1024]
         ip = request.remote or "unknown"
-        account = await self.authenticator.login(username, password, ip, "web")  # throttled
+        account = await self.authenticator.login(username, password, ip, "web")
         if account is None:
             return self.render(
                 request,
