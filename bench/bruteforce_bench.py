@@ -21,7 +21,7 @@ how many it refused unchecked (from its log: one line per decision). Loopback
 only; every loop stops at the phase's end.
 
 Usage:  .venv/bin/python bench/bruteforce_bench.py [--seconds 20] [--honest 4]
-            [--attackers 25] [--failure-delay 1.0] [--keep]
+            [--attackers 25] [--failure-delay 1.0] [--max-failures 10] [--no-throttle] [--keep]
 """
 
 from __future__ import annotations
@@ -292,10 +292,20 @@ def main() -> int:
     parser.add_argument("--attackers", type=int, default=25)
     parser.add_argument("--failure-delay", type=float, default=1.0)
     parser.add_argument("--max-failures", type=int, default=10, help="auth.max_failures")
+    parser.add_argument(
+        "--no-throttle", action="store_true",
+        help="limits so high that every guess is checked: what the attack costs without it",
+    )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="pimail-bruteforce-"))
-    auth = {"failure_delay": args.failure_delay, "max_failures": args.max_failures}
+    auth: dict[str, object] = {
+        "failure_delay": args.failure_delay,
+        "max_failures": args.max_failures,
+    }
+    if args.no_throttle:
+        auth.update(max_failures=10**9, max_failures_per_account=10**9,
+                    max_failures_known_address=10**9)  # fmt: skip
     server = Server(workdir, auth)
     try:
         server.prepare()

@@ -90,6 +90,18 @@ def test_per_account_from_many_addresses() -> None:
     assert not t.begin("203.0.113.200", BOB, 0.0).refused  # another account
 
 
+def test_one_refused_address_does_not_fill_the_account() -> None:
+    t = throttle()  # per address 4, per account 6
+    for _ in range(50):
+        fail(t, X, ALICE)
+    bucket = t.accounts.get(ALICE)
+    assert bucket is not None and len(bucket.failures) == 4  # only the guesses X was allowed
+    assert not t.begin(Y, ALICE, 0.0).refused  # alice elsewhere: delayed at most
+    for i in range(2):  # a second address: the account's limit reached
+        fail(t, f"203.0.113.{i}", ALICE)
+    assert t.begin(Y, ALICE, 0.0).refused
+
+
 def test_unknown_user_names_count_as_accounts() -> None:
     t = throttle()
     for i in range(6):

@@ -29,7 +29,9 @@ docs/ARCHITECTURE.md, "Login throttling"):
   waits `base_delay * 2**k` (k: failures past the half), at most `max_delay`;
   at the limit the attempt is refused without checking the password (the
   caller still makes it cost what a failure costs). A refused attempt counts
-  as a failure too, so an attacker who keeps going stays refused.
+  as a failure of the key(s) at their limit, so an attacker who keeps going
+  stays refused; not of the others, so one address refused for its own
+  guesses does not fill the account's bucket beyond them.
 - Known addresses survive a restart: the Authenticator stores them
   (auth/known.py, <data>/logins.db) when `Attempt.succeeded` says so, at most
   once a day per pair.
@@ -219,8 +221,9 @@ class LoginThrottle:
         account_failures = counts[-1][1]
         if any(n >= limit for _, n, limit, _ in counts):
             decision, delay = Decision.REFUSE, 0.0
-            for bucket, _, _, other in counts:  # a refusal is a failure: the block holds
-                self._record(bucket, now, other)
+            for bucket, n, limit, other in counts:
+                if n >= limit:  # a refusal is a failure where it was refused: the block holds
+                    self._record(bucket, now, other)
         else:
             delay = max(self._delay(n, limit) for _, n, limit, _ in counts)
             decision = Decision.DELAY if delay > 0 else Decision.CHECK
