@@ -1,0 +1,193 @@
+"""The site-wide starter model of the spam filter: what every account uses on its first day.
+
+A new account has trained nothing, so its own Bayes model (bayes.py) says
+nothing; SpamAssassin and rspamd answer that with a global model beside the
+per-user one. pimail's is built once, when the SD-card image is built (or, in
+development, by `./build.sh run`), from a labelled corpus: `pimail spam
+build-starter` (cli.py) trains it from the Apache SpamAssassin corpus's
+spam-1 and easy-ham-1 (`pimail.filter.sa_corpus`), and the server reads it
+from `filter.starter_model` (config.py), never writing it: on the device it
+lies on the read-only root, /usr/share/pimail/starter-bayes.db.
+
+File: a SQLite database, written once, then opened read-only (immutable):
+
+  meta(key, value)             tokenizer: TOKENIZER_VERSION it was built with;
+                               spam, ham: messages trained; min_count; source
+  tokens(token, spam, ham)     token: 64-bit hash as in bayes.py; spam/ham:
+                               messages of each class that have it
+
+Tokens seen in fewer than `min_count` messages (2 by default) are left out:
+a token seen once is a weak clue (Robinson's f(w) stays within 0.16 of 0.5
+from one message) and such tokens are most of the vocabulary, so the file
+is about a third the size. A model built with another tokenizer version is
+of no use (its hashes are of other tokens): `StarterModel.open` refuses it,
+and the server goes on without one (logged).
+
+How it is combined with an account's own model: bayes.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pimail.filter.bayes import chunks, token_hash
+from pimail.filter.tokens import TOKENIZER_VERSION, tokenize
+
+log = logging.getLogger(__name__)
+
+MIN_COUNT = 2  # messages a token must be in to be kept
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tokens (
+    token INTEGER PRIMARY KEY,      -- 64-bit hash of the token text (bayes.token_hash)
+    spam INTEGER NOT NULL,          -- spam messages with it
+    ham INTEGER NOT NULL            -- ham messages with it
+) WITHOUT ROWID
+"""
+
+
+class StarterError(RuntimeError):
+    """The file is missing, unreadable, or built for another tokenizer."""
+
+
+@dataclass(frozen=True, slots=True)
+class StarterInfo:
+    path: Path
+    spam: int
+    ham: int
+    tokens: int
+    bytes: int
+    source: str
+
+
+class StarterModel:
+    """A starter model opened read-only; thread-safe (one lock)."""
+
+    def __init__(self, path: Path, con: sqlite3.Connection, spam: int, ham: int) -> None:
+        self.path = path
+        self._con = con
+        self.spam_total = spam
+        self.ham_total = ham
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path) -> StarterModel:
+        if not path.is_file():
+            raise StarterError(f"{path}: no such file")
+        try:
+            # immutable: no locks, no WAL, no journal; the file never changes
+            # while open (a rebuild writes a new file and renames it over).
+            con = sqlite3.connect(
+                f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False
+            )
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            raise StarterError(f"{path}: {exc}") from exc
+        if meta.get("tokenizer") != str(TOKENIZER_VERSION):
+            con.close()
+            raise StarterError(
+                f"{path}: built with tokenizer {meta.get('tokenizer')}, "
+                f"this pimail has {TOKENIZER_VERSION}: rebuild it"
+            )
+        return cls(path, con, int(meta.get("spam", 0)), int(meta.get("ham", 0)))
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def counts(self, hashes: list[int]) -> dict[int, tuple[int, int]]:
+        """(spam, ham) of each of the hashed tokens the model has."""
+        found: dict[int, tuple[int, int]] = {}
+        with self._lock:
+            for chunk in chunks(hashes):
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT token, spam, ham FROM tokens WHERE token IN ({marks})"
+                rows = self._con.execute(query, chunk)
+                found.update((token, (spam, ham)) for token, spam, ham in rows)
+        return found
+
+    def info(self) -> StarterInfo:
+        with self._lock:
+            (tokens,) = self._con.execute("SELECT count(*) FROM tokens").fetchone()
+            meta = dict(self._con.execute("SELECT key, value FROM meta").fetchall())
+        return StarterInfo(
+            self.path, self.spam_total, self.ham_total, tokens,
+            self.path.stat().st_size, meta.get("source", ""),
+        )  # fmt: skip
+
+
+def open_optional(path: str | os.PathLike[str] | None) -> StarterModel | None:
+    """The starter model at `path`, or None (logged) when there is none fit to use."""
+    if not path:
+        return None
+    try:
+        model = StarterModel.open(Path(path))
+    except StarterError as exc:
+        log.warning("bayes starter model not used reason=%r", str(exc))
+        return None
+    log.info("bayes starter model path=%s spam=%d ham=%d", path, model.spam_total, model.ham_total)
+    return model
+
+
+def build(
+    spam: Iterable[bytes],
+    ham: Iterable[bytes],
+    out: Path,
+    *,
+    min_count: int = MIN_COUNT,
+    source: str = "",
+) -> StarterInfo:
+    """Train a starter model from labelled messages and write it to `out`
+    (atomically: a temporary file beside it, renamed over)."""
+    counts: dict[int, list[int]] = {}
+    totals = [0, 0]
+    for index, messages in ((0, spam), (1, ham)):
+        for message in messages:
+            totals[index] += 1
+            for token in tokenize(message):
+                entry = counts.get(hashed := token_hash(token))
+                if entry is None:
+                    entry = counts[hashed] = [0, 0]
+                entry[index] += 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    con = sqlite3.connect(temporary)
+    try:
+        con.executescript(SCHEMA)
+        con.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [
+                ("tokenizer", str(TOKENIZER_VERSION)),
+                ("spam", str(totals[0])),
+                ("ham", str(totals[1])),
+                ("min_count", str(min_count)),
+                ("source", source),
+            ],
+        )
+        con.executemany(
+            "INSERT INTO tokens (token, spam, ham) VALUES (?, ?, ?)",
+            sorted((token, s, h) for token, (s, h) in counts.items() if s + h >= min_count),
+        )
+        con.commit()
+        con.execute("VACUUM")
+    finally:
+        con.close()
+    os.replace(temporary, out)
+    model = StarterModel.open(out)
+    try:
+        info = model.info()
+    finally:
+        model.close()
+    log.info(
+        "bayes starter model built path=%s spam=%d ham=%d tokens=%d bytes=%d",
+        out, info.spam, info.ham, info.tokens, info.bytes,
+    )  # fmt: skip
+    return info
