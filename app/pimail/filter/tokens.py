@@ -88,7 +88,8 @@ _EMAIL = re.compile(r"[\w.+-]{1,64}@([a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){1,8})"
 _SPACE = re.compile(r"\s+")
 _ENCODED_WORD_CHARSET = re.compile(r"=\?([^?\s]{1,40})\?[bBqQ]\?")
 # RFC 5321 4.4: "from" Extended-Domain "by" ...; the client's name and address.
-_RECEIVED_FROM = re.compile(r"^\s*from\s+(\S{1,255})(?:\s+\(([^()]{0,300})\))?")
+_RECEIVED_FROM = re.compile(r"^\s*from\s+(\S{1,255})")
+_HELO_NAME = re.compile(r"\bhelo[= ]\s*\S+")  # qmail's "(HELO name)", Exim's "helo=name"
 _RECEIVED_BY = re.compile(r"\bby\s+([a-z0-9.-]{1,255})")
 _LETTER = re.compile(r"[^\W\d_]")
 
@@ -263,27 +264,29 @@ def _received_tokens(received: list[str], list_domains: set[str], tokens: _Token
     """Tokens of the hops outside our trust boundary (module docstring).
     `received` is newest first, as the fields stand (RFC 5321 4.4)."""
     if list_domains:
-        # The oldest hop that a list host made or handed on, and all above it.
+        # The oldest hop into a list host: its sender is kept, the hops above
+        # it (the list's own, and ours) are not.
         for index in range(len(received) - 1, -1, -1):
             by = _RECEIVED_BY.search(received[index])
-            start = _RECEIVED_FROM.match(received[index])
-            names = [m.group(1) for m in (by, start) if m is not None]
-            if any(_domain_in(name, list_domains) for name in names):
-                received = received[index + 1 :]
+            if by is not None and _domain_in(by.group(1), list_domains):
+                received = received[index:]
                 tokens.add("received:list-hops-skipped")
                 break
     for value in received:
         start = _RECEIVED_FROM.match(value)
         if start is None:
             continue
-        helo, comment = start.group(1), start.group(2) or ""
+        helo = start.group(1)
+        comment = value[start.end() : start.end() + 300].split(" by ", 1)[0]
         address = _IPV4.search(comment) or _IPV4.search(helo)
         if address is None or not _public(address.group()):
             continue  # the site's own hops, or one we cannot place
+        if list_domains and _domain_in(helo, list_domains):
+            continue  # a list host handing on to another of its own
         a, b, c, _ = address.groups()
         tokens.add(f"received:{a}.{b}")
         tokens.add(f"received:{a}.{b}.{c}")
-        names = _HOST.findall(comment)
+        names = _HOST.findall(_HELO_NAME.sub(" ", comment))
         if names:
             tokens.host("received:", names[0])
         else:
