@@ -548,7 +548,7 @@ def cmd_spam_stats(settings: config.Settings, args: argparse.Namespace) -> None:
 def cmd_spam_build_starter(settings: config.Settings, args: argparse.Namespace) -> int:
     """The starter model (filter/starter.py) from spam-1 and easy-ham-1 of the
     SpamAssassin corpus: the groups the held-out evaluation never uses."""
-    from .filter import sa_corpus, starter
+    from .filter import starter
 
     out = Path(args.out) if args.out else settings.starter_model_path
     if out is None:
@@ -562,17 +562,10 @@ def cmd_spam_build_starter(settings: config.Settings, args: argparse.Namespace) 
         except starter.StarterError:
             pass
     try:
-        root = Path(args.corpus) if args.corpus else sa_corpus.corpus_dir()
-        spam = sa_corpus.read_group(root, "spam-1")
-        ham = sa_corpus.read_group(root, "easy-ham-1")
-    except (OSError, sa_corpus.CorpusError) as exc:
-        print(f"pimail: the corpus: {exc}", file=sys.stderr)
+        info = starter.build_from_corpus(Path(args.corpus) if args.corpus else None, out)
+    except starter.StarterError as exc:
+        print(f"pimail: {exc}", file=sys.stderr)
         return 1
-    if not spam or not ham:
-        print(f"pimail: {root}: spam-1/ and easy-ham-1/ must hold messages", file=sys.stderr)
-        return 1
-    source = f"{sa_corpus.PACKAGE}@{sa_corpus.PACKAGE_VERSION} spam-1, easy-ham-1"
-    info = starter.build(spam, ham, out, source=source if not args.corpus else str(root))
     print(f"{out}: {info.spam} spam, {info.ham} ham, {info.tokens} tokens, "
           f"{info.bytes / 2**20:.1f} MiB")  # fmt: skip
     return 0

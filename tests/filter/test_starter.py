@@ -15,6 +15,8 @@ import hashlib
 import random
 import smtplib
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,6 +258,28 @@ def test_cli_builds_the_starter_model_from_a_corpus_folder(tmp_path: Path) -> No
     done = cli(tmp_path, "spam", "build-starter", "--corpus", str(empty), "--out", str(out))
     assert done.returncode == 1 and "must hold messages" in done.stderr
     done = cli(tmp_path, "spam", "build-starter", "--corpus", str(tmp_path / "nope"))
+    assert done.returncode == 1 and "the corpus" in done.stderr
+
+
+def test_image_build_command_needs_the_standard_library_alone(tmp_path: Path) -> None:
+    """image/build.sh runs `python3 -m pimail.filter.starter` on the build host,
+    with pimail's source on the path and none of its dependencies (-S: no
+    site-packages)."""
+    root = tmp_path / "corpus"
+    write_corpus(root, corpus("spam", 6), corpus("ham", 6))
+    out = tmp_path / "usr/share/pimail/starter-bayes.db"
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "app"), "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-S", "-m", "pimail.filter.starter", "--out", str(out)]
+    done = subprocess.run(
+        [*command, "--corpus", str(root)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert starter.StarterModel.open(out).ham_total == 6
+    done = subprocess.run(
+        [*command, "--corpus", str(tmp_path / "none")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
     assert done.returncode == 1 and "the corpus" in done.stderr
 
 
