@@ -180,14 +180,15 @@ def test_a_trained_account_weighs_its_own_model_more(bayes: Bayes) -> None:
     """The account's user wants what the starter calls spam (a casino's
     newsletter, say): once it has trained starter_until of each, its own
     model joins, and its word outweighs the starter's."""
-    newsletter = [generated("spam", i, "newsletter") for i in range(25)]
+    newsletter = [generated("spam", i, "newsletter") for i in range(40)]
+    own_spam = corpus("ham", 40, "own-ham")  # and the reverse
     bayes.train_many(7, newsletter[:19], spam=False)  # one short of starter_until (20)
-    bayes.train_many(7, corpus("ham", 19, "own-ham"), spam=True)  # and the reverse
+    bayes.train_many(7, own_spam[:19], spam=True)
     test = generated("spam", 99, "newsletter")
     before = bayes.score(7, test)
     assert before.source == "starter" and before.probability > 0.99
-    bayes.train(7, newsletter[19], spam=False)
-    bayes.train(7, generated("ham", 19, "own-ham"), spam=True)
+    bayes.train_many(7, newsletter[19:], spam=False)
+    bayes.train_many(7, own_spam[19:], spam=True)
     after = bayes.score(7, test)
     assert after.source == "both" and bayes.stats(7).trained
     assert after.probability < 0.5  # the account's own model wins
@@ -332,3 +333,35 @@ def test_a_fresh_account_gets_clear_spam_in_junk_from_day_one(filtered: PimailSe
     con = sqlite3.connect(filtered.data_dir / "bayes.db")  # nothing trained by scoring
     assert con.execute("SELECT count(*) FROM totals").fetchone()[0] == 0
     con.close()
+
+
+def test_the_starter_leaves_out_what_only_says_html(tmp_path: Path) -> None:
+    """easy-ham-1 has almost no HTML: a starter model must not learn that HTML
+    is spam; what HTML hides, and its words, are kept."""
+    html = (
+        b"From: a@example.org\r\nContent-Type: text/html\r\n\r\n<font color=red>"
+        b'<div style="display:none">hidden</div><a href="http://shop.example/">buy</a></font>\r\n'
+    )
+    path = tmp_path / "html.db"
+    starter.build([html, html], [b"\r\nplain words\r\n"] * 2, path)
+    model = starter.StarterModel.open(path)
+    names = ["html:tag:font", "html:attr:color", "html:a:1", "mime:text/html",
+             "html:style:display:none", "url:shop.example", "buy"]  # fmt: skip
+    found = model.counts([token_hash(name) for name in names])
+    model.close()
+    kept = {name for name in names if token_hash(name) in found}
+    assert kept == {"html:style:display:none", "url:shop.example", "buy"}
+    assert starter.format_token("mime:shape:multipart/alternative(text/plain,text/html)")
+    assert not starter.format_token("mime:shape:text/plain")
+
+
+def test_a_token_seen_in_one_trained_message_is_no_clue(tmp_path: Path) -> None:
+    with Bayes(tmp_path / "own.db") as bayes:  # no starter: the account's model alone
+        bayes.train_many(1, corpus("spam", 50, "evidence"), spam=True)
+        bayes.train_many(1, corpus("ham", 50, "evidence"), spam=False)
+        probe = b"Subject: x\r\n\r\nquuxword meeting agenda\r\n"
+        bayes.train(1, b"Subject: y\r\n\r\nquuxword once\r\n", spam=True)
+        clues = {c.token for c in bayes.score(1, probe).spam_tokens}
+        assert "quuxword" not in clues
+        bayes.train(1, b"Subject: z\r\n\r\nquuxword twice\r\n", spam=True)
+        assert "quuxword" in {c.token for c in bayes.score(1, probe).spam_tokens}

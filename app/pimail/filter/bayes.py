@@ -14,8 +14,8 @@ to the Spam Problem", Linux Journal, 2003; SpamBayes classifier.py):
   messages trained with it out of S spam and H ham, then Robinson's
   correction for rare tokens f(w) = (a*x + n*p(w)) / (a + n), n = s + h,
   strength a = 0.45, prior x = 0.5;
-- the clues are the tokens with |f(w) - 0.5| >= 0.1, at most the 150
-  strongest;
+- the clues are the tokens with |f(w) - 0.5| >= 0.1 seen in at least
+  MIN_EVIDENCE (2) trained messages, at most the 150 strongest;
 - Fisher's chi-square combining: S' = 1 - C(-2 sum ln(1 - f), 2n),
   H' = 1 - C(-2 sum ln f, 2n), probability = (1 + S' - H') / 2, where C is
   the chi-square survival function with 2n degrees of freedom. Near 1 is
@@ -95,6 +95,10 @@ ACCOUNT_WEIGHT = 2.0  # the account's model against the starter's, once it joins
 UNKNOWN_WORD_STRENGTH = 0.45  # a: how much the prior x weighs against the counts
 UNKNOWN_WORD_PROB = 0.5  # x: the probability of a token never seen
 MINIMUM_PROB_STRENGTH = 0.1  # |f(w) - 0.5| below this: not a clue
+# Tokens seen in fewer trained messages are no clue (issue 15): one message is
+# no evidence, and such tokens are most of a vocabulary; on spam-1/easy-ham-1
+# (bench/bayes_eval.py) leaving them out catches more spam, no more ham.
+MIN_EVIDENCE = 2
 MAX_DISCRIMINATORS = 150  # clues used, the strongest first
 # Suggested cut-offs (SpamBayes' defaults): at or above SPAM_CUTOFF spam, below
 # HAM_CUTOFF ham, between them unsure. The pipeline's configuration decides.
@@ -447,6 +451,9 @@ class Bayes:
         clues: list[tuple[float, str, float]] = []
         for hashed in starter_counts.keys() | own_counts.keys():
             mine = own_counts.get(hashed, (0, 0))
+            theirs = starter_counts.get(hashed, (0, 0))
+            if sum(mine) + sum(theirs) < MIN_EVIDENCE:
+                continue
             if starter is None:
                 f = token_probability(*mine, *own_totals)
             elif not own:
