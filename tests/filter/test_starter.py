@@ -365,3 +365,15 @@ def test_a_token_seen_in_one_trained_message_is_no_clue(tmp_path: Path) -> None:
         assert "quuxword" not in clues
         bayes.train(1, b"Subject: z\r\n\r\nquuxword twice\r\n", spam=True)
         assert "quuxword" in {c.token for c in bayes.score(1, probe).spam_tokens}
+
+
+def test_spam_stats_says_which_model_scores(tmp_path: Path, model_file: Path) -> None:
+    server = PimailServer(tmp_path / "data", {"filter": {"starter_model": str(model_file)}})
+    server.cli("domain", "add", "example.org")
+    server.add_user("new@example.org")
+    out = server.cli("spam", "stats", "new@example.org").stdout
+    assert "0 spam, 0 ham" in out and "the starter model scores until it has 200 of each" in out
+    off = PimailServer(tmp_path / "off", {"filter": {"starter_model": "off"}})
+    off.cli("domain", "add", "example.org")
+    off.add_user("new@example.org")
+    assert "scores once it has 50 of each" in off.cli("spam", "stats", "new@example.org").stdout
