@@ -148,6 +148,15 @@ def test_build_keeps_tokens_seen_twice_and_records_the_tokenizer(tmp_path: Path)
     assert count == starter.build(spam, [b"Subject: z\r\n\r\ndelta\r\n"], path).tokens
 
 
+def test_a_path_with_uri_characters_opens(tmp_path: Path) -> None:
+    path = tmp_path / "odd?name#with%41 chars.db"
+    starter.build([b"\r\nspam spam\r\n"] * 2, [b"\r\nham ham\r\n"] * 2, path)
+    model = starter.StarterModel.open(path)
+    assert (model.spam_total, model.ham_total) == (2, 2)
+    model.close()
+    assert not (tmp_path / "odd").exists()  # not a file named by a cut URI
+
+
 def test_a_model_of_another_tokenizer_or_no_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     starter.build([b"\r\nspam spam\r\n"] * 2, [b"\r\nham ham\r\n"] * 2, path)

@@ -96,9 +96,8 @@ class StarterModel:
         try:
             # immutable: no locks, no WAL, no journal; the file never changes
             # while open (a rebuild writes a new file and renames it over).
-            con = sqlite3.connect(
-                f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False
-            )
+            uri = path.resolve().as_uri() + "?mode=ro&immutable=1"  # "?", "#", "%" escaped
+            con = sqlite3.connect(uri, uri=True, check_same_thread=False)
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.Error as exc:
             raise StarterError(f"{path}: {exc}") from exc
