@@ -447,7 +447,6 @@ def test_arc_none_and_hostile(resolver: Resolver) -> None:
 def test_arc_pass_fail(zone: DnsServer, resolver: Resolver, keys: list[signer.DkimKey]) -> None:
     # dkimpy seals only with the `authres` package (it parses the A-R field it seals).
     import authres  # noqa: F401 (a test dependency: dkimpy needs it to seal ARC)
-
     rsa = keys[0]
     publish(zone, keys)
     message = b"Authentication-Results: lists.example.test; spf=pass\r\n" + PLAIN

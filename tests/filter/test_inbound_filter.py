@@ -36,13 +36,10 @@ def send(server: PimailServer, sender: str, message: bytes) -> None:
 
 
 def message(domain: str, extra: bytes = b"") -> bytes:
-    return (
-        extra
-        + (
-            f"From: someone@{domain}\r\nTo: alice@example.org\r\nSubject: hello\r\n"
-            "Date: Fri, 27 Nov 2026 12:00:00 +0000\r\nMessage-ID: <m1@x.test>\r\n\r\nHi.\r\n"
-        ).encode()
-    )
+    return extra + (
+        f"From: someone@{domain}\r\nTo: alice@example.org\r\nSubject: hello\r\n"
+        "Date: Fri, 27 Nov 2026 12:00:00 +0000\r\nMessage-ID: <m1@x.test>\r\n\r\nHi.\r\n"
+    ).encode()
 
 
 def test_dmarc_reject_is_refused_before_the_250(filtered: Any) -> None:
