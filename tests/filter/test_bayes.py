@@ -78,7 +78,7 @@ def test_header_tokens_are_prefixed_by_field() -> None:
     data = message(
         "body",
         headers=(
-            "Received: from relay.example.com (relay.example.com [192.0.2.17])\r\n"
+            "Received: from relay.example.com (relay.example.com [81.2.69.17])\r\n"
             "\tby mx.example.net\r\n"
             "X-Mailer: Mutt 2.2\r\n"
             "List-Id: Pimail users <users.lists.example.org>\r\n"
@@ -88,7 +88,7 @@ def test_header_tokens_are_prefixed_by_field() -> None:
     assert {"subject:hello", "subject:there"} <= found
     assert {"from:addr:alice@mail.example.org", "from:domain:example.org"} <= found
     assert {"from:name:alice", "from:name:example", "to:domain:example.net"} <= found
-    assert {"received:relay.example.com", "received:example.com", "received:192.0.2"} <= found
+    assert {"received:relay.example.com", "received:example.com", "received:81.2.69"} <= found
     assert {"message-id:@mail.example.org", "x-mailer:mutt 2.2", "x-mailer:mutt"} <= found
     assert {"list-id:users.lists.example.org", "header:received", "header:x-mailer"} <= found
     assert "hello" not in found  # the subject's words only as subject: tokens
@@ -112,6 +112,98 @@ def test_filter_verdict_fields_are_not_learnt() -> None:
 def test_mbox_from_line_is_skipped() -> None:
     data = b"From alice@example.org  Thu Aug 22 13:17:22 2002\n" + message("body")
     assert "subject:hello" in tokenize(data)
+
+
+def test_word_pairs_of_body_and_subject() -> None:
+    """Issue 15: adjacent words as one token, as CRM114's and rspamd's pairs."""
+    found = tokenize(message("Buy cheap meds, today only!"))
+    assert {"buy cheap", "cheap meds", "meds today", "today only"} <= found
+    assert "subject:hello there" in found
+    assert "buy meds" not in found  # adjacent only
+
+
+def test_subject_shape_and_encoded_word_charsets() -> None:
+    found = tokenize(
+        b"From: a@example.org\r\nSubject: =?koi8-r?b?8NLJ18XU?= FREE MONEY NOW $$$ !!!   2837\r\n"
+        b"\r\nbody\r\n"
+    )
+    shape = {"subject:shape:caps", "subject:shape:$", "subject:shape:!"}
+    assert shape | {"subject:shape:ends-digits", "header-charset:koi8-r"} <= found
+    assert not {t for t in tokenize(message("body")) if t.startswith("subject:shape:")}
+
+
+def test_received_hops_inside_the_trust_boundary_are_not_tokens() -> None:
+    """Hops from private or loopback addresses are the site's own."""
+    data = message(
+        "body",
+        headers=(
+            "Received: from localhost (localhost [127.0.0.1]) by mx.our.test\r\n"
+            "Received: from gw.our.test (gw.our.test [192.168.1.5]) by mx.our.test\r\n"
+            "Received: from unnamed.example (HELO unnamed.example) ([81.2.69.1]) by gw.our.test\r\n"
+        ),
+    )
+    found = {t for t in tokenize(data) if t.startswith("received:")}
+    assert found == {"received:81.2", "received:81.2.69", "received:no-rdns",
+                     "received:helo:unnamed.example"}  # fmt: skip
+
+
+def test_a_mailing_lists_own_hops_are_not_tokens() -> None:
+    """Issue 15: spam relayed by a list must not carry the list's relays as
+    ham clues: the hops the list host made, and those above them, are skipped;
+    the original sender's hops below them are kept."""
+    data = message(
+        "body",
+        headers=(
+            "Received: from lists.example.org (lists.example.org [81.2.69.1]) by mx.our.test\r\n"
+            "Received: from relay.lists.example.org (relay.lists.example.org [81.2.69.2])\r\n"
+            "\tby lists.example.org\r\n"
+            "Received: from origin.spam.test (origin.spam.test [62.1.2.3])\r\n"
+            "\tby relay.lists.example.org\r\n"
+            "List-Id: Users <users.lists.example.org>\r\n"
+        ),
+    )
+    found = {t for t in tokenize(data) if t.startswith("received:")}
+    assert found == {"received:list-hops-skipped", "received:62.1", "received:62.1.2",
+                     "received:origin.spam.test", "received:spam.test"}  # fmt: skip
+    assert "list-id:users.lists.example.org" in tokenize(data)  # the list itself is a token
+    # The same chain without list fields: every public hop counts.
+    plain = data.replace(b"List-Id: Users <users.lists.example.org>\r\n", b"")
+    assert "received:lists.example.org" in tokenize(plain)
+
+
+def test_html_structure_links_and_hidden_text() -> None:
+    html = (
+        '<html><body bgcolor="#ffffff"><font face="Arial" size="5" color="red">BIG</font>'
+        '<div style="display: none">hiddenword</div>'
+        '<a href="http://%77ww.evil.example/pa%74h/login.php?u=1&amp;v=2">www.bank.example</a>'
+        '<img src="http://img.example.net/a.gif"><img src="http://img.example.net/b.gif">'
+        '<form action="http://203.0.113.9:8080/x"></form>'
+        "<p>Visible &amp; readable text</p></body></html>"
+    )
+    found = tokenize(message(html, content_type="text/html"))
+    assert {"html:tag:font", "html:tag:form", "html:tag:img", "html:attr:bgcolor"} <= found
+    assert {"html:color=red", "html:size=5", "html:style:display:none"} <= found
+    assert {"html:img:2", "html:a:1", "html:link-mismatch"} <= found
+    assert {"url:encoded-host", "url:evil.example", "url-path:path", "url-path:login"} <= found
+    assert {"url:img.example.net", "url:ip", "url:port", "proto:http"} <= found
+    assert {"visible", "readable", "visible readable", "big"} <= found
+    assert any(t.startswith("html:text-ratio:") for t in found)
+    # A link whose text names the site it goes to is no mismatch.
+    honest = '<a href="https://www.bank.example/login">www.bank.example</a>'
+    assert "html:link-mismatch" not in tokenize(message(honest, content_type="text/html"))
+
+
+def test_mime_shape_and_text_shape() -> None:
+    data = (
+        b"From: a@example.org\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        b"HELLO THERE WORLD AGAIN AND AGAIN\r\n"
+        b"--B\r\nContent-Type: text/html; charset=windows-1251\r\n\r\n<p>hi</p>\r\n--B--\r\n"
+    )
+    found = tokenize(data)
+    assert "mime:shape:multipart/alternative(text/plain,text/html)" in found
+    assert {"charset:us-ascii", "charset:windows-1251", "text:caps:9"} <= found
+    assert any(t.startswith("text:len:") for t in found)
 
 
 def test_html_stripped_urls_kept() -> None:

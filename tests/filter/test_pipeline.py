@@ -9,6 +9,7 @@ Bayes model is a real SQLite file, and the virus scan is a real clamd
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from pimail.dns.records import dkim_txt, quote_txt
 from pimail.dns.resolver import Resolver
 from pimail.filter import rules
 from pimail.filter.bayes import Bayes
-from pimail.filter.pipeline import Envelope, Pipeline, Verdict, bayes_symbol
+from pimail.filter.pipeline import Envelope, Pipeline, Verdict, bayes_points, bayes_symbol
 from pimail.queue import dkim as signer
 
 from .engines import EICAR, EICAR_FOUND, ClamdServer, with_attachment
@@ -237,12 +238,27 @@ def test_bayes_per_account(tmp_path: Path, resolver: Resolver) -> None:
         pipeline = Pipeline(settings(), resolver, bayes)
         message = PLAIN.replace(b"Shall we meet at noon?", spam_words.encode())
         verdict = check(pipeline, message, envelope("10.0.0.1"), accounts=[1, 2])
-    assert verdict.account_scores == {1: 5.0, 2: 0.0}
+    assert verdict.account_scores == {1: 6.0, 2: 0.0}  # p near 1: the most Bayes gives
     assert verdict.junk_accounts == {1}
     assert verdict.symbols == {}  # shared: account 2 has no model
-    assert b"tests=BAYES_99" in verdict.account_headers[1]
+    assert b"tests=BAYES_SPAM" in verdict.account_headers[1]
     assert b"tests=none" in verdict.account_headers[2]
-    assert bayes_symbol(0.5) == {} and bayes_symbol(0.05) == {"BAYES_10": -1.5}
+
+
+def test_bayes_points_are_continuous_in_the_probability() -> None:
+    """Issue 15: one symbol whose points follow the probability smoothly, from
+    -3 to +6, reaching 5.0 at filter.bayes_threshold, instead of four buckets."""
+    assert bayes_symbol(0.5) == {}
+    assert bayes_symbol(0.99, 0.99) == {"BAYES_SPAM": 5.0}
+    assert bayes_symbol(0.95, 0.95) == {"BAYES_SPAM": 5.0}
+    assert bayes_symbol(0.9, 0.99) == {"BAYES_SPAM": 2.39}
+    assert bayes_symbol(0.1, 0.99) == {"BAYES_HAM": -2.39}
+    assert bayes_symbol(1.0) == {"BAYES_SPAM": 6.0} and bayes_symbol(0.0) == {"BAYES_HAM": -3.0}
+    points = [bayes_points(p / 1000) for p in range(1, 1000)]
+    middle = points[9:990]  # 0.01 .. 0.99
+    assert points == sorted(points)  # monotone
+    steps = [b - a for a, b in itertools.pairwise(middle)]
+    assert max(steps) < 0.2  # no jump: a little more spam-like is a little more points
 
 
 def test_failing_stage_is_a_symbol_not_a_crash(tmp_path: Path, resolver: Resolver) -> None:

@@ -29,15 +29,18 @@ runs, after DATA and before the reply to it:
    copy goes to Junk (USER_BLOCK); an allowed sender, authenticated by
    SPF, DKIM or DMARC, is never put in Junk or refused for its score
    (USER_ALLOW). Both symbols are worth 0.0: they decide, they do not score.
-8. Bayes per recipient account (only accounts with a trained model), mapped
-   to one symbol (the weights are starting points, like rules.py's):
+8. Bayes per recipient account (bayes.py: the site's starter model until the
+   account has trained its own, then both), one symbol of continuous points,
+   linear in the log-odds of the spam probability p (issue 15):
 
-       probability >= 0.99  BAYES_99  +5.0
-       probability >= 0.90  BAYES_90  +3.5
-       probability >= 0.70  BAYES_70  +1.0
-       probability <= 0.01  BAYES_00  -2.5
-       probability <= 0.10  BAYES_10  -1.5
-       otherwise            no symbol
+       points = 5.0 * logit(p) / logit(t), within [-3.0, +6.0]
+
+   t = `bayes_threshold` (0.95, chosen on spam-1/easy-ham-1 alone by
+   bench/bayes_eval.py): at p = t Bayes alone reaches the default junk
+   score; p = 0.5 gives 0, p = 0.7 about +1.4, p = 0.9 about +3.7, p = 0.1
+   about -3.7, held at -3.0.
+   Positive points are the symbol BAYES_SPAM, negative BAYES_HAM; below
+   0.05 either way, no symbol. Without any model to score, no symbol.
 
 Scores: the shared score is the sum of every symbol from steps 2-6; an
 account's score adds its Bayes symbol. An account whose score reaches
@@ -64,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -84,9 +88,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ACCEPT, REJECT, TEMPFAIL = "accept", "reject", "tempfail"
-# (minimum probability, symbol, points), checked in order; then the ham side.
-BAYES_SPAM = ((0.99, "BAYES_99", 5.0), (0.90, "BAYES_90", 3.5), (0.70, "BAYES_70", 1.0))
-BAYES_HAM = ((0.01, "BAYES_00", -2.5), (0.10, "BAYES_10", -1.5))
+# The Bayes points (module docstring, step 8).
+BAYES_AT_THRESHOLD = 5.0  # points at p = bayes_threshold
+BAYES_MAX, BAYES_MIN = 6.0, -3.0
 RSPAMD_JUNK_ACTIONS = ("add header", "rewrite subject", "quarantine", "discard")
 RSPAMD_TEMPFAIL_ACTIONS = ("soft reject", "greylist")
 
@@ -368,7 +372,7 @@ class Pipeline:
         )
         if result is None or not result.trained:
             return {}
-        return bayes_symbol(result.probability)
+        return bayes_symbol(result.probability, self.filter.bayes_threshold)
 
     # -- the verdict -------------------------------------------------------------
 
@@ -474,15 +478,26 @@ class Pipeline:
         return f"{line}\r\nX-Spam-Score: {score:.1f}\r\n".encode("ascii")
 
 
-def bayes_symbol(probability: float) -> dict[str, float]:
-    """The Bayes symbol for a spam probability (module docstring), {} in the middle."""
-    for threshold, name, points in BAYES_SPAM:
-        if probability >= threshold:
-            return {name: points}
-    for threshold, name, points in BAYES_HAM:
-        if probability <= threshold:
-            return {name: points}
+def bayes_points(probability: float, threshold: float = 0.95) -> float:
+    """The Bayes points for a spam probability (module docstring, step 8)."""
+    threshold = min(max(threshold, 0.51), 1.0 - 1e-9)
+    p = min(max(probability, 1e-12), 1.0 - 1e-12)
+    points = BAYES_AT_THRESHOLD * _logit(p) / _logit(threshold)
+    return min(max(points, BAYES_MIN), BAYES_MAX)
+
+
+def bayes_symbol(probability: float, threshold: float = 0.95) -> dict[str, float]:
+    """{BAYES_SPAM: points} or {BAYES_HAM: points}; {} near 0 points."""
+    points = round(bayes_points(probability, threshold), 2)
+    if points >= 0.05:
+        return {"BAYES_SPAM": points}
+    if points <= -0.05:
+        return {"BAYES_HAM": points}
     return {}
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 def _networks(specs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -214,9 +214,9 @@ class Store(MailboxOps):
         The writer thread trains it (IMAP moves to and from Junk); the inbound
         filter scores with it from worker threads (Bayes serialises its calls)."""
         if self._bayes is None:
-            from ..filter.bayes import Bayes
+            from ..filter.bayes import open_models
 
-            self._bayes = Bayes(self.settings.data_dir / "bayes.db")
+            self._bayes = open_models(self.settings)
         return self._bayes
 
     async def aclose(self) -> None:
