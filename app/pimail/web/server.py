@@ -19,7 +19,8 @@ Rules every page gets from the middleware below:
 - The session cookie is Secure, HttpOnly, SameSite=Strict (web/sessions.py).
 - CSRF: every POST must carry a form field `csrf` equal to the session's token
   or, before login, to the `pimail_csrf` cookie (double submit), and an
-  Origin header, when the browser sends one, naming this very host.
+  Origin header, when the browser sends one, naming this very host. In a
+  multipart form it must be the first part, checked before the rest is read.
 - Logins go through the one Authenticator: the failure limiter is the one
   IMAP, POP3 and SMTP AUTH use, per client address.
 - Request bodies are read by web/body.py within a budget chosen from the
