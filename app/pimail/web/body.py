@@ -7,7 +7,8 @@ handler, once it knows from the cookie alone who is asking:
   `web.max_body_anonymous` octets (16 KiB), whole within
   `web.anonymous_body_timeout` (10 s).
 - Logged in: a form of `web.max_body_form` (1 MiB), in memory.
-- Logged in, on an upload route (the compose form): up to MAX_BODY, each file
+- Logged in, on an upload route (the compose form) with a body over that or
+  of unknown length: up to MAX_BODY, each file
   streamed to an unlinked file under `<spool>/web/`, text fields within
   MAX_UPLOAD_TEXT; `web.max_uploads` such bodies at once.
 
@@ -20,9 +21,11 @@ too): such a client is answered 408 and its connection closed at once.
 CSRF without buffering: in a multipart body the `csrf` field must be the first
 part (our one multipart form, mail/compose.html, puts it first), so a forged
 upload is refused before its first file octet is spooled. Form fields are
-what a browser sends (RFC 7578); a part with a Content-Transfer-Encoding or a
-Content-Encoding is refused (RFC 7578 4.7: senders must not use one), which
-also keeps compressed "bombs" out.
+what a browser sends (RFC 7578); a part with a Content-Transfer-Encoding (RFC
+7578 4.7: senders must not use one) or a Content-Encoding (no browser sends
+one) is refused, which also keeps compressed "bombs" out. Bodies within the
+small budgets are read whole first and parsed from memory, so that no line of
+them, however long, costs more than the budget.
 """
 
 from __future__ import annotations
@@ -280,14 +283,20 @@ async def _spool_file(
 ) -> web.FileField:
     """A file of the form, written to an unlinked file under the spool."""
     loop = asyncio.get_running_loop()
-    spool.mkdir(parents=True, exist_ok=True)
-    # Unlinked at once: nothing is left behind, whatever happens; closed by close_spooled.
-    file = await loop.run_in_executor(None, lambda: tempfile.TemporaryFile(dir=spool))  # noqa: SIM115
-    files.append(file)
-    while chunk := await part.read_chunk(CHUNK):
-        _check_total(request, limit)
-        await loop.run_in_executor(None, file.write, chunk)
-    await loop.run_in_executor(None, file.seek, 0)
+    try:
+        spool.mkdir(parents=True, exist_ok=True)
+        # Unlinked at once: nothing is left behind, whatever happens; closed by close_spooled.
+        file = await loop.run_in_executor(None, lambda: tempfile.TemporaryFile(dir=spool))  # noqa: SIM115
+        files.append(file)
+        while chunk := await part.read_chunk(CHUNK):
+            _check_total(request, limit)
+            await loop.run_in_executor(None, file.write, chunk)
+        await loop.run_in_executor(None, file.seek, 0)
+    except ConnectionError:  # the client went away: read_form logs it
+        raise
+    except OSError as e:  # the data partition full, say: the client may try later
+        log.warning("web upload not spooled path=%s error=%s", request.path, e)
+        raise Refused(web.Response(status=503, text="No room for the upload now.")) from None
     return _file_field(part, file)
 
 
