@@ -49,7 +49,7 @@ import jinja2
 from aiohttp import web
 from aiohttp import web_response as _aiohttp_response
 
-from ..tls.ca import server_names
+from ..tls.names import server_names
 from . import autoconfig, body
 from .sessions import Session, SessionStore
 
