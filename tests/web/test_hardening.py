@@ -183,7 +183,7 @@ def test_uploads_beyond_the_cap_wait_then_get_503(site: PimailServer) -> None:
         sock = connect(site)
         sock.sendall(post_head("/mail/compose", len(body), ctype, cookies) + body[: MIB + 1])
         holders.append(sock)
-    time.sleep(0.3)  # the two are counted before the third comes
+    time.sleep(1.0)  # the two take their slots (within milliseconds) before the third comes
     third = connect(site)
     third.sendall(post_head("/mail/compose", len(body), ctype, cookies) + body[:1000])
     status, headers, _ = read_response(third)
