@@ -310,6 +310,7 @@ def main() -> None:
         if worktree is not None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
                             str(worktree)], capture_output=True)  # fmt: skip
+            shutil.rmtree(worktree.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
