@@ -336,11 +336,16 @@ def cmd_user_remove(settings: config.Settings, args: argparse.Namespace) -> None
 
 
 def cmd_user_passwd(settings: config.Settings, args: argparse.Namespace) -> None:
+    from .web.sessions import SessionStore
+
     directory = _directory(settings)
-    if directory.account(args.address) is None:
+    account = directory.account(args.address)
+    if account is None:
         raise DirectoryError(f"no account {args.address}")
     directory.set_password(args.address, hash_password(read_password("New password: ")))
-    print(f"password changed for {args.address}")
+    # As the web's own password changes do: whoever knew the old one is logged out.
+    SessionStore(directory.con).end_all(account.id)
+    print(f"password changed for {args.address}; web sessions ended")
 
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}

@@ -126,11 +126,29 @@ class WebSettings:
     listen_http: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     listen_https: list[str] = field(default_factory=lambda: ["127.0.0.1:8443"])
     # Open connections (HTTP and HTTPS together); over them a new one is closed at once.
-    max_connections_per_ip: int = 128  # browsers open ~6; a shared office address more
-    max_connections: int = 512
+    # A browser opens ~6; 32 leave a shared office address room, and eight
+    # addresses are needed to fill the total, which bench/web_attack_bench.py
+    # measures at under 100 KiB per connection before login (~25 MiB in all).
+    max_connections_per_ip: int = 32
+    max_connections: int = 256
     # Seconds a client has to send a request head, after connecting or after a
     # response (aiohttp's keep-alive timer, which trickling bytes do not reset).
     request_timeout: float = 30.0
+    # Request bodies (web/body.py). Before login (no session cookie): the login
+    # form and the setup wizard's pages, read whole within a short time.
+    max_body_anonymous: int = 16 * 1024
+    anonymous_body_timeout: float = 10.0
+    # Logged in: a form (settings, admin, mail actions), read into memory...
+    max_body_form: int = 1024 * 1024
+    # ...and the compose form with its attachments (web.server.MAX_BODY, 40 MiB),
+    # streamed to files under the spool; this many at once, others wait
+    # `upload_wait` seconds for their turn and then get 503.
+    max_uploads: int = 2
+    upload_wait: float = 10.0
+    # Every body must arrive at `body_min_rate` octets a second on average,
+    # counted after the first `body_grace` seconds, or the connection is closed.
+    body_min_rate: int = 4096
+    body_grace: float = 10.0
 
 
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"

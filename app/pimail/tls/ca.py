@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .names import normalize_name
+from .names import normalize_name, server_names
 
 log = logging.getLogger(__name__)
 
@@ -187,33 +187,6 @@ def resolve_live(live_path: Path) -> tuple[Path, Path]:
     """
     directory = Path(live_path).resolve(strict=True)
     return directory / FULLCHAIN, directory / PRIVKEY
-
-
-# -- names --------------------------------------------------------------------------
-
-
-def server_names(
-    hostname: str, domains: Iterable[str] = (), extra_names: Iterable[str] = ()
-) -> list[str]:
-    """The subjectAltNames of the internal server certificate, in a stable order.
-
-    The host name, then for each mail domain the names clients look up
-    (mail.<domain>; autoconfig.<domain> for Thunderbird's autoconfiguration;
-    mta-sts.<domain>, RFC 8461 3.3), then pimail.local (mDNS, RFC 6762), then
-    extra names. IP address literals among the extra names become iPAddress
-    entries (RFC 5280 4.2.1.6; RFC 6125 forbids matching them as DNS names).
-    """
-    candidates = [hostname]
-    for domain in domains:
-        candidates += [f"mail.{domain}", f"autoconfig.{domain}", f"mta-sts.{domain}"]
-    candidates.append("pimail.local")
-    candidates += list(extra_names)
-    names: list[str] = []
-    for candidate in candidates:
-        name = normalize_name(candidate)
-        if name not in names:
-            names.append(name)
-    return names
 
 
 # -- the CA ---------------------------------------------------------------------------

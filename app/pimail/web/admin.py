@@ -346,6 +346,12 @@ class Admin:
         try:
             if account is None:
                 raise DirectoryError(f"no account {form.get('address', '')}")
+            if account.id == request["account"].id:
+                # Someone at an unlocked screen must not take over the admin account:
+                # the own password changes under Settings, which asks for the current one.
+                raise ValueError(
+                    "change your own password under Settings (it asks for the current one)"
+                )
             hashed = await self._hash_new_password(form)
             await self._db(lambda d: d.set_password(account.address, hashed))
         except (DirectoryError, ValueError) as e:

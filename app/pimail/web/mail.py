@@ -97,7 +97,7 @@ def register(web: Web) -> None:
 @dataclass
 class Entry:
     parsed: mm.Parsed
-    cleaned: dict[tuple[int, bool, int], CleanResult]
+    cleaned: dict[tuple[int, bool, int, str], CleanResult]
 
 
 class Readings:
@@ -181,10 +181,16 @@ _DOWNLOAD_TYPES = re.compile(
     r"(image/(png|jpeg|gif|webp|bmp|avif)|application/(pdf|zip|gzip|msword|vnd\.[\w.+-]{1,80})"
     r"|audio/[\w.+-]{1,40}|video/[\w.+-]{1,40}|text/(plain|calendar|csv)|message/rfc822)"
 )
+# RFC 6839 3.1: a "+xml" suffix is XML (and "+svg" kin), which a browser may
+# render as a document (vnd.*+xml included: application/vnd.foo+xml renders
+# as XML, scripts of its XHTML/SVG namespaces too); so are HTML-ish suffixes.
+_DOCUMENT_SUFFIX = re.compile(r".*\+(xml|html|svg|xhtml)")
 
 
 def _download_type(ctype: str) -> str:
-    return ctype if _DOWNLOAD_TYPES.fullmatch(ctype) else "application/octet-stream"
+    if _DOWNLOAD_TYPES.fullmatch(ctype) and not _DOCUMENT_SUFFIX.fullmatch(ctype):
+        return ctype
+    return "application/octet-stream"
 
 
 class MailPages:
@@ -395,7 +401,7 @@ class MailPages:
                 text = await asyncio.to_thread(lambda p=part: _text_html(mm.part_text(p)))
                 blocks.append({"kind": "text", "html": text})
             else:
-                cleaned = await self._cleaned(account, row, entry, reading, block.index, remote)
+                cleaned = await self._cleaned(request, row, entry, reading, block.index, remote)
                 blocked += cleaned.blocked_remote
                 src = f"{base}/frame/{block.index}" + ("?remote=1" if remote else "")
                 blocks.append({"kind": "html", "src": src, "truncated": cleaned.truncated})
@@ -422,15 +428,17 @@ class MailPages:
 
     async def _cleaned(
         self,
-        account: Account,
+        request: web.Request,
         row: mi.MessageRow,
         entry: Entry,
         reading: mm.Reading,
         index: int,
         remote: bool,
     ) -> CleanResult:
+        account: Account = request["account"]
+        session: str = request["session"].token_hash
         expires = (int(time.time()) // INLINE_LIFETIME + 2) * INLINE_LIFETIME
-        key = (index, remote, expires)
+        key = (index, remote, expires, session)
         cleaned = entry.cleaned.get(key)
         if cleaned is None:
             part = reading.parts[index]
@@ -444,7 +452,7 @@ class MailPages:
                 n = images.get(cid)
                 if n is None:
                     return None
-                return self._inline_url(account.id, row.folder.id, row.uid, n, expires)
+                return self._inline_url(account.id, row.folder.id, row.uid, n, expires, session)
 
             def clean() -> CleanResult:
                 return clean_html(mm.part_text(part), allow_remote=remote, cid_url=cid_url)
@@ -454,13 +462,20 @@ class MailPages:
             entry.cleaned[key] = cleaned
         return cleaned
 
-    def _signature(self, account_id: int, folder: int, uid: int, part: int, expires: int) -> str:
-        text = f"{account_id}:{folder}:{uid}:{part}:{expires}".encode()
+    def _signature(
+        self, account_id: int, folder: int, uid: int, part: int, expires: int, session: str
+    ) -> str:
+        text = f"{account_id}:{folder}:{uid}:{part}:{expires}:{session}".encode()
         return hmac.new(self._key, text, "sha256").hexdigest()[:32]
 
-    def _inline_url(self, account_id: int, folder: int, uid: int, part: int, expires: int) -> str:
-        signature = self._signature(account_id, folder, uid, part, expires)
-        return f"/mail/{folder}/{uid}/inline/{part}?a={account_id}&e={expires}&t={signature}"
+    def _inline_url(
+        self, account_id: int, folder: int, uid: int, part: int, expires: int, session: str
+    ) -> str:
+        """Signed, and good while the session lives (`s`: its token's SHA-256, the
+        key of web_sessions, which is not the cookie and logs nobody in)."""
+        signature = self._signature(account_id, folder, uid, part, expires, session)
+        return (f"/mail/{folder}/{uid}/inline/{part}"
+                f"?a={account_id}&e={expires}&s={session}&t={signature}")  # fmt: skip
 
     async def frame(self, request: web.Request) -> web.Response:
         """A text/html part, cleaned, for the sandboxed frame; its own CSP."""
@@ -472,7 +487,7 @@ class MailPages:
         if index >= len(reading.parts) or reading.types[index] != "text/html":
             raise NotFound()
         remote = request.query.get("remote") == "1"
-        cleaned = await self._cleaned(account, row, entry, reading, index, remote)
+        cleaned = await self._cleaned(request, row, entry, reading, index, remote)
         body = (
             '<!doctype html><html><head><meta charset="utf-8"><title>Message</title>'
             "<style>body{font-family:system-ui,sans-serif;margin:.6rem;color:#1d232a;"
@@ -498,12 +513,16 @@ class MailPages:
         account_id, expires = _number(q.get("a")), _number(q.get("e"))
         folder, uid = _number(request.match_info["folder"]), _number(request.match_info["uid"])
         index = _number(request.match_info["part"])
-        expected = self._signature(account_id, folder, uid, index, expires)
+        session = q.get("s", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", session):
+            raise NotFound()
+        expected = self._signature(account_id, folder, uid, index, expires, session)
         given = q.get("t", "").encode("utf-8", "replace")
         if expires < time.time() or not hmac.compare_digest(expected.encode(), given):
             raise NotFound()
+        live = self.web.sessions.by_hash(session)  # logged out or expired: gone
         account = self.directory.account_by_id(account_id)
-        if account is None:
+        if live is None or live.account_id != account_id or account is None:
             raise NotFound()
         row = await self._message(request, account)
         entry = await self._entry(account, row)
@@ -711,12 +730,12 @@ class MailPages:
         uploads = []
         for item in form.getall("attachment", []):
             if isinstance(item, web.FileField) and item.filename:
-                data = await asyncio.to_thread(item.file.read)
                 ctype = (item.content_type or "").split(";")[0].strip().lower()
                 if not _MEDIA_TYPE.fullmatch(ctype):
                     ctype = "application/octet-stream"
                 name = mm.safe_filename(item.filename, ctype, len(uploads))
-                uploads.append(mc.Upload(name, ctype, data))
+                # Read by mc.build a slice at a time (web/body.py spooled it to disk).
+                uploads.append(mc.Upload(name, ctype, file=item.file))
         for value in form.getall("keep", []):
             ref = _ref(value, 3)
             row = await self._row_for_ref(account, ref) if ref is not None else None

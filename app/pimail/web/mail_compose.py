@@ -12,12 +12,16 @@ quoted-printable when it is not plain ASCII, attachments in base64.
 
 from __future__ import annotations
 
+import base64
 import email.policy
 import email.utils
+import io
 import re
+import secrets
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
+from typing import IO
 
 from . import mail_message as mm
 
@@ -59,9 +63,13 @@ class Draft:
 
 @dataclass
 class Upload:
+    """A file to attach: its octets, or a file to read them from (an upload,
+    spooled to disk by web/body.py), which build() encodes a slice at a time."""
+
     filename: str
     content_type: str
-    data: bytes
+    data: bytes = b""
+    file: IO[bytes] | None = None
 
 
 def _format(pairs: list[tuple[str, str]]) -> str:
@@ -217,16 +225,46 @@ def build(
     msg.set_content(body, cte="7bit" if ascii_only else "quoted-printable")
     if forwarded is not None:
         msg.add_attachment(forwarded, filename=draft.attach_name or "forwarded.eml")
+    streamed: list[tuple[bytes, IO[bytes]]] = []
     for upload in uploads:
         maintype, _, subtype = upload.content_type.partition("/")
         if maintype == "multipart" or not subtype or maintype == "message":
             maintype, subtype = "application", "octet-stream"
-        msg.add_attachment(upload.data, maintype=maintype, subtype=subtype,
+        data = upload.data
+        if upload.file is not None:  # a stand-in, replaced by the file's base64 below
+            data = secrets.token_bytes(30)
+            streamed.append((base64.b64encode(data), upload.file))
+        msg.add_attachment(data, maintype=maintype, subtype=subtype,
                            filename=upload.filename)  # fmt: skip
     try:
-        return msg.as_bytes()
+        skeleton = msg.as_bytes()
     except Exception as e:
         raise ComposeError(f"The message could not be written: {e}") from e
+    return _fill_in(skeleton, streamed) if streamed else skeleton
+
+
+B64_SLICE = 57 * 1024  # octets read at a time: 1024 base64 lines of 76 characters
+
+
+def _fill_in(skeleton: bytes, streamed: list[tuple[bytes, IO[bytes]]]) -> bytes:
+    """The message with each stand-in (a 40-character base64 line) replaced by
+    its file in base64, in lines of 76 (RFC 2045 6.8), read a slice at a time:
+    the message is in memory once, not the file, its base64 and the message."""
+    out = io.BytesIO()
+    position = 0
+    for stand_in, file in streamed:
+        at = skeleton.index(stand_in, position)
+        out.write(skeleton[position:at])
+        file.seek(0)
+        first = True
+        while piece := file.read(B64_SLICE):
+            if not first:
+                out.write(b"\r\n")
+            out.write(base64.encodebytes(piece).rstrip(b"\n").replace(b"\n", b"\r\n"))
+            first = False
+        position = at + len(stand_in)
+    out.write(skeleton[position:])
+    return out.getvalue()
 
 
 def without_bcc(data: bytes) -> bytes:

@@ -19,15 +19,22 @@ Rules every page gets from the middleware below:
 - The session cookie is Secure, HttpOnly, SameSite=Strict (web/sessions.py).
 - CSRF: every POST must carry a form field `csrf` equal to the session's token
   or, before login, to the `pimail_csrf` cookie (double submit), and an
-  Origin header, when the browser sends one, naming this very host.
+  Origin header, when the browser sends one, naming this very host. In a
+  multipart form it must be the first part, checked before the rest is read.
 - Logins go through the one Authenticator: the failure limiter is the one
   IMAP, POP3 and SMTP AUTH use, per client address.
-- Request bodies are capped (MAX_BODY) and handlers never see more.
+- Request bodies are read by web/body.py within a budget chosen from the
+  session cookie before a byte of the body is read: a few KiB before login,
+  1 MiB of form when logged in, MAX_BODY streamed to the spool for uploads.
+- Every response of the applications carries the headers above, errors and
+  500s included; `Server:` names no version. An unexpected exception is
+  logged once and answered 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib
 import logging
@@ -40,8 +47,10 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 from aiohttp import web
+from aiohttp import web_response as _aiohttp_response
 
-from . import autoconfig
+from ..tls.names import server_names
+from . import autoconfig, body
 from .sessions import Session, SessionStore
 
 if TYPE_CHECKING:
@@ -51,7 +60,12 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 MAX_BODY = 40 * 1024 * 1024  # an upload of attachments; base64 makes 25 MB of files ~34 MB
-BODY_TIMEOUT = 300.0  # seconds for a whole request body (40 MB at ~1 Mbit/s)
+# Routes that take files (logged in only); every other body is a small form.
+UPLOAD_PATHS = frozenset({"/mail/compose"})
+AUTODISCOVER_PATHS = frozenset({autoconfig.AUTODISCOVER_PATH, "/Autodiscover/Autodiscover.xml"})
+SERVER_NAME = "pimail"  # the Server header: no version to look up exploits for
+# aiohttp's own answers (a malformed request line, say) name it and its version.
+_aiohttp_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
 SESSION_COOKIE = "pimail_session"
 CSRF_COOKIE = "pimail_csrf"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")  # base64url, RFC 8555 8.1
@@ -82,10 +96,14 @@ class Web:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+        # The budgets of web/body.py apply; aiohttp's own cap is a backstop.
         self.https = web.Application(
             client_max_size=MAX_BODY, middlewares=[self._security, self._csrf]
         )
         self.http = web.Application(client_max_size=64 * 1024, middlewares=[self._security])
+        for application in (self.https, self.http):
+            application.on_response_prepare.append(self._headers)
+        self.uploads = asyncio.Semaphore(self.settings.web.max_uploads)
         self._routes()
         for module in PAGE_MODULES:
             importlib.import_module(f".{module}", __package__).register(self)
@@ -145,7 +163,19 @@ class Web:
             response = await handler(request)
         except web.HTTPException as e:
             response = e
+        except Exception:  # logged once, answered 500 with the headers of every page
+            log.exception("web request failed method=%s path=%s", request.method, request.path)
+            return web.Response(status=500, text="Something went wrong on the server.")
+        if request.secure and CSRF_COOKIE not in request.cookies and "pre_csrf" in request:
+            _cookie(response, CSRF_COOKIE, request["pre_csrf"], max_age=None)
+        if isinstance(response, web.HTTPException) and response.status >= 400:
+            raise response
+        return response
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every response of both applications, errors included (on_response_prepare)."""
         headers = response.headers
+        headers["Server"] = SERVER_NAME
         headers.setdefault("Content-Security-Policy", CSP)
         headers.setdefault("X-Content-Type-Options", "nosniff")
         # Not "no-referrer": with it, Chromium sends "Origin: null" on our own form
@@ -156,38 +186,71 @@ class Web:
             headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         if "text/html" in headers.get("Content-Type", ""):
             headers.setdefault("Cache-Control", "no-store")
-        if request.secure and CSRF_COOKIE not in request.cookies and "pre_csrf" in request:
-            _cookie(response, CSRF_COOKIE, request["pre_csrf"], max_age=None)
-        if isinstance(response, web.HTTPException) and response.status >= 400:
-            raise response
-        return response
 
     @web.middleware
     async def _csrf(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method in ("GET", "HEAD", "OPTIONS") or request.path in (
-            autoconfig.AUTODISCOVER_PATH,
-            "/Autodiscover/Autodiscover.xml",
-        ):
+        if request.method in ("GET", "HEAD", "OPTIONS"):
             return await handler(request)
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
-            log.warning("cross-site request refused path=%s origin=%r", request.path, origin[:100])
-            raise web.HTTPForbidden(text="Cross-site request refused.")
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)
-        form: Any = {}
-        if request.content_type in _FORM_TYPES:
-            try:  # a client that promises a body and sends it slowly, or never
-                form = await asyncio.wait_for(request.post(), BODY_TIMEOUT)
+        budget = self._budget(request)
+        try:
+            if request.path in AUTODISCOVER_PATHS:  # XML, no form and no token
+                limited = dataclasses.replace(budget, limit=autoconfig.MAX_AUTODISCOVER_REQUEST)
+                if (request.content_length or 0) > limited.limit:
+                    raise body.too_large(limited.limit)
+                work = body.read_raw(request.content, limited.limit)
+                request["body"] = await body.within(request, limited, work)
+                return await handler(request)
+            origin = request.headers.get("Origin")
+            if origin is not None and origin != f"{request.scheme}://{request.host}":
+                log.warning(
+                    "cross-site request refused path=%s origin=%r", request.path, origin[:100]
+                )
+                raise web.HTTPForbidden(text="Cross-site request refused.")
+            if not budget.stream:
+                return await self._with_form(request, handler, budget)
+            if request.content_length is not None and request.content_length > budget.limit:
+                raise body.too_large(budget.limit)
+            try:  # a few large bodies at once; the others wait a little, then 503
+                await asyncio.wait_for(self.uploads.acquire(), self.settings.web.upload_wait)
             except TimeoutError:
-                raise web.HTTPRequestTimeout(text="The request body came too slowly.") from None
-        sent = form.get("csrf") if isinstance(form.get("csrf"), str) else None
+                log.info("web upload refused ip=%s reason=busy", request.remote)
+                response = web.Response(status=503, text="Too many uploads at once; try again.")
+                response.headers["Retry-After"] = "10"
+                raise body.Refused(response) from None
+            try:
+                return await self._with_form(request, handler, budget)
+            finally:
+                self.uploads.release()
+        except body.Refused as refused:
+            return await body.answer_and_close(request, refused.response)
+
+    def _budget(self, request: web.Request) -> body.Budget:
+        """What this request's body may cost, known from the cookie alone."""
+        w = self.settings.web
+        rate, grace = w.body_min_rate, w.body_grace
+        if request.get("session") is None:
+            return body.Budget(w.max_body_anonymous, w.anonymous_body_timeout, rate, grace, False)
+        length = request.content_length
+        if request.path in UPLOAD_PATHS and (length is None or length > w.max_body_form):
+            return body.Budget(MAX_BODY, None, rate, grace, True)
+        return body.Budget(w.max_body_form, None, rate, grace, False)
+
+    async def _with_form(
+        self, request: web.Request, handler: Handler, budget: body.Budget
+    ) -> web.StreamResponse:
         session: Session | None = request.get("session")
         expected = session.csrf if session is not None else request.cookies.get(CSRF_COOKIE)
-        if not sent or not expected or not secrets.compare_digest(str(sent), expected):
-            log.warning("request without a valid CSRF token refused path=%s", request.path)
-            raise web.HTTPForbidden(text="The form has expired. Go back, reload, try again.")
-        return await handler(request)
+        try:
+            form = await body.read_form(request, budget, expected, self.settings.spool_dir / "web")
+        except body.Refused as refused:
+            if refused.response.status == 403:
+                log.warning("request without a valid CSRF token refused path=%s", request.path)
+            raise
+        try:
+            request._post = form  # what request.post() answers to every handler
+            return await handler(request)
+        finally:
+            body.close_spooled(request)
 
     def _pre_csrf(self, request: web.Request) -> str:
         """The double-submit token of a visitor who is not logged in."""
@@ -211,13 +274,30 @@ class Web:
         raise web.HTTPNotFound(text="no such challenge")
 
     async def to_https(self, request: web.Request) -> web.Response:
-        host = (request.host or "").rsplit(":", 1)[0] if "]" not in (request.host or "") else ""
-        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
-            host = self.settings.hostname
+        """The same path over HTTPS, on one of our names: the request's host if it
+        is one (a certificate name, or the address the client reached), else
+        the configured host name; never a name the client made up."""
+        host = self._our_host(request) or self.settings.hostname
         port = _https_port(self.settings.web.listen_https)
         netloc = host if port in (None, 443) else f"{host}:{port}"
         target = urllib.parse.urlunsplit(("https", netloc, request.path, request.query_string, ""))
         raise web.HTTPMovedPermanently(target)
+
+    def _our_host(self, request: web.Request) -> str | None:
+        given = (request.host or "").strip().lower()
+        if given.startswith("["):  # RFC 3986 3.2.2: an IPv6 literal in brackets
+            name = given[1:].partition("]")[0]
+        else:
+            name = given.rpartition(":")[0] if given.count(":") == 1 else given
+        name = name.rstrip(".")
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        reached = str(sockname[0]).lower() if sockname else None
+        ours = server_names(
+            self.settings.hostname, self.directory.domains(), self.settings.tls.extra_names
+        )
+        if name and (name in ours or name == reached):
+            return f"[{name}]" if ":" in name else name
+        return None
 
     # -- policies and autoconfiguration ------------------------------------------------
 
@@ -250,8 +330,7 @@ class Web:
         return web.Response(body=body, content_type="application/xml", charset="utf-8")
 
     async def autodiscover(self, request: web.Request) -> web.Response:
-        body = await request.content.read(autoconfig.MAX_AUTODISCOVER_REQUEST + 1)
-        address = autoconfig.parse_autodiscover_request(body)
+        address = autoconfig.parse_autodiscover_request(request.get("body", b""))
         domain = address.rpartition("@")[2] if address else ""
         if address is None or not self.directory.is_local_domain(domain):
             reply = autoconfig.autodiscover_error()
@@ -297,21 +376,22 @@ class Web:
         raise response
 
 
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
 def _cookie(response: web.StreamResponse, name: str, value: str, max_age: int | None) -> None:
     response.set_cookie(
         name, value, path="/", secure=True, httponly=True, samesite="Strict", max_age=max_age
     )
 
 
+# A path and query of this site: RFC 3986 3.3/3.4 characters only, so no tab,
+# CR, LF or backslash that a browser would drop or read as "/" (WHATWG URL:
+# "/\t/evil" and "/\\evil" both become "//evil", another host), and no "//" start.
+_LOCAL_TARGET = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]{0,1999}")
+
+
 def _next(request: web.Request, value: object = None) -> str:
     """Where to go after login: a local path only (no open redirect)."""
     target = value if isinstance(value, str) else request.query.get("next", "/")
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target[:2000]
+    return target if _LOCAL_TARGET.fullmatch(target) else "/"
 
 
 def _guarded(handler: Handler, admin: bool) -> Handler:

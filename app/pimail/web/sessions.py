@@ -67,10 +67,14 @@ class SessionStore:
         """The live session of a cookie's token, or None."""
         if not token or len(token) > 100:
             return None
+        return self.by_hash(_hash(token))
+
+    def by_hash(self, token_hash: str) -> Session | None:
+        """The live session of a token's SHA-256 (what signed URLs name)."""
         row = self.con.execute(
             "SELECT token_hash, account_id, csrf, created, seen FROM web_sessions"
             " WHERE token_hash = ?",
-            (_hash(token),),
+            (token_hash,),
         ).fetchone()
         if row is None:
             return None
