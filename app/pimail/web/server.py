@@ -21,8 +21,9 @@ Rules every page gets from the middleware below:
   or, before login, to the `pimail_csrf` cookie (double submit), and an
   Origin header, when the browser sends one, naming this very host. In a
   multipart form it must be the first part, checked before the rest is read.
-- Logins go through the one Authenticator: the failure limiter is the one
-  IMAP, POP3 and SMTP AUTH use, per client address.
+- Logins go through the one Authenticator and its login throttle
+  (auth/throttle.py), the one IMAP, POP3 and SMTP AUTH use: per address and
+  per account, with an allowance for addresses known for the account.
 - Request bodies are read by web/body.py within a budget chosen from the
   session cookie before a byte of the body is read: a few KiB before login,
   1 MiB of form when logged in, MAX_BODY streamed to the spool for uploads.
