@@ -172,6 +172,9 @@ class FilterSettings:
     # DNSBL/DNSWL zone entries in filter/dnsbl.py's syntax ("zen.spamhaus.org*3"); none by default.
     dnsbl_zones: list[str] = field(default_factory=list)
     dnswl_zones: list[str] = field(default_factory=list)
+    # Built-in malware screening (filter/malware.py): EICAR, executables, macros, HTML
+    # smuggling, encrypted archives refused at DATA with 554 5.7.1, with or without clamd.
+    malware: bool = True
     # clamd's address ("unix:/run/clamav/clamd.ctl", "127.0.0.1:3310"); empty: no virus scan.
     clamd: str = ""
     # clamd unreachable or failing: "tempfail" (451 4.7.0, the sender retries) or "accept".

@@ -173,7 +173,14 @@ def test_rules_executable_and_missing_fields(resolver: Resolver) -> None:
         .replace(b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n", b"")
         .replace(b"Message-ID: <file-1@example.org>\r\n", b"")
     )
-    verdict = check(Pipeline(settings(), resolver, None), message, envelope("10.0.0.1"))
+    # The built-in malware screen refuses the executable before any rule scores it.
+    screened = check(Pipeline(settings(), resolver, None), message, envelope("10.0.0.1"))
+    assert screened.action == "reject" and screened.reply is not None
+    assert screened.reply.startswith("554 5.7.1 Message refused: an executable")
+    # Without it, the rules score it.
+    verdict = check(
+        Pipeline(settings(malware=False), resolver, None), message, envelope("10.0.0.1")
+    )
     assert verdict.action == "accept" and verdict.junk_accounts == {1}
     assert verdict.symbols == {
         "EXECUTABLE_ATTACH": 4.0,
@@ -183,7 +190,11 @@ def test_rules_executable_and_missing_fields(resolver: Resolver) -> None:
     assert verdict.score == 6.0
     assert b"X-Spam-Status: Yes, score=6.0 required=5.0 " in verdict.headers
     # The reject score: the same message is refused when it is set low enough.
-    low = check(Pipeline(settings(reject_score=6.0), resolver, None), message, envelope("10.0.0.1"))
+    low = check(
+        Pipeline(settings(reject_score=6.0, malware=False), resolver, None),
+        message,
+        envelope("10.0.0.1"),
+    )
     assert (low.action, low.reply) == ("reject", "550 5.7.1 Message looks like spam")
 
 
@@ -271,7 +282,8 @@ def test_clamd_infected_clean_and_unreachable(
     clamd_server: ClamdServer, resolver: Resolver
 ) -> None:
     lan = envelope("10.0.0.1")
-    pipeline = Pipeline(settings(clamd=clamd_server.tcp_address), resolver, None)
+    # clamd alone (the built-in screen would name EICAR first: test_malware.py).
+    pipeline = Pipeline(settings(clamd=clamd_server.tcp_address, malware=False), resolver, None)
     verdict = check(pipeline, with_attachment("readme.txt", EICAR), lan)
     assert (verdict.action, verdict.reply) == ("reject", f"554 5.7.0 Virus found: {EICAR_FOUND}")
     assert check(pipeline, PLAIN, lan).action == "accept"
