@@ -169,9 +169,18 @@ class FilterSettings:
     reject_score: float = 15.0
     # Per-account Bayes (filter/bayes.py), once the account has trained enough.
     bayes: bool = True
-    # DNSBL/DNSWL zone entries in filter/dnsbl.py's syntax ("zen.spamhaus.org*3"); none by default.
+    # DNSBL/DNSWL zone entries in filter/dnsbl.py's syntax ("zen.spamhaus.org*3"); none by
+    # default here, the device profile has some (DEVICE_DNSBL_ZONES).
     dnsbl_zones: list[str] = field(default_factory=list)
     dnswl_zones: list[str] = field(default_factory=list)
+    # Domain lists (RHSBL/URIBL: "dbl.spamhaus.org"), asked about the registrable domains
+    # of the message's links and its sender's domains; at most dnsbl_max_domains links.
+    dnsbl_domain_zones: list[str] = field(default_factory=list)
+    dnsbl_max_domains: int = 10
+    # The resolver the DNS lists are asked through, "host:port" (a local recursive one:
+    # the public lists refuse the big public resolvers); empty: the one of [dns].
+    dnsbl_resolver: str = ""
+    dnsbl_timeout: float = 5.0
     # Built-in malware screening (filter/malware.py): EICAR, executables, macros, HTML
     # smuggling, encrypted archives refused at DATA with 554 5.7.1, with or without clamd.
     malware: bool = True
@@ -253,6 +262,12 @@ class Settings:
         return self.data_dir / "queue"
 
 
+# Spamhaus ZEN: SBL, CSS, XBL (127.0.0.2-9) and PBL (10-11: end-user ranges that should not
+# deliver to an MX themselves); DBL (127.0.1.2-99: listed domains) and SURBL's multi list.
+DEVICE_DNSBL_ZONES = ("zen.spamhaus.org=127.0.0.[2..11]",)
+DEVICE_DNSBL_DOMAIN_ZONES = ("dbl.spamhaus.org=127.0.1.[2..99]", "multi.surbl.org")
+
+
 def device_defaults() -> Settings:
     """The appliance: data on /data, standard ports on every address."""
     any4, any6 = "0.0.0.0", "[::]"
@@ -269,6 +284,13 @@ def device_defaults() -> Settings:
         pop3=Pop3Settings(listen=both(110), listen_tls=both(995)),
         web=WebSettings(listen_http=both(80), listen_https=both(443)),
         tls=TlsSettings(extra_names=[]),
+        # The image's unbound recurses from the root on loopback (its queries are its own,
+        # so Spamhaus and SURBL answer them); the lists' error codes are never listings.
+        filter=FilterSettings(
+            dnsbl_zones=list(DEVICE_DNSBL_ZONES),
+            dnsbl_domain_zones=list(DEVICE_DNSBL_DOMAIN_ZONES),
+            dnsbl_resolver="127.0.0.1:53",
+        ),
     )
 
 

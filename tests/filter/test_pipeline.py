@@ -118,9 +118,15 @@ def test_spf_fail_and_dmarc_reject_is_refused(
         Pipeline(settings(dmarc_reject=False), resolver, None), PLAIN, envelope("198.51.100.7")
     )
     assert verdict.action == "accept" and verdict.junk_accounts == {1}
-    assert verdict.symbols == {"SPF_FAIL": 3.0, "DMARC_FAIL": 3.0} and verdict.score == 6.0
-    assert b"X-Spam-Status: Yes, score=6.0 required=5.0 tests=DMARC_FAIL,SPF_FAIL" in (
-        verdict.headers
+    assert verdict.symbols == {
+        "SPF_FAIL": 3.0,
+        "DMARC_POLICY_REJECT": 2.0,
+        "NEW_DOMAIN_NOAUTH": 1.0,
+    }
+    assert verdict.score == 6.0
+    assert (
+        b"X-Spam-Status: Yes, score=6.0 required=5.0 tests=DMARC_POLICY_REJECT,\r\n"
+        b"\tNEW_DOMAIN_NOAUTH,SPF_FAIL" in verdict.headers
     )
 
 
@@ -134,7 +140,8 @@ def test_dmarc_quarantine_goes_to_junk(
     )
     assert verdict.action == "accept"
     assert verdict.junk_accounts == {1, 2}
-    assert verdict.symbols == {"DMARC_FAIL": 3.0} and verdict.score == 3.0
+    assert verdict.symbols == {"DMARC_POLICY_QUARANTINE": 1.5, "NEW_DOMAIN_NOAUTH": 1.0}
+    assert verdict.score == 2.5
 
 
 def test_lan_and_authenticated_clients_skip_sender_authentication(
@@ -200,7 +207,10 @@ def test_rules_executable_and_missing_fields(resolver: Resolver) -> None:
 
 def test_rules_names_and_shapes() -> None:
     def names(content_type: bytes) -> set[str]:
-        message = b"Date: x\r\nMessage-ID: <a@b>\r\nContent-Type: " + content_type + b"\r\n\r\nx"
+        message = (
+            b"From: a@example.test\r\nDate: Mon, 7 Dec 2026 10:00:00 +0000\r\n"
+            b"Message-ID: <a@b>\r\nContent-Type: " + content_type + b"\r\n\r\nx"
+        )
         return set(rules.score(message))
 
     assert names(b'application/octet-stream; name="a.SCR"') == {"EXECUTABLE_ATTACH"}
@@ -217,7 +227,7 @@ def test_rules_names_and_shapes() -> None:
     assert rules.auth_rules(auth) == {
         "SPF_SOFTFAIL": 1.0,
         "DKIM_FAIL": 1.0,
-        "DMARC_FAIL": 3.0,
+        "DMARC_POLICY_NONE": 0.5,
         "RCVD_IN_DNSBL": 6.0,
         "RCVD_IN_DNSWL": -3.0,
     }
@@ -232,8 +242,12 @@ def test_dnsbl_listing_adds_points(zone: DnsServer, resolver: Resolver) -> None:
         settings(dnsbl_zones=["bl.test*2"], dnswl_zones=["wl.test"]), resolver, None
     )
     verdict = check(pipeline, PLAIN, envelope("11.22.33.44"))
-    assert verdict.symbols == {"RCVD_IN_DNSBL": 6.0, "RCVD_IN_DNSWL": -3.0}
-    assert verdict.score == 3.0 and verdict.junk_accounts == set()
+    assert verdict.symbols == {
+        "RCVD_IN_DNSBL": 6.0,
+        "RCVD_IN_DNSWL": -3.0,
+        "NEW_DOMAIN_NOAUTH": 1.0,
+    }
+    assert verdict.score == 4.0 and verdict.junk_accounts == set()
 
 
 def test_bayes_per_account(tmp_path: Path, resolver: Resolver) -> None:

@@ -183,7 +183,9 @@ class Content:
 class Watcher(Protocol):
     """Rides along on the walk (module docstring); raises Stop to end it."""
 
-    def leaf(self, names: tuple[str, ...], content_type: str, content: Content) -> None: ...
+    def leaf(
+        self, names: tuple[str, ...], content_type: str, charset: str, content: Content
+    ) -> None: ...
 
     def entry(self, name: str, depth: int, encrypted: bool, content: Content) -> None: ...
 
@@ -482,7 +484,8 @@ class _Scan:
 
         content = Content(fetch, len(self.data))
         if self.watcher is not None:
-            self.watcher.leaf(headers.names, headers.content_type, content)
+            charset = headers.params.get("charset", "")
+            self.watcher.leaf(headers.names, headers.content_type, charset, content)
         magic = (
             content.head
             if self.watcher is not None
