@@ -130,6 +130,7 @@ _NAME_PARAM = re.compile(
 _MSGID = re.compile(r"^\s*<[^<>@\s]+@[^<>@\s]+>\s*$")
 # RFC 2047 2: =?charset?encoding?encoded-text?= (charset may carry *language, RFC 2231 5).
 _ENCODED_WORD = re.compile(r"=\?([^?*\s]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+_ANGLE_ADDR = re.compile(r"<[^<>]*>\s*$")
 _RECEIVED_DATE = re.compile(rb";\s*([^;]+)$")
 _ADDRESS_IN_TEXT = re.compile(r"[\w.+-]+@([a-z0-9.-]+\.[a-z]{2,})", re.IGNORECASE)
 _SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
@@ -322,9 +323,10 @@ def _encoded_word_rules(value: bytes, excess_symbol: str) -> dict[str, float]:
             continue
         if encoding != "B" or not decoded.isascii() or "=?" in decoded:
             ascii_b64 = False
-    # The whole value one or more base64 words of plain ASCII: nothing needed encoding.
-    outside = _ENCODED_WORD.sub("", text).strip(' \t"<>')
-    if ascii_b64 and ("@" not in outside if excess_symbol == "FROM_EXCESS_BASE64" else not outside):
+    # The whole value (for From: the display name, before its <addr-spec>) one or
+    # more base64 words of plain ASCII: nothing needed encoding.
+    outside = _ENCODED_WORD.sub("", _ANGLE_ADDR.sub("", text)).strip(' \t"')
+    if ascii_b64 and not outside:
         symbols[excess_symbol] = (
             FROM_EXCESS_BASE64 if excess_symbol == "FROM_EXCESS_BASE64" else SUBJECT_EXCESS_BASE64
         )
