@@ -75,7 +75,7 @@ def group_stats(group: str, show: str | None) -> tuple[Counter[str], int, int, i
     messages = [crlf(m) for m in corpus.messages(group)]
     for index, message in enumerate(messages):
         symbols, finding = judge(message)
-        fired.update(symbols)
+        fired.update(symbols.keys())  # counts, not weights
         if finding is not None:
             refused += 1
             fired[f"(refused: {finding.kind})"] += 1

@@ -501,3 +501,17 @@ def test_smtp_listed_link_goes_to_junk_and_the_admin_page_shows_the_lists(
     assert "refusing.test" in page and "127.255.255.254" in page
     assert "configured but not answering" in page  # clamd
     assert f"asked through {zone.address}" in page
+
+
+def test_the_device_profile_asks_public_lists_through_its_own_resolver() -> None:
+    from pimail.config import Settings, device_defaults
+
+    device = device_defaults().filter
+    assert device.dnsbl_resolver == "127.0.0.1:53"
+    zones = [parse_zone(z) for z in device.dnsbl_zones + device.dnsbl_domain_zones]
+    assert {z.name for z in zones} == {"zen.spamhaus.org", "dbl.spamhaus.org", "multi.surbl.org"}
+    dbl = next(z for z in zones if z.name == "dbl.spamhaus.org")
+    assert dbl.matches("127.0.1.2") and not dbl.matches("127.0.1.255")
+    development = Settings().filter  # the system resolver, no lists: nothing leaves a dev box
+    assert (development.dnsbl_resolver, development.dnsbl_zones) == ("", [])
+    assert development.dnsbl_domain_zones == []
