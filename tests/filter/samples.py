@@ -155,3 +155,48 @@ def with_attachment(
         + b"\r\n--b1--\r\n"
     )
     return mail(body, 'multipart/mixed; boundary="b1"')
+
+
+def _vint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def rar5(files: list[tuple[str, bool]], encrypted_headers: bool = False) -> bytes:
+    """A RAR 5 archive's headers (RARLAB's technote; CRCs left zero, contents one
+    stored byte each) for `files` [(name, encrypted)]."""
+
+    def header(kind: int, body: bytes, extra: bytes = b"", data: bytes = b"") -> bytes:
+        flags = (1 if extra else 0) | (2 if data else 0)
+        fields = _vint(kind) + _vint(flags)
+        fields += (_vint(len(extra)) if extra else b"") + (_vint(len(data)) if data else b"")
+        fields += body + extra
+        return b"\x00" * 4 + _vint(len(fields)) + fields + data
+
+    out = b"Rar!\x1a\x07\x01\x00" + header(1, _vint(0))
+    if encrypted_headers:
+        out += header(4, _vint(0) + _vint(0) + _vint(15) + b"\x00" * 16)
+    for name, encrypted in files:
+        raw = name.encode()
+        body = _vint(0) + _vint(1) + _vint(0) + _vint(0) + _vint(0) + _vint(len(raw)) + raw
+        record = _vint(1) + b"\x00" * 8  # type 1: file encryption
+        extra = _vint(len(record)) + record if encrypted else b""
+        out += header(2, body, extra, b"x")
+    return out + header(5, _vint(0))
+
+
+def rar4(files: list[tuple[str, bool]], encrypted_headers: bool = False) -> bytes:
+    """A RAR 1.5-4.x archive's blocks (unrar's technote; CRCs left zero)."""
+    main_flags = 0x0080 if encrypted_headers else 0
+    out = b"Rar!\x1a\x07\x00" + b"\x00\x00\x73" + struct.pack("<HH", main_flags, 13) + b"\x00" * 6
+    for name, encrypted in files:
+        raw = name.encode("latin-1")
+        flags = 0x8000 | (0x0004 if encrypted else 0)
+        out += b"\x00\x00\x74" + struct.pack("<HH", flags, 32 + len(raw))
+        out += struct.pack("<IIBIIBBHI", 1, 1, 2, 0, 0, 29, 0x30, len(raw), 0x20) + raw + b"x"
+    return out + b"\x00\x00\x7b" + struct.pack("<HH", 0, 7)
