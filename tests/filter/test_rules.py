@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import PimailServer
 from filter.engines import RspamdServer
@@ -230,3 +232,16 @@ def test_gtube_is_refused_for_every_account(
                 and b"GTUBE" in refused.value.smtp_error
             )
     assert [m for a in ACCOUNTS for f in ("", ".Junk") for m in server.messages(a, f)] == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_rules_never_raise_on_garbage(tail: bytes) -> None:
+    rules.score(b"From: =?x?B?" + tail + b"\r\nDate: " + tail + b"\r\n\r\n" + tail)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400), st.text(max_size=60))
+def test_body_rules_never_raise_on_any_html(body: str, host: str) -> None:
+    page = f'<a href="http://{host}/">{body}</a><a href="https://xn--{host}">x</a>{body}'
+    rules.text_rules([malware.TextPart("text/html", page)], ["example.org"])

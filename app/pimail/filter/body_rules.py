@@ -203,12 +203,15 @@ def _ascii(host: str) -> str:
         return host
 
 
-def skeleton(host: str) -> str:
-    """A host's Unicode form, letters folded to the Latin ones they look like."""
+def skeleton(host: str) -> str | None:
+    """A punycode host's Unicode form (RFC 3492), letters folded to the Latin
+    ones they look like; None when it is not valid IDNA or not Unicode at all."""
     try:
-        unicode = host.encode("ascii").decode("idna") if "xn--" in host else host
+        unicode = host.encode("ascii").decode("idna")
     except UnicodeError:
-        unicode = host
+        return None
+    if unicode.isascii():
+        return None
     return unicodedata.normalize("NFKC", unicode).lower().translate(CONFUSABLES)
 
 
@@ -226,11 +229,11 @@ def uri_rules(links: Sequence[Link], own_domains: Iterable[str] = ()) -> dict[st
             symbols["URI_USERINFO"] = URI_USERINFO
         if organizational_domain(host) in SHORTENERS or host in SHORTENERS:
             symbols["URI_SHORTENER"] = URI_SHORTENER
-        if "xn--" in host:
-            folded = skeleton(host)
+        folded = skeleton(host) if "xn--" in host and host.isascii() else None
+        if folded is not None:
             if organizational_domain(folded) in own or folded in own:
                 symbols["URI_PUNYCODE_OWN"] = URI_PUNYCODE_OWN
-            elif folded.isascii():
+            elif folded.isascii():  # every letter had a Latin look-alike
                 symbols["URI_HOMOGRAPH"] = URI_HOMOGRAPH
         if link.text and _mismatch(link.text, host):
             symbols["URI_TEXT_MISMATCH"] = URI_TEXT_MISMATCH
