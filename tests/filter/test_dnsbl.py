@@ -75,6 +75,7 @@ def zone(dns_server: SlowDnsServer) -> SlowDnsServer:
     dns_server.servfail_txt = False
     dnsbl._warned.clear()
     dnsbl._problems.clear()
+    dnsbl._resting.clear()
     return dns_server
 
 
@@ -399,6 +400,18 @@ def test_domain_zone_timeout_is_not_listed(zone: SlowDnsServer, resolver: Resolv
     listings = run_domains(resolver, ["evil.test"], ["slow.test", "dbl.test"], timeout=0.3)
     assert [x.zone for x in listings] == ["dbl.test"]
     assert [(p.zone, p.kind) for p in dnsbl.problems()] == [("slow.test", "timeout")]
+
+
+def test_a_zone_that_timed_out_rests(zone: SlowDnsServer, resolver: Resolver) -> None:
+    zone.set("evil.test.slow.test", "A", "127.0.1.2")
+    zone.slow.add("evil.test.slow.test")
+    assert run_domains(resolver, ["evil.test"], ["slow.test"], timeout=0.3) == []
+    zone.slow.clear()  # it answers at once now, but is not asked for a while
+    asked = len(zone.queries)
+    assert run_domains(resolver, ["evil.test"], ["slow.test"], timeout=0.3) == []
+    assert len(zone.queries) == asked
+    dnsbl._resting.clear()  # the rest is over
+    assert [x.zone for x in run_domains(resolver, ["evil.test"], ["slow.test"])] == ["slow.test"]
 
 
 # -- the whole path: the pipeline and SMTP -------------------------------------------

@@ -41,7 +41,9 @@ What does not count as a listing, whatever the patterns say:
 Every such answer, and timeouts and DNS errors, are warned about at most once
 per WARN_INTERVAL per zone and kept (`problems()`) for the admin spam page,
 which says what a list answered and when.
-- SERVFAIL, timeouts, any DNS error: not listed (fail open), logged.
+- SERVFAIL, timeouts, any DNS error: not listed (fail open), logged. A zone
+  that timed out is not asked for REST_AFTER_TIMEOUT seconds (60): with no
+  resolver listening, mail waits for one timeout a minute, not one each.
 
 Addresses that are not global (loopback, RFC 1918, link-local, CGNAT,
 documentation ranges) are never looked up: no list knows them and the query
@@ -82,6 +84,9 @@ SPAMHAUS_ERRORS = ipaddress.IPv4Network("127.255.255.0/24")
 DNSWL_BLOCKED = ipaddress.IPv4Address("127.0.0.255")
 DBL_IP_QUERY = ipaddress.IPv4Address("127.0.1.255")  # Spamhaus DBL: "IP queries prohibited"
 PROBLEM_AGE = 86400.0  # problems() shows what happened within this many seconds
+# A zone that timed out is not asked again for this long: a resolver that is not
+# there (no unbound yet on 127.0.0.1:53) must not hold every message for the timeout.
+REST_AFTER_TIMEOUT = 60.0
 NEVER_LISTED = ipaddress.IPv4Address("127.0.0.1")  # RFC 5782 5
 MAX_TEXT = 512  # a TXT reason is kept for logs and headers; no more than this
 WARN_INTERVAL = 600.0  # seconds between two warnings about the same zone problem
@@ -91,6 +96,7 @@ _ZONE_NAME = re.compile(rf"^(?=.{{1,200}}$){_LABEL}(?:\.{_LABEL})+$")
 _OCTET_ITEM = re.compile(r"^(\d{1,3})(?:\.\.(\d{1,3}))?$")
 _warned: dict[tuple[str, str], float] = {}
 _problems: dict[tuple[str, str], Problem] = {}
+_resting: dict[str, float] = {}  # zone -> time.monotonic() until which it is not asked
 
 
 @dataclass(frozen=True)
@@ -320,11 +326,15 @@ async def _ask(
     resolver: Resolver, zone: str, name: str, entries: list[Zone], timeout: float
 ) -> _Answer:
     """The usable answers of one zone, and its TXT reason when some entry matched."""
+    if time.monotonic() < _resting.get(zone, 0.0):
+        log.debug("dnsbl zone resting after a timeout zone=%s", zone)
+        return _Answer()
     deadline = asyncio.get_running_loop().time() + timeout
     try:
         async with asyncio.timeout_at(deadline):
             codes = _usable_codes(zone, await resolver.a_records(name))
     except TimeoutError:
+        _resting[zone] = time.monotonic() + REST_AFTER_TIMEOUT
         _warn(zone, "timeout", "dnsbl zone timed out zone=%s timeout=%.1f", zone, timeout)
         return _Answer()
     except DnsError as e:
