@@ -73,7 +73,8 @@ ACCOUNT = 1  # the one recipient account, with the trained Bayes model
 WARMUP = 20  # messages per configuration before the measured rounds
 CONFIGS = ("pimail", "+clamd", "+rspamd", "+clamd+rspamd")
 # Stages in pipeline order; spf, dkim, arc, dnsbl and dnswl run at once (asyncio.gather).
-STAGES = ("limits", "clamd", "spf", "dkim", "arc", "dnsbl", "dnswl", "dmarc", "rules")
+STAGES = ("limits", "clamd", "spf", "dkim", "arc", "dnsbl", "dnswl", "uribl", "rhsbl", "dmarc")
+STAGES += ("rules",)
 STAGES += ("rspamd", "bayes")
 
 log = logging.getLogger("filter_bench")

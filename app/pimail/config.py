@@ -198,9 +198,21 @@ class FilterSettings:
     # The spam probability at which the Bayes points alone reach 5.0 (see
     # filter/pipeline.py); chosen on spam-1/easy-ham-1 (bench/bayes_eval.py).
     bayes_threshold: float = 0.95
-    # DNSBL/DNSWL zone entries in filter/dnsbl.py's syntax ("zen.spamhaus.org*3"); none by default.
+    # DNSBL/DNSWL zone entries in filter/dnsbl.py's syntax ("zen.spamhaus.org*3"); none by
+    # default (DEVICE_DNSBL_ZONES is the set for a box with its own recursive resolver).
     dnsbl_zones: list[str] = field(default_factory=list)
     dnswl_zones: list[str] = field(default_factory=list)
+    # Domain lists (RHSBL/URIBL: "dbl.spamhaus.org"), asked about the registrable domains
+    # of the message's links and its sender's domains; at most dnsbl_max_domains links.
+    dnsbl_domain_zones: list[str] = field(default_factory=list)
+    dnsbl_max_domains: int = 10
+    # The resolver the DNS lists are asked through, "host:port" (a local recursive one:
+    # the public lists refuse the big public resolvers); empty: the one of [dns].
+    dnsbl_resolver: str = ""
+    dnsbl_timeout: float = 5.0
+    # Built-in malware screening (filter/malware.py): EICAR, executables, macros, HTML
+    # smuggling, encrypted archives refused at DATA with 554 5.7.1, with or without clamd.
+    malware: bool = True
     # clamd's address ("unix:/run/clamav/clamd.ctl", "127.0.0.1:3310"); empty: no virus scan.
     clamd: str = ""
     # clamd unreachable or failing: "tempfail" (451 4.7.0, the sender retries) or "accept".
@@ -300,6 +312,12 @@ class Settings:
         return self.data_dir / "queue"
 
 
+# Spamhaus ZEN: SBL, CSS, XBL (127.0.0.2-9) and PBL (10-11: end-user ranges that should not
+# deliver to an MX themselves); DBL (127.0.1.2-99: listed domains) and SURBL's multi list.
+DEVICE_DNSBL_ZONES = ("zen.spamhaus.org=127.0.0.[2..11]",)
+DEVICE_DNSBL_DOMAIN_ZONES = ("dbl.spamhaus.org=127.0.1.[2..99]", "multi.surbl.org")
+
+
 def device_defaults() -> Settings:
     """The appliance: data on /data, standard ports on every address."""
     any4, any6 = "0.0.0.0", "[::]"
@@ -316,7 +334,11 @@ def device_defaults() -> Settings:
         pop3=Pop3Settings(listen=both(110), listen_tls=both(995)),
         web=WebSettings(listen_http=both(80), listen_https=both(443)),
         tls=TlsSettings(extra_names=[]),
-        # Built into the image (image/build.sh) from the SpamAssassin corpus.
+        # Built into the image (image/build.sh) from the SpamAssassin corpus. The DNS
+        # lists (DEVICE_DNSBL_*) are not on by default yet: the public lists answer only
+        # a resolver that recurses itself, and the image ships none yet (issue 15 item 4:
+        # unbound on loopback); until then an admin who runs one turns them on with
+        # filter.dnsbl_zones, filter.dnsbl_domain_zones and filter.dnsbl_resolver.
         filter=FilterSettings(starter_model="/usr/share/pimail/starter-bayes.db"),
     )
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import smtplib
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
 
+from conftest import PimailServer
 from dnsserver import DnsServer
 from pimail.dns.resolver import Resolver
 from pimail.filter import dnsbl
@@ -71,6 +74,8 @@ def zone(dns_server: SlowDnsServer) -> SlowDnsServer:
     dns_server.slow.clear()
     dns_server.servfail_txt = False
     dnsbl._warned.clear()
+    dnsbl._problems.clear()
+    dnsbl._resting.clear()
     return dns_server
 
 
@@ -318,3 +323,208 @@ def test_probe(zone: DnsServer, resolver: Resolver) -> None:
     assert "outside 127.0.0.0/8" in (check("hijacked.test") or "")
     assert "not listed: wrong zone name" in (check("typo.test") or "")
     assert "broken.test" in (check("broken.test") or "")
+
+
+# -- domain lists (RHSBL/URIBL, RFC 5782 2.3) -------------------------------------
+
+
+def run_domains(resolver: Resolver, domains: list[str], zones: list[str], timeout: float = 5.0):
+    return asyncio.run(dnsbl.lookup_domains(resolver, domains, zones, timeout=timeout))
+
+
+def test_listed_domain(zone: DnsServer, resolver: Resolver) -> None:
+    zone.set("evil.test.dbl.test", "A", "127.0.1.2")
+    zone.set("evil.test.dbl.test", "TXT", '"https://check.test/evil.test"')
+    zone.set("evil.test.uri.test", "A", "127.0.0.8")
+    [dbl, uri] = run_domains(resolver, ["good.test", "Evil.Test."], ["dbl.test*2", "uri.test"])
+    assert (dbl.zone, dbl.codes, dbl.weight) == ("dbl.test", ["127.0.1.2"], 2)
+    assert dbl.text == "evil.test: https://check.test/evil.test"
+    assert (uri.zone, uri.codes, uri.text) == ("uri.test", ["127.0.0.8"], "evil.test")
+    assert score([dbl, uri]) == 3
+    assert run_domains(resolver, ["good.test"], ["dbl.test"]) == []
+
+
+def test_a_zone_counts_once_however_many_domains_it_lists(
+    zone: DnsServer, resolver: Resolver
+) -> None:
+    for name in ("a.test", "b.test", "c.test"):
+        zone.set(f"{name}.dbl.test", "A", "127.0.1.2")
+    [listing] = run_domains(resolver, ["a.test", "b.test", "c.test"], ["dbl.test"])
+    assert listing.text == "a.test"
+
+
+def test_addresses_and_bad_names_are_not_asked(zone: DnsServer, resolver: Resolver) -> None:
+    assert run_domains(resolver, ["192.0.2.1", "-bad-.test", "x" * 300, ""], ["dbl.test"]) == []
+    assert zone.queries == []
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ("127.255.255.254", "public/open resolver"),
+        ("127.255.255.252", "typo in the zone name"),
+        ("127.255.255.255", "too many queries"),
+        ("127.0.1.255", "IP queries prohibited (DBL)"),
+        ("127.0.0.255", "dnswl.org: blocked"),
+    ],
+)
+def test_list_error_codes_are_never_listings_and_are_shown(
+    zone: DnsServer, resolver: Resolver, code: str, kind: str
+) -> None:
+    dnsbl._problems.clear()
+    zone.set("evil.test.dbl.test", "A", code)
+    zone.set(f"{IP_NAME}.zen.test", "A", code)
+    assert run_domains(resolver, ["evil.test"], ["dbl.test"]) == []
+    assert run(resolver, IP, ["zen.test"]) == []
+    found = {(p.zone, p.kind) for p in dnsbl.problems()}
+    assert found == {("dbl.test", f"error-{code}"), ("zen.test", f"error-{code}")}, kind
+    # Asked again: one problem per zone and kind, counted, not one per query.
+    run(resolver, IP, ["zen.test"])
+    [zen] = [p for p in dnsbl.problems() if p.zone == "zen.test"]
+    assert zen.count == 2 and code in zen.detail
+
+
+def test_surbls_query_refused_answer_is_no_problem_and_no_listing(
+    zone: DnsServer, resolver: Resolver
+) -> None:
+    dnsbl._problems.clear()
+    zone.set("evil.test.multi.test", "A", "127.0.0.1")  # SURBL: 127.0.0.1 = blocked
+    assert run_domains(resolver, ["evil.test"], ["multi.test"]) == []
+
+
+def test_domain_zone_timeout_is_not_listed(zone: SlowDnsServer, resolver: Resolver) -> None:
+    dnsbl._problems.clear()
+    zone.set("evil.test.slow.test", "A", "127.0.1.2")
+    zone.set("evil.test.dbl.test", "A", "127.0.1.2")
+    zone.slow.add("evil.test.slow.test")
+    listings = run_domains(resolver, ["evil.test"], ["slow.test", "dbl.test"], timeout=0.3)
+    assert [x.zone for x in listings] == ["dbl.test"]
+    assert [(p.zone, p.kind) for p in dnsbl.problems()] == [("slow.test", "timeout")]
+
+
+def test_a_zone_that_timed_out_rests(zone: SlowDnsServer, resolver: Resolver) -> None:
+    zone.set("evil.test.slow.test", "A", "127.0.1.2")
+    zone.slow.add("evil.test.slow.test")
+    assert run_domains(resolver, ["evil.test"], ["slow.test"], timeout=0.3) == []
+    zone.slow.clear()  # it answers at once now, but is not asked for a while
+    asked = len(zone.queries)
+    assert run_domains(resolver, ["evil.test"], ["slow.test"], timeout=0.3) == []
+    assert len(zone.queries) == asked
+    dnsbl._resting.clear()  # the rest is over
+    assert [x.zone for x in run_domains(resolver, ["evil.test"], ["slow.test"])] == ["slow.test"]
+
+
+# -- the whole path: the pipeline and SMTP -------------------------------------------
+
+LISTED_MAIL = (
+    "From: Shop <offers@spammer.test>\r\nTo: alice@example.org\r\nSubject: offer\r\n"
+    "Date: Mon, 07 Dec 2026 12:00:00 +0000\r\nMessage-ID: <o1@spammer.test>\r\n"
+    "Content-Type: text/html\r\n\r\n"
+    '<p>Buy <a href="https://www.evil.test/buy">here</a>, or '
+    '<a href="https://clean.test/">there</a>.</p>\r\n'
+)
+
+
+def list_zones(zone: DnsServer) -> None:
+    zone.set(f"{IP_NAME}.zen.test", "A", "127.0.0.4")
+    zone.set("evil.test.dbl.test", "A", "127.0.1.2")  # a link's registrable domain
+    zone.set("spammer.test.dbl.test", "A", "127.0.1.2")  # the sender's domain
+    zone.set("evil.test.refusing.test", "A", "127.255.255.254")
+
+
+def test_the_pipeline_asks_its_own_resolver(zone: DnsServer) -> None:
+    from pimail.config import FilterSettings, Settings
+    from pimail.filter.pipeline import Envelope, Pipeline
+
+    dnsbl._problems.clear()
+    list_zones(zone)
+    filters = FilterSettings(
+        dnsbl_zones=["zen.test"],
+        dnsbl_domain_zones=["dbl.test", "refusing.test"],
+        dnsbl_resolver=zone.address,  # the only server that knows the lists
+        dnsbl_timeout=2.0,
+    )
+    settings = Settings(hostname="mx.pimail.test", filter=filters)
+    nowhere = Resolver(["127.0.0.1:9"], timeout=0.5)  # dns.nameservers: nothing answers
+    pipeline = Pipeline(settings, nowhere, None)
+    envelope = Envelope(IP, "mx.spammer.test", "offers@spammer.test", ["alice@example.org"])
+    verdict = asyncio.run(pipeline.check(envelope, LISTED_MAIL.encode(), [1]))
+    assert verdict.symbols["RCVD_IN_DNSBL"] == 3.0
+    assert verdict.symbols["URIBL_LISTED"] == 2.5
+    assert verdict.symbols["RHSBL_SENDER"] == 2.0
+    assert 1 in verdict.junk_accounts
+    asked = {q.rstrip(".").lower() for q, _ in zone.queries}
+    assert "evil.test.dbl.test" in asked and "clean.test.dbl.test" in asked
+    assert "www.evil.test.dbl.test" not in asked  # the registrable domain is asked
+    assert [(p.zone, p.kind) for p in dnsbl.problems()] == [
+        ("refusing.test", "error-127.255.255.254")
+    ]
+
+
+def test_at_most_max_domains_links_are_asked(zone: DnsServer) -> None:
+    from pimail.config import FilterSettings, Settings
+    from pimail.filter.pipeline import Envelope, Pipeline
+
+    links = "".join(f'<a href="http://d{i}.test/">x</a>' for i in range(50))
+    message = LISTED_MAIL.replace("<p>Buy", links + "<p>Buy").encode()
+    filters = FilterSettings(
+        dnsbl_domain_zones=["dbl.test"], dnsbl_resolver=zone.address, dnsbl_max_domains=10
+    )
+    pipeline = Pipeline(
+        Settings(hostname="mx.pimail.test", filter=filters), Resolver([zone.address]), None
+    )
+    envelope = Envelope(IP, "mx.spammer.test", "", ["alice@example.org"])
+    asyncio.run(pipeline.check(envelope, message, [1]))
+    asked = {
+        q.rstrip(".").lower()
+        for q, _ in zone.queries
+        if q.rstrip(".").lower().endswith(".dbl.test")
+    }
+    assert len(asked) == 10 + 1  # ten link domains, and the From domain
+
+
+def test_smtp_listed_link_goes_to_junk_and_the_admin_page_shows_the_lists(
+    make_server: Any, zone: DnsServer
+) -> None:
+    from web.browser import Browser
+
+    list_zones(zone)
+    server: PimailServer = make_server(sections={
+        "dns": {"nameservers": ["127.0.0.1:9"], "timeout": 1.0},
+        "filter": {
+            "skip_networks": [], "greylist": False,
+            "dnsbl_domain_zones": ["dbl.test", "refusing.test"],
+            "dnsbl_resolver": zone.address,
+            "clamd": "unix:/nonexistent/pimail-clamd.sock", "clamd_unreachable": "accept",
+        },
+    })  # fmt: skip
+    server.cli("domain", "add", "example.org")
+    server.cli("user", "add", "admin@example.org", "--admin", input="admin-password\n")
+    server.add_user("alice@example.org")
+    server.start()
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as s:
+        s.sendmail("offers@spammer.test", ["alice@example.org"], LISTED_MAIL.encode())
+    assert server.messages("alice@example.org") == []
+    [junk] = server.messages("alice@example.org", ".Junk")
+    head = junk.read_bytes().split(b"\r\n\r\n", 1)[0]
+    assert b"URIBL_LISTED" in head and b"RHSBL_SENDER" in head
+    browser = Browser(f"https://127.0.0.1:{server.https_port}", server.client_tls())
+    assert browser.login("admin@example.org", "admin-password").status == 200
+    page = browser.get("/admin/spam").text
+    assert "refusing.test" in page and "127.255.255.254" in page
+    assert "configured but not answering" in page  # clamd
+    assert f"asked through {zone.address}" in page
+
+
+def test_the_recommended_public_lists_parse_and_stay_off_until_a_recursive_resolver_ships() -> None:
+    from pimail.config import DEVICE_DNSBL_DOMAIN_ZONES, DEVICE_DNSBL_ZONES, Settings, device_defaults
+
+    zones = [parse_zone(z) for z in DEVICE_DNSBL_ZONES + DEVICE_DNSBL_DOMAIN_ZONES]
+    assert {z.name for z in zones} == {"zen.spamhaus.org", "dbl.spamhaus.org", "multi.surbl.org"}
+    dbl = next(z for z in zones if z.name == "dbl.spamhaus.org")
+    assert dbl.matches("127.0.1.2") and not dbl.matches("127.0.1.255")
+    # The image has no recursive resolver yet: through a forwarder the public lists
+    # answer only their "public resolver" errors, so nothing is asked by default.
+    for profile in (device_defaults().filter, Settings().filter):
+        assert (profile.dnsbl_resolver, profile.dnsbl_zones) == ("", [])
+        assert profile.dnsbl_domain_zones == []

@@ -5,13 +5,15 @@ rules, an offline DNS server), configured so that a message can ask for each
 of rspamd's actions:
 
 - "reject": rspamd's GTUBE string (always on); a pre-result whose score is the
-  reject threshold, 15.
+  reject threshold, 15. pimail refuses GTUBE itself before asking rspamd
+  (filter/rules.py), so rspamd's "reject" is asked for by a multimap rule
+  too (below), and GTUBE's own tests check that pimail's refusal comes first.
 - "add header", "rewrite subject", "no action": GTUBE's variants with the first
   letter Y, Z and A instead of X. rspamd 3.4 has them in its C code
   (`rspamd_check_gtube`), off unless `options { enable_test_patterns = true; }`.
   "add header" scores its threshold (6); "rewrite subject" has no threshold in
   the packaged actions.conf, so it scores 0; "no action" skips every rule: 0.
-- "soft reject", "greylist", "quarantine", "discard": no GTUBE for them; a
+- "reject", "soft reject", "greylist", "quarantine", "discard": (besides GTUBE) a
   multimap rule per action on the Subject (`Subject: pimail-test-<action>`) in
   prefilter mode, whose `action` is rspamd's pre-result. rspamd 3.4 knows
   quarantine and discard only once actions.conf declares them ("unknown
@@ -50,7 +52,8 @@ OUTSIDE = "192.0.2.10"  # RFC 5737: outside pimail's and rspamd's local networks
 LAN = "10.0.0.1"
 SPAM_REPLY = "550 5.7.1 Message looks like spam"
 LATER_REPLY = "451 4.7.1 Try again later"
-FORCED_ACTIONS = ("soft reject", "greylist", "quarantine", "discard")
+FORCED_ACTIONS = ("reject", "soft reject", "greylist", "quarantine", "discard")
+GTUBE_REPLY = "550 5.7.1 Message looks like spam (GTUBE test message)"
 
 
 def _slug(action: str) -> str:
@@ -113,6 +116,9 @@ OWN_SIX = {"EXECUTABLE_ATTACH": 4.0, "MISSING_DATE": 1.0, "MISSING_MESSAGE_ID": 
 
 
 def pipeline(resolver: Resolver, address: str, mode: str, **values: object) -> Pipeline:
+    # These tests are about rspamd: the built-in malware screen (test_malware.py)
+    # would refuse own_six()'s .exe before rspamd is asked.
+    values.setdefault("malware", False)
     settings = Settings(
         hostname=HOSTNAME,
         filter=FilterSettings(rspamd=address, rspamd_mode=mode, **values),  # type: ignore[arg-type]
@@ -173,12 +179,21 @@ def test_rspamd_answers_each_action(rspamd_server: RspamdServer) -> None:
 # -- replace: rspamd's action and score decide --------------------------------------
 
 
-def test_replace_gtube_is_refused(rspamd_server: RspamdServer, resolver: Resolver) -> None:
-    verdict = check(pipeline(resolver, rspamd_server.address, "replace"), gtube())
+def test_replace_reject_is_refused(rspamd_server: RspamdServer, resolver: Resolver) -> None:
+    mail = forcing("reject")
+    assert ask_rspamd(rspamd_server, mail).action == "reject"
+    verdict = check(pipeline(resolver, rspamd_server.address, "replace"), mail)
     assert (verdict.action, verdict.reply) == ("reject", SPAM_REPLY)
-    assert verdict.reply.startswith("550 5.7.1")
     assert verdict.junk_accounts == set()
-    assert verdict.score == 15.0  # rspamd's; our MISSING_DATE is not added
+
+
+def test_gtube_is_refused_by_pimail_before_rspamd(
+    rspamd_server: RspamdServer, resolver: Resolver
+) -> None:
+    for mode in ("replace", "add"):
+        verdict = check(pipeline(resolver, rspamd_server.address, mode), gtube())
+        assert (verdict.action, verdict.reply) == ("reject", GTUBE_REPLY)
+        assert "RSPAMD" not in verdict.symbols and verdict.symbols["GTUBE"] == 1000.0
 
 
 def test_replace_add_header_files_every_copy_in_junk_at_rspamds_score(
@@ -187,10 +202,12 @@ def test_replace_add_header_files_every_copy_in_junk_at_rspamds_score(
     verdict = check(pipeline(resolver, rspamd_server.address, "replace"), gtube("Y"))
     assert (verdict.action, verdict.reply) == ("accept", None)
     assert verdict.junk_accounts == {1, 2}
-    # Our own symbols are reported, not counted: the sum would be 7.0.
-    assert verdict.symbols == {"MISSING_DATE": 1.0, "RSPAMD": 6.0}
+    # Our own symbols are reported, not counted: the sum would be 8.0.
+    assert verdict.symbols == {"MISSING_DATE": 1.0, "NEW_DOMAIN_NOAUTH": 1.0, "RSPAMD": 6.0}
     assert verdict.score == 6.0 and verdict.account_scores == {1: 6.0, 2: 6.0}
-    assert spam_fields(verdict).startswith("Yes, score=6.0 required=5.0 tests=MISSING_DATE,RSPAMD")
+    assert spam_fields(verdict).startswith(
+        "Yes, score=6.0 required=5.0 tests=MISSING_DATE,\r\n\tNEW_DOMAIN_NOAUTH,RSPAMD"
+    )
     assert verdict.headers.endswith(b"X-Spam-Score: 6.0\r\n")
     # rspamd's action, not our reject score, refuses: 6.0 at reject_score 6.0 is still Junk.
     strict = pipeline(resolver, rspamd_server.address, "replace", reject_score=6.0)
@@ -278,24 +295,32 @@ def test_replace_rspamd_unreachable_our_score_decides(resolver: Resolver) -> Non
 # -- add: rspamd's score is one more symbol -----------------------------------------
 
 
-def test_add_gtube_is_one_symbol_and_the_total_decides(
+def test_add_reject_is_one_symbol_and_the_total_decides(
     rspamd_server: RspamdServer, resolver: Resolver
 ) -> None:
-    verdict = check(pipeline(resolver, rspamd_server.address, "add"), gtube())
-    assert (verdict.action, verdict.reply) == ("reject", SPAM_REPLY)  # 16.0 >= 15.0
-    assert verdict.symbols == {"MISSING_DATE": 1.0, "RSPAMD": 15.0}
-    assert verdict.score == 16.0
+    mail = forcing("reject").replace(b"Date: ", b"X-Date: ")  # our MISSING_DATE, +1.0
+    asked = ask_rspamd(rspamd_server, mail)
+    verdict = check(pipeline(resolver, rspamd_server.address, "add"), mail)
+    total = round(2.0 + asked.score, 2)
+    assert verdict.symbols == {
+        "MISSING_DATE": 1.0,
+        "NEW_DOMAIN_NOAUTH": 1.0,  # example.test: no SPF, no DKIM, never seen
+        "RSPAMD": round(asked.score, 2),
+    }
+    assert verdict.score == total
+    assert (verdict.action, verdict.reply) == (("reject", SPAM_REPLY) if total >= 15.0 else (
+        "accept", None))  # fmt: skip
     # Under a higher reject score the same total is only Junk: rspamd's "reject" is not ours.
-    lenient = pipeline(resolver, rspamd_server.address, "add", reject_score=20.0)
-    verdict = check(lenient, gtube())
-    assert (verdict.action, verdict.score, verdict.junk_accounts) == ("accept", 16.0, {1, 2})
+    lenient = pipeline(resolver, rspamd_server.address, "add", reject_score=total + 1)
+    verdict = check(lenient, mail)
+    assert (verdict.action, verdict.score) == ("accept", total)
 
 
 def test_add_ignores_rspamds_actions(rspamd_server: RspamdServer, resolver: Resolver) -> None:
     add = pipeline(resolver, rspamd_server.address, "add")
-    verdict = check(add, gtube("Y"))  # "add header", 6.0: the sum, 7.0, is over junk_score
-    assert verdict.symbols == {"MISSING_DATE": 1.0, "RSPAMD": 6.0}
-    assert (verdict.action, verdict.score, verdict.junk_accounts) == ("accept", 7.0, {1, 2})
+    verdict = check(add, gtube("Y"))  # "add header", 6.0: the sum, 8.0, is over junk_score
+    assert verdict.symbols == {"MISSING_DATE": 1.0, "NEW_DOMAIN_NOAUTH": 1.0, "RSPAMD": 6.0}
+    assert (verdict.action, verdict.score, verdict.junk_accounts) == ("accept", 8.0, {1, 2})
     for action in ("soft reject", "greylist", "quarantine"):  # all at 0.0
         verdict = check(add, forcing(action), LAN)
         assert (verdict.action, verdict.junk_accounts) == ("accept", set()), action
@@ -353,10 +378,11 @@ def head(path: Path) -> bytes:
 
 
 def test_smtp_gtube_is_refused_at_data(replacing: PimailServer) -> None:
-    with pytest.raises(smtplib.SMTPDataError) as refused:
-        send(replacing, gtube())
-    assert refused.value.smtp_code == 550
-    assert refused.value.smtp_error.startswith(b"5.7.1 ")
+    for mail in (gtube(), forcing("reject")):  # pimail's GTUBE, rspamd's reject
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            send(replacing, mail)
+        assert refused.value.smtp_code == 550
+        assert refused.value.smtp_error.startswith(b"5.7.1 ")
     assert stored(replacing) == []
     # The same server delivers an ordinary message: the path to the store works.
     send(replacing, message())

@@ -1,7 +1,11 @@
-"""DNS blocklists and allowlists (DNSBL, DNSWL; RFC 5782), asked at connection time.
+"""DNS blocklists and allowlists (DNSBL, DNSWL; RFC 5782): addresses and domains.
 
 `lookup(resolver, ip, zones)` asks every zone at once whether the client
-address is listed and returns one `Listing` per zone entry that matched. The
+address is listed and returns one `Listing` per zone entry that matched.
+`lookup_domains(resolver, domains, zones)` does the same for domain lists
+(RHSBL/URIBL, RFC 5782 2.3: the name asked is the domain itself under the
+zone, "example.test.dbl.spamhaus.org"), for the links of a message and its
+sender's domains; each zone entry counts once however many domains it lists. The
 same function serves blocklists (zen.spamhaus.org) and allowlists
 (list.dnswl.org): what a hit means is the caller's decision, helped by a
 per-entry weight (`score()` adds them up; give allowlists a negative weight).
@@ -30,7 +34,16 @@ What does not count as a listing, whatever the patterns say:
   name, .254 query through a public/open resolver, .255 too many queries). It
   says nothing about the client; counting it would reject all mail.
 - 127.0.0.255: dnswl.org's "query blocked" (volume limit or public resolver).
-- SERVFAIL, timeouts, any DNS error: not listed (fail open), logged.
+- 127.0.1.255: Spamhaus DBL's "IP queries prohibited" (an address asked of a
+  domain list).
+- 127.0.0.1 from SURBL means "query blocked" too: it is never a listing anyway.
+
+Every such answer, and timeouts and DNS errors, are warned about at most once
+per WARN_INTERVAL per zone and kept (`problems()`) for the admin spam page,
+which says what a list answered and when.
+- SERVFAIL, timeouts, any DNS error: not listed (fail open), logged. A zone
+  that timed out is not asked for REST_AFTER_TIMEOUT seconds (60): with no
+  resolver listening, mail waits for one timeout a minute, not one each.
 
 Addresses that are not global (loopback, RFC 1918, link-local, CGNAT,
 documentation ranges) are never looked up: no list knows them and the query
@@ -69,6 +82,11 @@ LOOPBACK_V4 = ipaddress.IPv4Network("127.0.0.0/8")
 # Answers that are errors of the list, never listings (see the module docstring).
 SPAMHAUS_ERRORS = ipaddress.IPv4Network("127.255.255.0/24")
 DNSWL_BLOCKED = ipaddress.IPv4Address("127.0.0.255")
+DBL_IP_QUERY = ipaddress.IPv4Address("127.0.1.255")  # Spamhaus DBL: "IP queries prohibited"
+PROBLEM_AGE = 86400.0  # problems() shows what happened within this many seconds
+# A zone that timed out is not asked again for this long: a resolver that is not
+# there (no unbound yet on 127.0.0.1:53) must not hold every message for the timeout.
+REST_AFTER_TIMEOUT = 60.0
 NEVER_LISTED = ipaddress.IPv4Address("127.0.0.1")  # RFC 5782 5
 MAX_TEXT = 512  # a TXT reason is kept for logs and headers; no more than this
 WARN_INTERVAL = 600.0  # seconds between two warnings about the same zone problem
@@ -77,6 +95,27 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _ZONE_NAME = re.compile(rf"^(?=.{{1,200}}$){_LABEL}(?:\.{_LABEL})+$")
 _OCTET_ITEM = re.compile(r"^(\d{1,3})(?:\.\.(\d{1,3}))?$")
 _warned: dict[tuple[str, str], float] = {}
+_problems: dict[tuple[str, str], Problem] = {}
+_resting: dict[str, float] = {}  # zone -> time.monotonic() until which it is not asked
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A zone that answered with an error code, timed out or failed."""
+
+    zone: str
+    kind: str  # "timeout", "dns-error", "not-loopback", "error-127.255.255.254", ...
+    detail: str  # one line, for the admin page
+    when: float  # time.time() of the latest occurrence
+    count: int  # occurrences since the process started
+
+
+def problems(max_age: float = PROBLEM_AGE) -> list[Problem]:
+    """The zone problems of the last `max_age` seconds, newest first."""
+    now = time.time()
+    recent = [p for p in _problems.values() if now - p.when <= max_age]
+    return sorted(recent, key=lambda p: p.when, reverse=True)
+
 
 # An answer pattern: four octets, each a tuple of inclusive (low, high) ranges.
 Pattern = tuple[tuple[tuple[int, int], ...], ...]
@@ -233,6 +272,51 @@ async def lookup(
     return listings
 
 
+_DOMAIN = re.compile(rf"^(?=.{{1,200}}$){_LABEL}(?:\.{_LABEL})+$")
+
+
+async def lookup_domains(
+    resolver: Resolver,
+    domains: Sequence[str],
+    zones: Sequence[str | Zone],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[Listing]:
+    """The zone entries that list any of `domains` (RFC 5782 2.3), each at most
+    once, with the first domain it listed named in its text. Every query is
+    asked at once under one `timeout`; addresses and malformed names are not
+    asked (DBL refuses them). Never raises for DNS trouble."""
+    entries = parse_zones(zones)
+    wanted = [d.lower().rstrip(".") for d in domains]
+    wanted = [d for d in dict.fromkeys(wanted) if _DOMAIN.match(d) and not _is_address(d)]
+    if not entries or not wanted:
+        return []
+    zone_names = list(dict.fromkeys(z.name for z in entries))
+    pairs = [(domain, zone) for domain in wanted for zone in zone_names]
+    answers = await asyncio.gather(
+        *(_ask(resolver, zone, f"{domain}.{zone}", entries, timeout) for domain, zone in pairs)
+    )
+    listings: list[Listing] = []
+    for entry in entries:
+        for (domain, zone), answer in zip(pairs, answers, strict=True):
+            codes = [c for c in answer.codes if entry.matches(c)]
+            if zone == entry.name and codes:
+                text = f"{domain}: {answer.text}" if answer.text else domain
+                listings.append(Listing(entry.name, codes, text, entry.weight))
+                log.info("dnsbl listed domain=%s zone=%s codes=%s weight=%d",
+                         domain, zone, ",".join(codes), entry.weight)  # fmt: skip
+                break
+    return listings
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def score(listings: Iterable[Listing]) -> int:
     """The sum of the weights of the entries that matched."""
     return sum(listing.weight for listing in listings)
@@ -242,11 +326,15 @@ async def _ask(
     resolver: Resolver, zone: str, name: str, entries: list[Zone], timeout: float
 ) -> _Answer:
     """The usable answers of one zone, and its TXT reason when some entry matched."""
+    if time.monotonic() < _resting.get(zone, 0.0):
+        log.debug("dnsbl zone resting after a timeout zone=%s", zone)
+        return _Answer()
     deadline = asyncio.get_running_loop().time() + timeout
     try:
         async with asyncio.timeout_at(deadline):
             codes = _usable_codes(zone, await resolver.a_records(name))
     except TimeoutError:
+        _resting[zone] = time.monotonic() + REST_AFTER_TIMEOUT
         _warn(zone, "timeout", "dnsbl zone timed out zone=%s timeout=%.1f", zone, timeout)
         return _Answer()
     except DnsError as e:
@@ -281,7 +369,7 @@ def _usable_codes(zone: str, answers: list[str]) -> list[str]:
                   "dnsbl zone ignored: answer outside 127.0.0.0/8 zone=%s answer=%s",
                   zone, answer)  # fmt: skip
             return []
-        if address in SPAMHAUS_ERRORS or address in (DNSWL_BLOCKED, NEVER_LISTED):
+        if address in SPAMHAUS_ERRORS or address in (DNSWL_BLOCKED, NEVER_LISTED, DBL_IP_QUERY):
             _warn(zone, f"error-{answer}",
                   "dnsbl zone returned an error code, not a listing zone=%s code=%s",
                   zone, answer)  # fmt: skip
@@ -295,6 +383,11 @@ def _warn(zone: str, kind: str, message: str, *args: object) -> None:
     zone would otherwise put one line in the log for every connection."""
     now = time.monotonic()
     key = (zone, kind)
+    previous = _problems.get(key)
+    if kind != f"error-{NEVER_LISTED}":  # RFC 5782's "not listed": no problem to show
+        _problems[key] = Problem(
+            zone, kind, (message % args)[:300], time.time(), previous.count + 1 if previous else 1
+        )
     if now - _warned.get(key, -WARN_INTERVAL) >= WARN_INTERVAL:
         _warned[key] = now
         log.warning(message, *args)

@@ -59,6 +59,18 @@ decoded (base64 or quoted-printable) in memory and inspected:
   compression methods other than stored, deflate and bzip2 are counted but
   not opened.
 
+- tar (POSIX ustar, "ustar" at offset 257, or named .tar), plain or inside
+  gzip: listed with the standard library's tarfile over the bytes in memory;
+  each member counts as an entry, archives among them are inspected in turn.
+
+A `Watcher` (filter/malware.py's screen) may ride along on the same walk: it
+is shown every leaf (its name, type and decoded content, decoded only when
+asked) and every archive entry (its name, whether it is encrypted, its
+content inflated only when asked, never past `max_nested_archive_bytes`).
+It stops the walk by raising `Stop`; `check` then answers ok for the limits,
+and the watcher holds what it found. One walk, two judges: the MIME and
+archive grammar lives here only.
+
 What it touches: nothing but the bytes it is given (`check_file` maps a file
 read-only). Nothing of the message is logged.
 """
@@ -67,15 +79,18 @@ from __future__ import annotations
 
 import binascii
 import bz2
+import io
 import itertools
 import logging
 import mmap
 import os
 import re
 import struct
+import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +121,7 @@ class Limits:
     max_archive_bytes: int = 256 * MiB  # decompressed (zip: claimed) archive content, in total
     bomb_ratio: int = 100  # uncompressed : compressed ...
     bomb_min_bytes: int = 100 * MiB  # ... over this many uncompressed bytes: a bomb
-    max_archive_depth: int = 4  # an attached archive is depth 1, an archive inside it 2, ...
+    max_archive_depth: int = 3  # an attached archive is depth 1, an archive inside it 2, ...
     max_nested_archive_bytes: int = 16 * MiB  # an archive in an archive is inflated in memory
 
 
@@ -138,6 +153,47 @@ class LimitResult:
         return 552, "5.3.4"
 
 
+HEAD_BYTES = 4096  # what `Content.head` holds: enough for any signature looked at
+
+
+class Content:
+    """A leaf's or an archive entry's content, decoded or inflated only when asked."""
+
+    def __init__(self, fetch: Callable[[int], bytes], limit: int) -> None:
+        self._fetch = fetch
+        self.limit = limit  # read() never returns more than this
+        self._head: bytes | None = None
+        self._whole: bytes | None = None
+
+    @property
+    def head(self) -> bytes:
+        """The first HEAD_BYTES bytes (fewer if the content is shorter)."""
+        if self._head is None:
+            whole = self._whole
+            self._head = whole[:HEAD_BYTES] if whole is not None else self._fetch(HEAD_BYTES)
+        return self._head
+
+    def read(self) -> bytes:
+        """The content, up to `limit` bytes (and one more, to tell it was cut)."""
+        if self._whole is None:
+            self._whole = self._fetch(self.limit + 1)
+        return self._whole
+
+
+class Watcher(Protocol):
+    """Rides along on the walk (module docstring); raises Stop to end it."""
+
+    def leaf(
+        self, names: tuple[str, ...], content_type: str, charset: str, content: Content
+    ) -> None: ...
+
+    def entry(self, name: str, depth: int, encrypted: bool, content: Content) -> None: ...
+
+
+class Stop(Exception):
+    """Raised by a Watcher that has seen enough."""
+
+
 class _Refused(Exception):
     def __init__(self, kind: Kind, reason: str) -> None:
         super().__init__(reason)
@@ -145,11 +201,18 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def check(message: bytes | bytearray | mmap.mmap, limits: Limits = DEFAULT_LIMITS) -> LimitResult:
-    """Whether `message` (its raw bytes) stays within `limits`; never raises."""
-    scan = _Scan(message, limits)
+def check(
+    message: bytes | bytearray | mmap.mmap,
+    limits: Limits = DEFAULT_LIMITS,
+    watcher: Watcher | None = None,
+) -> LimitResult:
+    """Whether `message` (its raw bytes) stays within `limits`; never raises.
+    `watcher`, if given, is shown every leaf and archive entry on the way."""
+    scan = _Scan(message, limits, watcher)
     try:
         scan.run()
+    except Stop:
+        return scan.result(True, "", "stopped by the watcher")
     except _Refused as refused:
         return scan.result(False, refused.kind, refused.reason)
     except Exception:  # MemoryError included: never crash the filter
@@ -158,13 +221,15 @@ def check(message: bytes | bytearray | mmap.mmap, limits: Limits = DEFAULT_LIMIT
     return scan.result(True, "", "within limits")
 
 
-def check_file(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> LimitResult:
+def check_file(
+    path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS, watcher: Watcher | None = None
+) -> LimitResult:
     """`check` on a message file, mapped read-only rather than read into memory."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
-            return check(b"", limits)
+            return check(b"", limits, watcher)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return check(mapped, limits)
+            return check(mapped, limits, watcher)
 
 
 # -- MIME ----------------------------------------------------------------------
@@ -179,17 +244,25 @@ _PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
 _MIME_TYPE = re.compile(r"^\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)/([!#$%&'*+.^_`|~0-9A-Za-z-]+)")
 _B64_CHARS = re.compile(rb"[^A-Za-z0-9+/=]")
 _IDENTITY = ("", "7bit", "8bit", "binary")
-_ARCHIVE_NAMES = (".zip", ".jar", ".gz", ".tgz", ".gzip")
+_ARCHIVE_NAMES = (".zip", ".jar", ".gz", ".tgz", ".gzip", ".tar")
 _ARCHIVE_TYPES = (
     "application/zip",
     "application/x-zip-compressed",
     "application/java-archive",
     "application/gzip",
     "application/x-gzip",
+    "application/x-tar",
 )
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 GZIP_MAGIC = b"\x1f\x8b"
 ARCHIVE_MAGIC = (*ZIP_MAGIC, GZIP_MAGIC)
+TAR_MAGIC_AT = 257  # POSIX ustar: "ustar" at offset 257 of the first header block
+
+
+def is_archive(head: bytes) -> bool:
+    """Whether content starting with `head` (at least 262 bytes of it, if it is
+    that long) is an archive walked here: zip, gzip or tar."""
+    return head.startswith(ARCHIVE_MAGIC) or head[TAR_MAGIC_AT : TAR_MAGIC_AT + 5] == b"ustar"
 
 
 @dataclass
@@ -206,19 +279,38 @@ class _Headers:
     params: dict[str, str]
     encoding: str
     filename: str
+    names: tuple[str, ...]  # the disposition's filename and the type's name, when given
+
+
+_SECTION = re.compile(r"^(.+)\*(\d{1,3})$")
+
+
+def _percent_decode(value: str) -> str:
+    return re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
 def _parse_params(text: str) -> dict[str, str]:
     params: dict[str, str] = {}
+    sections: dict[str, dict[int, str]] = {}
     for name, raw in _PARAM.findall(text):
         value = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\") if raw[:1] == '"' else raw
         name = name.lower()
-        if name.endswith("*"):  # RFC 2231 4: charset'language'percent-encoded
+        encoded = name.endswith("*")
+        if encoded:  # RFC 2231 4: charset'language'percent-encoded
             name = name[:-1]
-            value = re.sub(
-                r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value.split("'", 2)[-1]
-            )
+        section = _SECTION.match(name)
+        if section:  # RFC 2231 3: name*0, name*1, ... continue one value
+            # Only the first section carries charset'language' (RFC 2231 4.1).
+            if encoded:
+                first = section.group(2) == "0"
+                value = _percent_decode(value.split("'", 2)[-1] if first else value)
+            sections.setdefault(section.group(1), {}).setdefault(int(section.group(2)), value)
+            continue
+        if encoded:
+            value = _percent_decode(value.split("'", 2)[-1])
         params.setdefault(name, value)
+    for name, parts in sections.items():
+        params.setdefault(name, "".join(parts[i] for i in sorted(parts)))
     return params
 
 
@@ -234,7 +326,8 @@ def _parse_headers(block: bytes, default_type: str) -> _Headers:
     encoding = fields.get(b"content-transfer-encoding", b"").decode("latin-1").strip().lower()
     disposition = _parse_params(fields.get(b"content-disposition", b"").decode("latin-1"))
     filename = disposition.get("filename") or params.get("name") or ""
-    return _Headers(content_type, params, encoding, filename.strip().lower())
+    names = tuple(n for n in (disposition.get("filename"), params.get("name")) if n)
+    return _Headers(content_type, params, encoding, filename.strip().lower(), names)
 
 
 def _delimiters(boundary: bytes) -> re.Pattern[bytes]:
@@ -263,26 +356,32 @@ def _decode(body: bytes, encoding: str) -> bytes | None:
     return None
 
 
-def _sniff(data: bytes | bytearray | mmap.mmap, start: int, end: int, encoding: str) -> bytes:
-    """The first bytes of a part's decoded content, cheaply."""
+def _sniff(
+    data: bytes | bytearray | mmap.mmap, start: int, end: int, encoding: str, size: int = 4
+) -> bytes:
+    """The first `size` bytes (or so) of a part's decoded content, cheaply."""
     if encoding == "base64":
-        head = _B64_CHARS.sub(b"", data[start : min(end, start + 256)])[:16]
+        want = (size + 2) // 3 * 4
+        head = _B64_CHARS.sub(b"", data[start : min(end, start + want * 2 + 64)])[:want]
         try:
             return binascii.a2b_base64(head[: len(head) // 4 * 4])
         except binascii.Error:
             return b""
     if encoding == "quoted-printable":
-        return binascii.a2b_qp(data[start : min(end, start + 64)])[:4]
-    return bytes(data[start : min(end, start + 4)])
+        return binascii.a2b_qp(data[start : min(end, start + size * 3 + 64)])[:size]
+    return bytes(data[start : min(end, start + size)])
 
 
 class _Scan:
-    def __init__(self, data: bytes | bytearray | mmap.mmap, limits: Limits) -> None:
+    def __init__(
+        self, data: bytes | bytearray | mmap.mmap, limits: Limits, watcher: Watcher | None
+    ) -> None:
         self.data = data
         self.limits = limits
         self.parts = 0
         self.depth = 0
-        self.archives = _Archives(limits)
+        self.watcher = watcher
+        self.archives = _Archives(limits, watcher)
 
     def result(self, ok: bool, kind: Kind, reason: str) -> LimitResult:
         return LimitResult(
@@ -374,13 +473,30 @@ class _Scan:
     def _leaf(self, start: int, end: int, headers: _Headers) -> None:
         if start >= end:
             return
-        magic = _sniff(self.data, start, end, headers.encoding)
+        decoded: list[bytes | None] = []
+
+        def fetch(limit: int) -> bytes:
+            if not decoded:
+                if limit <= HEAD_BYTES:  # a head: decode only what it needs
+                    return _sniff(self.data, start, end, headers.encoding, limit)
+                decoded.append(_decode(bytes(self.data[start:end]), headers.encoding))
+            return (decoded[0] or b"")[:limit]
+
+        content = Content(fetch, len(self.data))
+        if self.watcher is not None:
+            charset = headers.params.get("charset", "")
+            self.watcher.leaf(headers.names, headers.content_type, charset, content)
+        magic = (
+            content.head
+            if self.watcher is not None
+            else _sniff(self.data, start, end, headers.encoding, TAR_MAGIC_AT + 5)
+        )
         named = headers.filename.endswith(_ARCHIVE_NAMES) or headers.content_type in _ARCHIVE_TYPES
-        if not (named or magic.startswith(ARCHIVE_MAGIC)):
+        if not (named or is_archive(magic)):
             return
-        content = _decode(bytes(self.data[start:end]), headers.encoding)
-        if content:
-            self.archives.inspect(content, 1)
+        whole = content.read()
+        if whole:
+            self.archives.inspect(whole, 1)
 
 
 # -- archives ------------------------------------------------------------------
@@ -407,8 +523,9 @@ class _ZipEntry:
 class _Archives:
     """Inspects the archives of one message against one budget of entries and bytes."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, watcher: Watcher | None = None) -> None:
         self.limits = limits
+        self.watcher = watcher
         self.entries = 0
         self.total_bytes = 0
         self._listed = 0
@@ -419,8 +536,15 @@ class _Archives:
             raise _Refused("archive-depth", f"archives nested more than {limit} deep")
         if blob.startswith(GZIP_MAGIC):
             self._gzip(blob, depth)
+        elif blob[TAR_MAGIC_AT : TAR_MAGIC_AT + 5] == b"ustar":
+            self._tar(blob, depth)
         else:
             self._zip(blob, depth)
+
+    def _show(self, name: str, depth: int, encrypted: bool, fetch: Callable[[int], bytes]) -> None:
+        if self.watcher is not None:
+            content = Content(fetch, self.limits.max_nested_archive_bytes)
+            self.watcher.entry(name, depth, encrypted, content)
 
     # -- budget --
 
@@ -450,6 +574,7 @@ class _Archives:
         keep = self.limits.max_nested_archive_bytes
         kept = bytearray()
         nested: bool | None = None  # unknown until the first bytes are out
+        sniff = TAR_MAGIC_AT + 5
         total = 0
         rest = memoryview(blob)
         while rest[:2] == GZIP_MAGIC:  # RFC 1952 2.2: members, one after another
@@ -465,10 +590,12 @@ class _Archives:
                         total += len(out)
                         self._count_bytes(len(out))
                         self._bomb_check(total, len(blob))
-                        if nested is None and len(kept) + len(out) >= 4:
-                            nested = (bytes(kept) + out[:4]).startswith(ARCHIVE_MAGIC)
                         if nested is not False and len(kept) <= keep:
                             kept += out[: keep + 1 - len(kept)]
+                        elif len(kept) < HEAD_BYTES:  # the head, for the watcher
+                            kept += out[: HEAD_BYTES - len(kept)]
+                        if nested is None and len(kept) >= sniff:
+                            nested = is_archive(bytes(kept[:sniff]))
                         if not pending and len(out) < MiB:
                             break  # this piece is used up
             except zlib.error:
@@ -476,12 +603,41 @@ class _Archives:
             if not inflater.eof:
                 break
             rest = rest[fed - len(inflater.unused_data) :]
+        if nested is None:  # shorter than a tar header
+            nested = is_archive(bytes(kept))
+        head = bytes(kept[:HEAD_BYTES])
+        self._show(_gzip_name(blob), depth, False, lambda limit: head[:limit])
         if nested:
             if len(kept) > keep:
                 raise _Refused(
                     "archive-nested-size", f"an archive inside an archive over {keep} bytes"
                 )
             self.inspect(bytes(kept), depth + 1)
+
+    # -- tar (POSIX.1-2001 ustar/pax, GNU) --
+
+    def _tar(self, blob: bytes, depth: int) -> None:
+        """Each member counted; its content shown to the watcher; archives inspected."""
+        view = memoryview(blob)
+        try:
+            with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as archive:
+                for member in archive:
+                    self._count_entry()
+                    if not member.isfile():
+                        continue
+                    start, size = member.offset_data, member.size
+                    data = view[start : start + size]
+                    self._show(member.name, depth, False, lambda limit, d=data: bytes(d[:limit]))
+                    if is_archive(bytes(data[: TAR_MAGIC_AT + 5])):
+                        keep = self.limits.max_nested_archive_bytes
+                        if size > keep:
+                            raise _Refused(
+                                "archive-nested-size",
+                                f"an archive inside an archive over {keep} bytes",
+                            )
+                        self.inspect(bytes(data), depth + 1)
+        except (tarfile.TarError, EOFError, ValueError, UnicodeError, OSError):
+            return  # damaged: counted as far as it reads
 
     # -- zip (APPNOTE.TXT) --
 
@@ -493,6 +649,8 @@ class _Archives:
             entries = self._local_headers(blob)
         self._overlaps(blob, entries)
         for entry in entries:
+            if self.watcher is not None:
+                self._show_zip_entry(blob, entry, depth)
             self._nested(blob, entry, depth)
 
     def _central_directory(self, blob: bytes) -> list[_ZipEntry] | None:
@@ -581,6 +739,18 @@ class _Archives:
             if next_start < end:
                 raise _Refused("archive-malformed", "zip entries overlap one another")
 
+    def _show_zip_entry(self, blob: bytes, entry: _ZipEntry, depth: int) -> None:
+        encrypted = bool(entry.flags & 1)  # APPNOTE 4.4.4 bit 0: the entry is encrypted
+        span = self._data_span(blob, entry)
+
+        def fetch(limit: int) -> bytes:
+            if encrypted or span is None or entry.method not in (STORED, DEFLATED, BZIP2):
+                return b""
+            data = memoryview(blob)[span[0] : min(span[1], len(blob))]
+            return _inflate(data, entry.method, min(limit, entry.uncompressed + 1))
+
+        self._show(entry.name, depth, encrypted, fetch)
+
     def _nested(self, blob: bytes, entry: _ZipEntry, depth: int) -> None:
         """Inflate an entry that is an archive and inspect it in turn."""
         if entry.flags & 1 or entry.method not in (STORED, DEFLATED, BZIP2):
@@ -590,8 +760,8 @@ class _Archives:
             return
         data = memoryview(blob)[span[0] : span[1]]
         by_name = entry.name.lower().endswith(_ARCHIVE_NAMES)
-        sniffed = _inflate(data[: 64 * KiB], entry.method, 4)
-        if not by_name and not sniffed.startswith(ARCHIVE_MAGIC):
+        sniffed = _inflate(data[: 64 * KiB], entry.method, TAR_MAGIC_AT + 5)
+        if not by_name and not is_archive(sniffed):
             return
         keep = self.limits.max_nested_archive_bytes
         if entry.uncompressed > keep:
@@ -599,8 +769,21 @@ class _Archives:
         inner = _inflate(data, entry.method, entry.uncompressed + 1)
         if len(inner) > entry.uncompressed:
             raise _Refused("archive-malformed", "a zip entry inflates beyond its stated size")
-        if inner.startswith(ARCHIVE_MAGIC):
+        if is_archive(inner[: TAR_MAGIC_AT + 5]):
             self.inspect(inner, depth + 1)
+
+
+def _gzip_name(blob: bytes) -> str:
+    """The original file name of a gzip member (RFC 1952 2.3.1 FNAME), or ""."""
+    if len(blob) < 10:
+        return ""
+    flags, at = blob[3], 10
+    if flags & 4:  # FEXTRA: XLEN bytes of extra field
+        at += 2 + int.from_bytes(blob[at : at + 2], "little")
+    if not flags & 8:  # no FNAME
+        return ""
+    end = blob.find(b"\0", at, at + 1024)
+    return blob[at:end].decode("latin-1") if end > at else ""
 
 
 def _zip64_sizes(

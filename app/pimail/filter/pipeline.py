@@ -4,7 +4,10 @@
 runs, after DATA and before the reply to it:
 
 1. MIME/archive limits (limits.py, in a thread): refused -> its own SMTP status
-   (552 5.3.4, 554 5.6.0, 451 4.3.0).
+   (552 5.3.4, 554 5.6.0, 451 4.3.0). On the same walk, unless `filter.malware`
+   is off, the built-in malware screen (malware.py): EICAR, executables,
+   macros, HTML smuggling, encrypted archives -> 554 5.7.1, naming what was
+   found; a 7z/RAR archive it cannot list, without clamd -> ARCHIVE_UNSCANNED.
 2. clamd, if `filter.clamd` is set: infected -> 554 5.7.0; unreachable ->
    451 4.7.0 or, with `clamd_unreachable = "accept"`, the symbol CLAMD_ERROR;
    too large for clamd -> the symbol CLAMD_SKIPPED.
@@ -17,8 +20,12 @@ runs, after DATA and before the reply to it:
    RFC 8601 2.2's `none` ("no message authentication was performed"): the
    field is still added, so that a reader (and a forged field that the
    caller strips) never leaves doubt about what this server did.
-4. DNSBL/DNSWL over the client address (dnsbl.py), with 3 as well.
-5. The static rules (rules.py).
+4. DNSBL/DNSWL over the client address (dnsbl.py), with 3 as well, and the
+   domain lists (`dnsbl_domain_zones`) over the links' registrable domains and
+   the sender's domains (MAIL FROM, From), at most `dnsbl_max_domains` links;
+   through `filter.dnsbl_resolver` when set. NEW_DOMAIN_NOAUTH from the
+   domains seen authenticated (rules.SeenDomains, in memory).
+5. The static rules (rules.py, body_rules.py). GTUBE -> 550 5.7.1, always.
 6. rspamd, if `filter.rspamd` is set. "add": its score is one more symbol,
    RSPAMD. "replace": its score is the score, its action the action
    (reject -> 550 5.7.1; soft reject, greylist -> 451 4.7.1; add header,
@@ -76,7 +83,7 @@ from typing import TypeVar
 from ..config import Settings
 from ..dns.resolver import Resolver
 from ..store.headers import header_end
-from . import authres, clamd, dkim_verify, dmarc, dnsbl, limits, rspamd, rules, spf
+from . import authres, body_rules, clamd, dkim_verify, dmarc, dnsbl, malware, rspamd, rules, spf
 from .bayes import Bayes
 from .dkim_verify import DkimResult
 from .dmarc import DmarcResult
@@ -133,6 +140,16 @@ class _Auth:
 
 
 @dataclass
+class _Lists:
+    """What the DNS lists said (dnsbl.score() of each kind of lookup)."""
+
+    blocked: int = 0  # the client address on the blocklists
+    allowed: int = 0  # ... and on the allowlists (the sum of |weight|)
+    uribl: int = 0  # the links' domains on the domain lists
+    rhsbl: int = 0  # the sender's domains on the domain lists
+
+
+@dataclass
 class _Run:
     """The state of one check() as it goes through the stages."""
 
@@ -144,6 +161,7 @@ class _Run:
     junk_all: bool = False
     rspamd_result: rspamd.RspamdResult | None = None
     lists: dict[int, str] = field(default_factory=dict)  # account -> ALLOW | BLOCK
+    texts: tuple[malware.TextPart, ...] = ()  # the text parts, for the rules
 
     async def stage(self, name: str, call: Callable[[], Awaitable[T]], default: T) -> T:
         """Run one stage, timed; an exception is logged and becomes <NAME>_ERROR."""
@@ -182,6 +200,14 @@ class Pipeline:
         self.senders = senders
         self.authserv_id = self.filter.authserv_id or settings.hostname
         self._skip = _networks(self.filter.skip_networks)
+        # DNS lists through their own resolver when set (a local recursive one:
+        # the public lists refuse queries from the big public resolvers).
+        self.dnsbl_resolver = (
+            Resolver([self.filter.dnsbl_resolver], settings.dns.timeout)
+            if self.filter.dnsbl_resolver
+            else resolver
+        )
+        self.seen = rules.SeenDomains()
 
     async def check(self, envelope: Envelope, message: bytes, account_ids: list[int]) -> Verdict:
         """The verdict on `message`; never raises."""
@@ -204,11 +230,27 @@ class Pipeline:
     # -- stages ------------------------------------------------------------------
 
     async def _limits(self, run: _Run, message: bytes) -> None:
-        result = await run.stage("limits", lambda: asyncio.to_thread(limits.check, message), None)
+        # One walk: the limits, the built-in malware screen, the text parts for the rules.
+        screened = await run.stage(
+            "limits",
+            lambda: asyncio.to_thread(malware.screen, message, self.filter.malware),
+            None,
+        )
+        result = screened.limits if screened is not None else None
+        if screened is not None:
+            run.texts = screened.texts
         if result is not None and not result.ok:
             code, status = result.smtp_status
             action = TEMPFAIL if code < 500 else REJECT
             raise _Refusal(action, f"{code} {status} {result.reason}")
+        if screened is None:
+            return
+        if screened.finding is not None:
+            log.info("malware refused queue_id=%s kind=%s", run.envelope.queue_id,
+                     screened.finding.kind)  # fmt: skip
+            raise _Refusal(REJECT, screened.finding.reply)
+        if screened.unscanned_archives and not self.filter.clamd:
+            run.symbols["ARCHIVE_UNSCANNED"] = malware.UNSCANNED_ARCHIVE_SCORE
 
     async def _clamd(self, run: _Run, message: bytes) -> None:
         if not self.filter.clamd:
@@ -246,11 +288,11 @@ class Pipeline:
         def check_spf() -> Awaitable[SpfResult]:
             return spf.check(self.resolver, env.ip, env.mail_from, env.helo)
 
-        auth.spf, auth.dkim, auth.arc, (blocked, allowed) = await asyncio.gather(
+        auth.spf, auth.dkim, auth.arc, lists = await asyncio.gather(
             run.stage("spf", check_spf, None),
             run.stage("dkim", lambda: dkim_verify.verify(message, self.resolver), []),
             run.stage("arc", lambda: dkim_verify.verify_arc(message, self.resolver), None),
-            self._dns_lists(run),
+            self._dns_lists(run, message),
         )
         block = message[: header_end(message)]
         auth.dmarc = await run.stage(
@@ -269,8 +311,12 @@ class Pipeline:
                     dkim=[r.result for r in auth.dkim],
                     dmarc=auth.dmarc.result if auth.dmarc else None,
                     dmarc_refused=refused,
-                    dnsbl=blocked,
-                    dnswl=allowed,
+                    dmarc_policy=auth.dmarc.policy if auth.dmarc else None,
+                    dnsbl=lists.blocked,
+                    dnswl=lists.allowed,
+                    uribl=lists.uribl,
+                    rhsbl=lists.rhsbl,
+                    new_domain=self._new_domain(run, block),
                 )
             )
         )
@@ -278,25 +324,68 @@ class Pipeline:
             domain = spf.printable(auth.dmarc.domain)[:255]
             raise _Refusal(REJECT, f"550 5.7.1 Rejected by DMARC policy of {domain}")
 
-    async def _dns_lists(self, run: _Run) -> tuple[int, int]:
-        """(blocklist score, allowlist weight) of the client address."""
+    async def _dns_lists(self, run: _Run, message: bytes) -> _Lists:
+        """The client address on the IP lists (blocklists, allowlists); the
+        links' domains and the sender's domains on the domain lists."""
+        resolver, timeout = self.dnsbl_resolver, self.filter.dnsbl_timeout
 
         async def ask(zones: list[str]) -> list[dnsbl.Listing]:
             if not zones:
                 return []
-            return await dnsbl.lookup(self.resolver, run.envelope.ip, zones)
+            return await dnsbl.lookup(resolver, run.envelope.ip, zones, timeout=timeout)
 
-        blocked, allowed = await asyncio.gather(
+        async def ask_domains(domains: list[str]) -> list[dnsbl.Listing]:
+            zones = self.filter.dnsbl_domain_zones
+            if not zones or not domains:
+                return []
+            return await dnsbl.lookup_domains(resolver, domains, zones, timeout=timeout)
+
+        limit = self.filter.dnsbl_max_domains
+        links = body_rules.link_domains(body_rules.uris(run.texts), limit)
+        senders = _sender_domains(run.envelope, message)
+        blocked, allowed, uribl, rhsbl = await asyncio.gather(
             run.stage("dnsbl", lambda: ask(self.filter.dnsbl_zones), []),
             run.stage("dnswl", lambda: ask(self.filter.dnswl_zones), []),
+            run.stage("uribl", lambda: ask_domains(links), []),
+            run.stage("rhsbl", lambda: ask_domains([d for d in senders if d not in links]), []),
         )
-        return dnsbl.score(blocked), sum(abs(listing.weight) for listing in allowed)
+        return _Lists(
+            dnsbl.score(blocked),
+            sum(abs(listing.weight) for listing in allowed),
+            dnsbl.score(uribl),
+            dnsbl.score(rhsbl),
+        )
+
+    def _new_domain(self, run: _Run, block: bytes) -> bool:
+        """NEW_DOMAIN_NOAUTH (rules.py): the sender's domain was never seen
+        authenticated, and is not now. Domains authenticated now are remembered."""
+        auth, proven = run.auth, set()
+        if auth.spf is not None and auth.spf.result == "pass" and auth.spf.scope == "mailfrom":
+            proven.add(dmarc.organizational_domain(auth.spf.domain))
+        proven.update(
+            dmarc.organizational_domain(r.domain) for r in auth.dkim if r.result == "pass"
+        )
+        for domain in proven:
+            self.seen.add(domain)
+        authors = [a.rpartition("@")[2].lower().rstrip(".") for a in dmarc.from_addresses(block)]
+        claimed = {dmarc.organizational_domain(d) for d in authors if d}
+        if run.envelope.mail_from:
+            claimed.add(dmarc.organizational_domain(run.envelope.mail_from.rpartition("@")[2]))
+        return bool(claimed) and not proven and not any(d in self.seen for d in claimed)
 
     async def _rules(self, run: _Run, message: bytes) -> None:
-        async def header_rules() -> dict[str, float]:
-            return rules.header_rules(message)
+        own = sorted({r.rpartition("@")[2].lower() for r in run.envelope.rcpt_to})
 
-        run.symbols.update(await run.stage("rules", header_rules, {}))
+        async def static_rules() -> dict[str, float]:
+            symbols = rules.header_rules(message, own, now=time.time())
+            symbols.update(rules.text_rules(run.texts, own))
+            return symbols
+
+        run.symbols.update(await run.stage("rules", static_rules, {}))
+        if rules.gtube(message, run.texts):
+            # rules.py: GTUBE is refused, whatever rspamd's mode and the sender lists say.
+            run.symbols["GTUBE"] = rules.GTUBE_SCORE
+            raise _Refusal(REJECT, "550 5.7.1 Message looks like spam (GTUBE test message)")
 
     async def _rspamd(self, run: _Run, message: bytes) -> None:
         if not self.filter.rspamd:
@@ -508,3 +597,10 @@ def _networks(specs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Ne
         except ValueError:
             log.warning("filter skip_networks entry ignored value=%r", spec)
     return networks
+
+
+def _sender_domains(envelope: Envelope, message: bytes) -> list[str]:
+    """The MAIL FROM domain and the From domains, lower case, each once."""
+    found = [envelope.mail_from.rpartition("@")[2]] if "@" in envelope.mail_from else []
+    found += [a.rpartition("@")[2] for a in dmarc.from_addresses(message[: header_end(message)])]
+    return list(dict.fromkeys(d.lower().rstrip(".") for d in found if d))

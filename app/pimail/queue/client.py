@@ -222,9 +222,7 @@ class Connection:
                 await self._reset()
         except aiosmtplib.SMTPResponseException as e:
             self.smtp.close()
-            raise ConnectionFailed(
-                f"{self.host}[{self.address}] said: {e.code} {e.message}"
-            ) from e
+            raise ConnectionFailed(f"{self.host}[{self.address}] said: {e.code} {e.message}") from e
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
             self.smtp.close()
             raise ConnectionFailed(f"{self.host}[{self.address}]: {type(e).__name__}: {e}") from e

@@ -241,15 +241,19 @@ class InboundHandler:
         if block.endswith((b"\r\n\r\n", b"\n\n")):
             block = strip_forged(block, verdict.strip_authserv_id)
         at = envelope.trace_length
-        await asyncio.to_thread(
-            message.splice, 0, end, block[:at] + verdict.headers + block[at:]
-        )
+        await asyncio.to_thread(message.splice, 0, end, block[:at] + verdict.headers + block[at:])
         junk.update(verdict.junk_accounts)
         sender_domain = filtered.mail_from.rpartition("@")[2].lower()
         author = verdict.authenticated_domain
-        if author and self.greylist is not None and sender_domain and (
-            sender_domain == author or sender_domain.endswith("." + author)
-            or author.endswith("." + sender_domain)
+        if (
+            author
+            and self.greylist is not None
+            and sender_domain
+            and (
+                sender_domain == author
+                or sender_domain.endswith("." + author)
+                or author.endswith("." + sender_domain)
+            )
         ):
             # DMARC passed for a sender in the author's domain: its next mail from
             # this network is not greylisted (RFC 6647 4.2: well-behaved senders).

@@ -527,13 +527,26 @@ class Admin:
         )  # fmt: skip
 
     async def spam(self, request: aioweb.Request) -> aioweb.Response:
+        import time
+
+        from ..filter import clamd, dnsbl
+
         accounts = self.directory.accounts()
         stats = await asyncio.get_running_loop().run_in_executor(
             None, admin_ops.spam_stats, self.settings, [a.id for a in accounts]
         )
+        filters = self.settings.filter
+        # clamd: configured, and answering PING now (filter/clamd.py); a short wait at most.
+        clamd_up = bool(filters.clamd) and await clamd.ping(filters.clamd, timeout=2.0)
         return self.render(
             request, "spam.html", rows=list(zip(accounts, stats, strict=True)),
-            enabled=self.settings.filter.enabled and self.settings.filter.bayes,
+            enabled=filters.enabled and filters.bayes, filters=filters, clamd_up=clamd_up,
+            dns_problems=[
+                (p, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(p.when)))
+                for p in dnsbl.problems()
+            ],
+            resolver=filters.dnsbl_resolver
+            or ", ".join(self.settings.dns.nameservers) or "the system's (/etc/resolv.conf)",
         )  # fmt: skip
 
     # -- DNS ------------------------------------------------------------------------------------
