@@ -517,7 +517,12 @@ def test_smtp_listed_link_goes_to_junk_and_the_admin_page_shows_the_lists(
 
 
 def test_the_recommended_public_lists_parse_and_stay_off_until_a_recursive_resolver_ships() -> None:
-    from pimail.config import DEVICE_DNSBL_DOMAIN_ZONES, DEVICE_DNSBL_ZONES, Settings, device_defaults
+    from pimail.config import (
+        DEVICE_DNSBL_DOMAIN_ZONES,
+        DEVICE_DNSBL_ZONES,
+        Settings,
+        device_defaults,
+    )
 
     zones = [parse_zone(z) for z in DEVICE_DNSBL_ZONES + DEVICE_DNSBL_DOMAIN_ZONES]
     assert {z.name for z in zones} == {"zen.spamhaus.org", "dbl.spamhaus.org", "multi.surbl.org"}

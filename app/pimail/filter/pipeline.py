@@ -227,6 +227,23 @@ class Pipeline:
         bayes = {a: await self._bayes(run, a, message) for a in accounts}
         return self._decide(run, bayes)
 
+    async def screen(self, envelope: Envelope, message: bytes) -> Verdict:
+        """The part of check() that is about the message, not its sender: the
+        MIME limits, the malware screen, clamd and GTUBE. Mail the filter
+        otherwise trusts (the LAN, loopback, SMTP AUTH) goes through this, so a
+        compromised machine at home, or a stolen password, sends no virus to a
+        mailbox here or on to the internet; never raises."""
+        run = _Run(envelope)
+        if not self.filter.enabled:
+            return self._verdict(run, {}, ACCEPT, None)
+        try:
+            await self._limits(run, message)
+            await self._clamd(run, message)
+            self._gtube(run, message)
+        except _Refusal as refusal:
+            return self._verdict(run, {}, refusal.action, refusal.reply)
+        return self._verdict(run, {}, ACCEPT, None)
+
     # -- stages ------------------------------------------------------------------
 
     async def _limits(self, run: _Run, message: bytes) -> None:
@@ -382,6 +399,9 @@ class Pipeline:
             return symbols
 
         run.symbols.update(await run.stage("rules", static_rules, {}))
+        self._gtube(run, message)
+
+    def _gtube(self, run: _Run, message: bytes) -> None:
         if rules.gtube(message, run.texts):
             # rules.py: GTUBE is refused, whatever rspamd's mode and the sender lists say.
             run.symbols["GTUBE"] = rules.GTUBE_SCORE

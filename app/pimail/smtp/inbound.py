@@ -166,6 +166,7 @@ class InboundHandler:
         if hops > MAX_HOPS:
             return "554 5.4.6 Too many hops: a mail loop"
         junk: set[int] = set()
+        # Authenticated mail was screened by the Submitter before it got here.
         if self.pipeline is not None and not session.authenticated:
             refusal = await self._filter(server, session, envelope, accounts, junk)
             if refusal is not None:
@@ -213,7 +214,8 @@ class InboundHandler:
     ) -> str | None:
         """The content filter (filter/pipeline.py), before the answer to DATA so
         that spam and viruses are refused, not bounced later. Mail from the LAN
-        and loopback (`filter.skip_networks`) is trusted and left as it is.
+        and loopback (`filter.skip_networks`) is trusted: only screened (malware,
+        MIME limits, clamd, GTUBE), never scored or marked.
         Returns the refusal, or None and fills `junk` with the accounts whose
         copy goes to Junk."""
         from ..filter.authres import strip_forged
@@ -221,7 +223,7 @@ class InboundHandler:
         message: Incoming = envelope.incoming
         filtered = self._envelope(session, envelope)
         if self.pipeline.skips_authentication(filtered):
-            return None
+            return await self.screen(session, envelope)
         content = await asyncio.to_thread(message.content)  # may read a spool file
         verdict = await self.pipeline.check(filtered, content, [a.id for a in accounts])
         del content
@@ -259,6 +261,21 @@ class InboundHandler:
             # this network is not greylisted (RFC 6647 4.2: well-behaved senders).
             await asyncio.to_thread(self.greylist.record_authenticated, sender_domain, filtered.ip)
         return None
+
+    async def screen(self, session: Any, envelope: Any) -> str | None:
+        """The refusal for trusted or authenticated mail that carries malware
+        (or breaks the MIME limits, or is GTUBE), else None; no headers added."""
+        if self.pipeline is None:
+            return None
+        message: Incoming = envelope.incoming
+        content = await asyncio.to_thread(message.content)  # may read a spool file
+        verdict = await self.pipeline.screen(self._envelope(session, envelope), content)
+        del content
+        if verdict.action == "accept":
+            return None
+        log.info("screened id=%s action=%s symbols=%s", envelope.queue_id, verdict.action,
+                 ",".join(sorted(verdict.symbols)))  # fmt: skip
+        return verdict.reply or "451 4.7.1 Try again later"
 
     def _trace_headers(self, server: Any, session: Any, envelope: Any) -> bytes:
         """Return-Path and Received (RFC 5321 4.4), in that order, at the top."""

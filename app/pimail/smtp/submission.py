@@ -90,8 +90,14 @@ class Submitter:
         # logins (in memory: a restart forgets, which errs on the user's side).
         self.per_hour = settings.submission.max_messages_per_hour
         self.sent = FailureLimiter(self.per_hour, 3600.0)
-        # Local delivery, as the MX does it after its filter (which this one lacks).
-        self.local = InboundHandler(settings, directory, store, queue)
+        # Local delivery, as the MX does it after its filter; of the filter, only
+        # the screen runs (`accept`): the sender is authenticated.
+        screen = None
+        if settings.filter.enabled:
+            from ..filter.pipeline import Pipeline
+
+            screen = Pipeline(settings, getattr(queue, "resolver", None), None, None)
+        self.local = InboundHandler(settings, directory, store, queue, screen)
 
     @classmethod
     def shared(cls, settings: Any, directory: Directory, store: Any, queue: Any) -> Submitter:
@@ -177,9 +183,16 @@ class Submitter:
         """Queue for the remote recipients, deliver to the local ones (both
         durable before it returns), count it against the hourly limit; the reply.
         Local delivery is the MX's own (`InboundHandler.handle_DATA`, without the
-        content filter: the sender is authenticated), so what follows a delivery
-        there (vacation replies) follows this one too."""
+        spam filter: the sender is authenticated; the malware screen runs here
+        first), so what follows a delivery there (vacation replies) follows
+        this one too."""
         message: Incoming = envelope.incoming
+        # Screened before anything is queued or delivered: malware from a
+        # stolen password goes nowhere (filter/pipeline.py Pipeline.screen).
+        refusal = await self.local.screen(session, envelope)
+        if refusal is not None:
+            message.discard()
+            return refusal
         queued = ""
         if routing.remote:
             try:
