@@ -299,3 +299,24 @@ def test_create_rename_delete_leave_subscriptions_to_the_client(mailbox: Mailbox
     c.ok("UNSUBSCRIBE a/b")
     assert lsub(c) == [b'"Sent"', b'"x/b/c"']
     c.close()
+
+
+# -- a STORE.SILENT must not hide another session's change (RFC 9051 7.4.1) ----------
+
+
+@pytest.mark.parametrize("enable", ["", "ENABLE CONDSTORE"])
+def test_silent_store_does_not_swallow_a_change_from_another_session(
+    mailbox: Mailbox, enable: str
+) -> None:
+    mailbox.deliver("s1")
+    a, b = session(mailbox, select=""), session(mailbox)
+    if enable:
+        a.ok(enable)
+    a.ok("SELECT INBOX")
+    b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)")  # A has not been told yet...
+    lines = a.ok("STORE 1 +FLAGS.SILENT (\\Seen)")  # ... and changes the same message
+    lines += a.ok("NOOP")
+    told = flags_of(lines)
+    assert told and told[1] >= {"\\Flagged", "\\Seen"}, lines
+    a.close()
+    b.close()

@@ -616,7 +616,11 @@ class Session:
         changes, failed = await self.ctx.store.run(
             self.ctx.store.store_flags, sel.mailbox_id, uids, mode, flags, c.unchangedsince
         )
-        sel.own_modseqs.update(ch.modseq for ch in changes)
+        if not c.silent:
+            # Answered below with each message's whole FLAGS: sync need not repeat
+            # them. After .SILENT it does, since the flags may hold another
+            # session's change this session has not been told of yet.
+            sel.own_modseqs.update(ch.modseq for ch in changes)
         self.announce_keywords([f for ch in changes for f in ch.flags])
         if not c.silent or self.condstore:
             # RFC 7162 3.1.3: with CONDSTORE, changed messages are reported even
