@@ -216,7 +216,9 @@ class Session:
 
     async def ok(self, text: str, literal: bytes | None = None) -> bytes:
         status, tagged = await self.command(text, literal)
-        if status != "OK":
+        # RFC 9051 7.1: NO [EXPUNGEISSUED] when some of the messages named were
+        # expunged by another session (Dovecot answers so; pimail skips them).
+        if status != "OK" and not (status == "NO" and b"[EXPUNGEISSUED]" in tagged):
             self.fail(f"{text!r} -> {tagged!r}")
         return tagged
 
