@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import PASSWORD
+from conftest import PASSWORD, PimailServer
 
 from .conftest import Mailbox
 from .imap_raw import RawIMAP
@@ -83,8 +83,9 @@ def test_recent_belongs_to_the_first_session_to_select(mailbox: Mailbox) -> None
 def test_recent_goes_to_the_first_session_told_of_new_mail(mailbox: Mailbox) -> None:
     a, b = session(mailbox), session(mailbox)
     mailbox.deliver("arrives")
-    assert b"* 1 EXISTS\r\n" in a.ok("NOOP")  # A hears first: A owns it
-    assert b"* 1 EXISTS\r\n" in b.ok("NOOP")
+    # A hears first: A owns it. RECENT follows EXISTS (RFC 3501 7.3.2).
+    assert a.ok("NOOP") == [b"* 1 EXISTS\r\n", b"* 1 RECENT\r\n"]
+    assert b.ok("NOOP") == [b"* 1 EXISTS\r\n", b"* 0 RECENT\r\n"]
     assert flags_of(a.ok("FETCH 1 (FLAGS)")) == {1: {"\\Recent"}}
     assert flags_of(b.ok("FETCH 1 (FLAGS)")) == {1: set()}
     # Also in IDLE: the idling session is told first.
@@ -92,6 +93,7 @@ def test_recent_goes_to_the_first_session_told_of_new_mail(mailbox: Mailbox) -> 
     assert b.line() == b"+ idling\r\n"
     mailbox.deliver("during idle")
     assert b.line() == b"* 2 EXISTS\r\n"
+    assert b.line() == b"* 1 RECENT\r\n"
     b.send(b"DONE\r\n")
     assert b.line().startswith(b"i1 OK")
     assert b"* 2 EXISTS\r\n" in a.ok("NOOP")
@@ -121,6 +123,26 @@ def test_appended_copied_and_moved_messages_are_recent_in_the_target(mailbox: Ma
     assert recent_count(session(mailbox, select="").ok("SELECT Archive")) == 0
     a.close()
     t.close()
+
+
+def test_recent_across_a_restart(server: PimailServer) -> None:
+    """The mark is in memory: after a restart, what is still in the Maildir's new/
+    (told to a session but not taken out by a SELECT) is \\Recent again, once."""
+    box = Mailbox.__new__(Mailbox)
+    box.server, box.address = server, "alice@example.org"
+    box.deliver("before")
+    a = session(box)  # takes it: new/ -> cur/
+    box.deliver("while selected")
+    assert a.ok("NOOP")[-1] == b"* 2 RECENT\r\n"
+    a.close()
+    server.stop()
+    server.start()
+    b = session(box, select="")
+    assert b.ok("STATUS INBOX (RECENT)") == [b'* STATUS "INBOX" (RECENT 1)\r\n']
+    assert recent_count(b.ok("SELECT INBOX")) == 1
+    assert search(b, "RECENT") == [2]
+    assert recent_count(session(box, select="").ok("SELECT INBOX")) == 0
+    b.close()
 
 
 def test_imap4rev2_sessions_neither_see_nor_take_recent(mailbox: Mailbox) -> None:

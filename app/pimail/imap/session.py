@@ -66,7 +66,9 @@ class Selected:
     recent_mark: RecentMark
     recent: set[int] = field(default_factory=set)
     keywords: list[str] = field(default_factory=list)  # announced in FLAGS, in order
-    own_modseqs: set[int] = field(default_factory=set)
+    # (UID, MODSEQ) of this session's own changes whose whole FLAGS it was sent
+    # or already knew: sync need not report them again.
+    own_changes: set[tuple[int, int]] = field(default_factory=set)
     saved: list[int] = field(default_factory=list)  # SEARCH RETURN (SAVE), RFC 5182
 
 
@@ -572,7 +574,7 @@ class Session:
                 self.ctx.store.store_flags, sel.mailbox_id, uids, "+", ["\\Seen"]
             )
             marked = frozenset(ch.uid for ch in changes)
-            sel.own_modseqs.update(ch.modseq for ch in changes)
+            sel.own_changes.update((ch.uid, ch.modseq) for ch in changes)
         if c.vanished and c.changedsince is not None:
             gone = await self.ctx.reader.run(_expunged_since, sel.mailbox_id, c.changedsince)
             wanted = c.sequence_set.resolve(max(sel.shared.uidnext, 1))
@@ -613,14 +615,17 @@ class Session:
         uids = self._uids_of(c.sequence_set, c.uid)
         mode = {"add": "+", "remove": "-", "replace": "="}[c.action]
         flags = [f for f in c.flags if f.lower() != "\\recent"]
-        changes, failed = await self.ctx.store.run(
-            self.ctx.store.store_flags, sel.mailbox_id, uids, mode, flags, c.unchangedsince
+        changes, failed, before = await self.ctx.store.run(
+            _store_flags, self.ctx.store, sel.mailbox_id, uids, mode, flags, c.unchangedsince
         )
-        if not c.silent:
-            # Answered below with each message's whole FLAGS: sync need not repeat
-            # them. After .SILENT it does, since the flags may hold another
-            # session's change this session has not been told of yet.
-            sel.own_modseqs.update(ch.modseq for ch in changes)
+        # Answered below with each message's whole FLAGS, sync need not repeat them.
+        # After .SILENT only where the session knew the message's flags before: if
+        # another session had changed them meanwhile, sync must still report it.
+        sel.own_changes.update(
+            (ch.uid, ch.modseq)
+            for ch in changes
+            if not c.silent or before.get(ch.uid, 0) <= sel.modseq
+        )
         self.announce_keywords([f for ch in changes for f in ch.flags])
         if not c.silent or self.condstore:
             # RFC 7162 3.1.3: with CONDSTORE, changed messages are reported even
@@ -749,11 +754,13 @@ class Session:
                     self.send(f"* {len(sel.uids)} EXISTS\r\n")
             if added:  # RFC 3501 2.3.2: this session is the first told of these
                 sel.recent |= self._recent_for(sel, added)
+                if not self.rev2:  # RFC 3501 7.3.2: RECENT follows a change of size
+                    self.send(f"* {len(sel.recent)} RECENT\r\n")
         if state.highestmodseq > sel.modseq:
             rows = await self.ctx.reader.run(_flags_since, sel.mailbox_id, sel.modseq)
             lines = []
             for uid, flags, modseq in rows:
-                if modseq in sel.own_modseqs or uid > known_top:
+                if (uid, modseq) in sel.own_changes or uid > known_top:
                     continue  # reported already, by this session or as new mail
                 i = bisect.bisect_left(sel.uids, uid)
                 if i == len(sel.uids) or sel.uids[i] != uid:
@@ -768,7 +775,7 @@ class Session:
             for line in lines:
                 self.send(line)
             sel.modseq = state.highestmodseq
-            sel.own_modseqs.clear()
+            sel.own_changes.clear()
 
 
 # Which state each command needs (RFC 9051 6).
@@ -818,6 +825,30 @@ def _mentions_modseq(key: Any) -> bool:
 def _run_search(con: sqlite3.Connection, criteria: Any, args: tuple) -> tuple[list[int], int]:
     ctx = SearchContext(con, *args)
     return search(ctx, criteria), ctx.max_modseq
+
+
+def _store_flags(
+    store: Any,
+    mailbox_id: int,
+    uids: list[int],
+    mode: str,
+    flags: list[str],
+    unchangedsince: int | None,
+) -> tuple[list[Any], list[int], dict[int, int]]:
+    """On the writer thread, as one step (no other write between): the messages'
+    MODSEQs just before the change, and the change (store.store_flags)."""
+    before: dict[int, int] = {}
+    for i in range(0, len(uids), 500):
+        chunk = uids[i : i + 500]
+        before.update(
+            store.wcon.execute(
+                f"SELECT uid, modseq FROM messages WHERE mailbox_id = ? AND uid IN"
+                f" ({','.join('?' * len(chunk))})",
+                (mailbox_id, *chunk),
+            ).fetchall()
+        )
+    changes, failed = store.store_flags(mailbox_id, uids, mode, flags, unchangedsince)
+    return changes, failed, before
 
 
 def _deleted_uids(con: sqlite3.Connection, mailbox_id: int, only: list[int] | None) -> list[int]:
