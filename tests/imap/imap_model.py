@@ -150,6 +150,8 @@ class Session:
         self.transcript: list[bytes] = []
         self.connection = 0  # counts reconnects: \Recent belongs to one connection
         self.tracked: dict[int, set[str]] = {}  # flags known after the final NOOP
+        self.rev2 = False  # IMAP4rev2 enabled: no \Recent at all (RFC 9051 E.1)
+        self.highest: dict[str, int] = {}  # mailbox -> highest MODSEQ this session saw
 
     # -- I/O ------------------------------------------------------------------------
 
@@ -160,7 +162,7 @@ class Session:
         )  # fmt: skip
         await self.line()  # greeting
         self.connection += 1
-        self.view, self.condstore = None, False
+        self.view, self.condstore, self.rev2 = None, False, False
         await self.ok(f'LOGIN "{self.account}" "{self.password}"')
         self.shared.logins += 1
 
@@ -251,6 +253,8 @@ class Session:
                 if uid is not None:
                     v.flags.pop(uid, None)
             elif kind == b"RECENT":
+                if self.rev2:
+                    self.fail("RECENT response to an IMAP4rev2 session")
                 if n > len(v.uids):
                     self.fail(f"RECENT {n} above EXISTS {len(v.uids)}")
             else:
@@ -272,6 +276,16 @@ class Session:
                     self.fail(f"UIDVALIDITY {value}, another session had {known}")
             elif m.group(1) == b"UIDNEXT":
                 v.uidnext = value
+            elif value < self.highest.get(v.mailbox, 0):  # RFC 7162 3.1.2.1
+                self.fail(f"HIGHESTMODSEQ {value} below MODSEQ {self.highest[v.mailbox]} seen")
+            return
+        if line.startswith(b"* ENABLED") and b" IMAP4REV2" in line.upper():
+            self.rev2 = True
+            return
+        if line.startswith(b"* SEARCH") and v is not None:
+            found = [int(x) for x in re.findall(rb" (\d+)", line.split(b"(")[0])]
+            if "UID" not in self.running and any(not 1 <= n <= len(v.uids) for n in found):
+                self.fail(f"SEARCH found message numbers beyond {len(v.uids)}: {found}")
             return
         if line.startswith(b"* BYE") and self.running != "LOGOUT":
             self.fail(f"unexpected {line!r}")
@@ -305,6 +319,8 @@ class Session:
             # RFC 7162 3.1: all but the answers to a FETCH that did not ask for it.
             if self.condstore and "MODSEQ" not in items and "FETCH" not in self.running:
                 self.fail("FETCH with FLAGS but no MODSEQ after CONDSTORE was enabled")
+            if self.rev2 and "\\Recent" in flags:
+                self.fail("\\Recent shown to an IMAP4rev2 session")
             if uid is not None:
                 self.check_recent(v, uid, "\\Recent" in flags)
                 v.flags[uid] = {f for f in flags if f != "\\Recent"}
@@ -313,6 +329,7 @@ class Session:
             if modseq < v.modseq.get(uid, 0):
                 self.fail(f"MODSEQ of UID {uid} went down: {v.modseq[uid]} -> {modseq}")
             v.modseq[uid] = modseq
+            self.highest[v.mailbox] = max(self.highest.get(v.mailbox, 0), modseq)
 
     def check_recent(self, v: View, uid: int, recent: bool) -> None:
         was = v.recent.setdefault(uid, recent)
@@ -418,6 +435,8 @@ async def step(s: Session, rng: random.Random, folders: list[str]) -> None:
         if rng.random() < 0.3:
             await s.ok("ENABLE CONDSTORE")
             s.condstore = True
+        if rng.random() < 0.2:
+            await s.ok("ENABLE IMAP4rev2")  # where the server has it (Dovecot 2.3: not)
         return
     if not v.uids:
         await s.ok("NOOP")
