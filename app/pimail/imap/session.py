@@ -316,7 +316,7 @@ class Session:
             self.enabled.add("CONDSTORE")
         if c.qresync and "QRESYNC" not in self.enabled:
             raise Bad("QRESYNC is not enabled")
-        # The \\Recent mark is loaded (from new/) before new/ is emptied.
+        # The \Recent mark is loaded (from new/) before new/ is emptied.
         mark = await self.ctx.views.recent(mbox.id, mbox.uidvalidity)
         if not c.readonly:
             await store.run(store.claim_new, mbox.id)  # Maildir: new/ -> cur/
