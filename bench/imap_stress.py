@@ -91,7 +91,8 @@ def report(name: str, r: LoadResult | str) -> str:
     return (
         f"{name:8} {r.logins / r.seconds:8.1f} logins/s {r.commands / r.seconds:9.1f} commands/s"
         f"  ({r.commands} commands, {r.logins} logins, {r.checks} responses checked,"
-        f" {len(r.errors)} model errors, {r.seconds:.1f} s)"
+        f" {len(r.errors)} model errors, {r.seconds:.1f} s;"
+        f" slowest {r.slowest[0]:.2f} s: {r.slowest[1]})"
     )
 
 
@@ -107,18 +108,23 @@ def main(argv: list[str] | None = None) -> int:
         help="the pimail executable (default: this virtualenv's)",
     )  # fmt: skip
     parser.add_argument("--errors", type=int, default=3, help="model errors shown per server")
+    parser.add_argument(
+        "--rounds", type=int, default=2,
+        help="pimail and Dovecot alternately, this many times each (a loaded machine)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     results: list[tuple[str, LoadResult | str]] = []
-    if not args.no_pimail:
-        results.append(("pimail", run_pimail(args)))
-    if not args.no_dovecot:
-        try:
-            if os.geteuid() != 0:
-                raise RuntimeError("the Dovecot side needs root")
-            results.append(("dovecot", run_dovecot(args)))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            results.append(("dovecot", str(e)))
+    for _round in range(args.rounds):
+        if not args.no_pimail:
+            results.append(("pimail", run_pimail(args)))
+        if not args.no_dovecot:
+            try:
+                if os.geteuid() != 0:
+                    raise RuntimeError("the Dovecot side needs root")
+                results.append(("dovecot", run_dovecot(args)))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                results.append(("dovecot", str(e)))
     print(f"IMAP stress: {args.sessions} sessions, {args.seconds:.0f} s, seed {args.seed}")
     for name, r in results:
         print(report(name, r))

@@ -111,6 +111,7 @@ class Shared:
     commands: int = 0
     logins: int = 0
     checks: int = 0
+    slowest: tuple[float, str] = (0.0, "")  # seconds, command
 
 
 @dataclass
@@ -208,10 +209,14 @@ class Session:
         self.writer.write(data + b"\r\n")
         self.transcript.append(b"C: " + data[:200])
         self.shared.commands += 1
+        started = time.monotonic()
         while True:
             line = await self.line()
             if line.startswith(tag + b" "):
                 self.running = ""
+                took = time.monotonic() - started
+                if took > self.shared.slowest[0]:
+                    self.shared.slowest = (took, text[:80])
                 status = line.split()[1].decode().upper()
                 return status, line
             self.untagged(line)
@@ -521,6 +526,7 @@ class LoadResult:
     logins: int
     commands: int
     checks: int
+    slowest: tuple[float, str]
     errors: list[str]
     sessions: list[Session]
 
@@ -576,8 +582,8 @@ async def run_load(
             except (OSError, ConnectionError, asyncio.IncompleteReadError) as e:
                 s.fail(f"final sync: {type(e).__name__}: {e}")
                 s.writer = None
-    return LoadResult(elapsed, shared.logins, shared.commands, shared.checks, shared.errors,
-                      all_sessions)  # fmt: skip
+    return LoadResult(elapsed, shared.logins, shared.commands, shared.checks, shared.slowest,
+                      shared.errors, all_sessions)  # fmt: skip
 
 
 def compare_views(result: LoadResult) -> None:

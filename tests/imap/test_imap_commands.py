@@ -284,7 +284,8 @@ def test_mailbox_management_and_list(mailbox: Mailbox) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["../other", "a/../../b", "%", "a*b", "tab\there", "a//b", "/lead", "..", "/", "a/"]
+    "name",
+    ["../other", "a/../../b", "%", "a*b", "tab\there", "a//b", "/lead", "..", "/", "a/", "a&Jjo"],
 )
 def test_unsafe_mailbox_names_refused(mailbox: Mailbox, name: str) -> None:
     # Syntactically valid names the server will not take: NO [CANNOT], not BAD
