@@ -55,6 +55,7 @@ def test_idle_hears_new_mail_within_a_second(mailbox: Mailbox) -> None:
     elapsed = time.monotonic() - started
     assert line == b"* 1 EXISTS\r\n"
     assert elapsed < 1.0, elapsed
+    assert c.line() == b"* 1 RECENT\r\n"  # RFC 3501 7.3.2, for an IMAP4rev1 client
     # Flag changes from another session arrive during IDLE too.
     other = session(mailbox)
     other.ok("STORE 1 +FLAGS (\\Seen)")

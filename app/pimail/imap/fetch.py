@@ -38,6 +38,7 @@ class FetchOptions:
     changedsince: int | None = None
     recent: frozenset[int] = frozenset()  # \Recent UIDs (IMAP4rev1 sessions)
     add_flags: frozenset[int] = frozenset()  # UIDs whose FLAGS changed as a side effect
+    flags_out: set[str] | None = None  # filled with every flag sent (for FLAGS, RFC 9051 7.3.5)
 
 
 def sets_seen(attributes: tuple[FetchAttribute, ...]) -> bool:
@@ -154,10 +155,15 @@ def _message(
                 items.append(name.encode() + b" " + text)
         else:
             items.append(_section(a, message))
-    if options.changedsince is not None and "MODSEQ" not in names:
-        items.append(b"MODSEQ (%d)" % modseq)
     if uid in options.add_flags and not done_flags:
         items.append(b"FLAGS " + format_flags(flags, uid in options.recent))
+        done_flags = True
+    # RFC 7162 3.1: once CONDSTORE is on, flags go out with their MODSEQ.
+    if "MODSEQ" not in names and (options.changedsince is not None or
+                                  (options.condstore and done_flags)):  # fmt: skip
+        items.append(b"MODSEQ (%d)" % modseq)
+    if done_flags and options.flags_out is not None:
+        options.flags_out.update(flags.split())
     return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items))
 
 

@@ -384,7 +384,10 @@ class Reader:
         try:
             return decode_mailbox(name, self.utf8)
         except ValueError:
-            self.fail("Mailbox name is not valid modified UTF-7")
+            # Well formed (an astring), just not a name: NO, not BAD (RFC 9051 7.1).
+            raise ParseError(
+                None, "Mailbox name is not valid modified UTF-7", code="CANNOT", status="NO"
+            ) from None
 
     def mailbox(self, inbox: bool = True) -> str:
         # RFC 9051 9: mailbox = "INBOX" / astring; INBOX is case-insensitive.

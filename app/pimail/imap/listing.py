@@ -64,7 +64,8 @@ def _matches(patterns: list[re.Pattern[str]], name: str) -> bool:
 
 def _mailboxes(con: sqlite3.Connection, account_id: int) -> tuple[list[tuple], set[str]]:
     boxes = con.execute(
-        "SELECT id, name, special_use FROM mailboxes WHERE account_id = ? ORDER BY name",
+        "SELECT id, name, special_use, uidvalidity FROM mailboxes WHERE account_id = ?"
+        " ORDER BY name",
         (account_id,),
     ).fetchall()
     subscribed = {
@@ -109,9 +110,8 @@ async def handle_list(s: Session, c: ev.List) -> None:
         line = f'* LIST ({" ".join(attrs)}) "/" '.encode() + s.quote_mailbox(name)
         s.send(line + b"\r\n")
         if c.status_items and exists:
-            items = await s.ctx.reader.run(
-                status_items, next(b[0] for b in boxes if b[1] == name), c.status_items
-            )
+            box = next(b for b in boxes if b[1] == name)
+            items = await mailbox_status(s, box[0], box[3], c.status_items)
             text = " ".join(f"{k} {v}" for k, v in items)
             s.send(b"* STATUS " + s.quote_mailbox(name) + f" ({text})\r\n".encode())
     if "RECURSIVEMATCH" in selection and "SUBSCRIBED" in selection:
@@ -132,6 +132,35 @@ async def handle_lsub(s: Session, c: ev.Lsub) -> None:
         if _matches(patterns, name):
             attrs = "" if name in names else "\\Noselect"
             s.send(f'* LSUB ({attrs}) "/" '.encode() + s.quote_mailbox(name) + b"\r\n")
+
+
+async def mailbox_status(
+    s: Session, mailbox_id: int, uidvalidity: int, items: tuple[str, ...]
+) -> list[tuple[str, int]]:
+    """STATUS (RFC 9051 6.3.10) of one mailbox, RECENT from the in-memory mark
+    (RFC 3501 6.3.10: the messages the next session to select it will see \\Recent)."""
+    values = await s.ctx.reader.run(status_items, mailbox_id, items)
+    if any(k == "RECENT" for k, _ in values):
+        mark = await s.ctx.views.recent(mailbox_id, uidvalidity)
+        recent = await s.ctx.reader.run(
+            _count_recent, mailbox_id, mark.mark, sorted(mark.unclaimed)
+        )
+        values = [(k, recent if k == "RECENT" else v) for k, v in values]
+    return values
+
+
+def _count_recent(con: sqlite3.Connection, mailbox_id: int, mark: int, unclaimed: list[int]) -> int:
+    count = con.execute(
+        "SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid > ?", (mailbox_id, mark)
+    ).fetchone()[0]
+    for i in range(0, len(unclaimed), 500):
+        chunk = unclaimed[i : i + 500]
+        count += con.execute(
+            f"SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid <= ? AND uid IN"
+            f" ({','.join('?' * len(chunk))})",
+            (mailbox_id, mark, *chunk),
+        ).fetchone()[0]
+    return count
 
 
 def status_items(

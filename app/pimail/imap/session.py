@@ -31,9 +31,9 @@ from . import events as ev
 from . import fetch as fetching
 from .context import ImapContext
 from .grammar import SequenceSet, encode_mailbox
-from .listing import handle_list, handle_lsub, status_items, valid_new_name
+from .listing import handle_list, handle_lsub, mailbox_status, valid_new_name
 from .search import SearchContext, search
-from .views import MailboxState
+from .views import MailboxState, RecentMark
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,12 @@ class Selected:
     shared: MailboxState
     uids: array
     modseq: int
+    recent_mark: RecentMark
     recent: set[int] = field(default_factory=set)
-    own_modseqs: set[int] = field(default_factory=set)
+    keywords: list[str] = field(default_factory=list)  # announced in FLAGS, in order
+    # (UID, MODSEQ) of this session's own changes whose whole FLAGS it was sent
+    # or already knew: sync need not report them again.
+    own_changes: set[tuple[int, int]] = field(default_factory=set)
     saved: list[int] = field(default_factory=list)  # SEARCH RETURN (SAVE), RFC 5182
 
 
@@ -103,6 +107,51 @@ class Session:
     @property
     def condstore(self) -> bool:
         return bool(self.enabled & {"CONDSTORE", "QRESYNC"})
+
+    def enable_condstore(self) -> None:
+        """RFC 7162 3.1: a CONDSTORE enabling command (FETCH MODSEQ or CHANGEDSINCE,
+        SEARCH MODSEQ, STORE UNCHANGEDSINCE, STATUS HIGHESTMODSEQ, ENABLE, SELECT
+        (CONDSTORE)) turns it on for the rest of the session; the first one while a
+        mailbox is selected reports the mailbox's HIGHESTMODSEQ (3.1.2.1)."""
+        if self.condstore:
+            return
+        self.enabled.add("CONDSTORE")
+        if self.selected is not None:
+            self.send(f"* OK [HIGHESTMODSEQ {self.selected.modseq}] Highest\r\n")
+
+    def _recent_for(self, sel: Selected, uids: Any) -> set[int]:
+        """RFC 3501 2.3.2: the new messages this session is the first to be told
+        of are \\Recent for it alone; a read-only session shows the unclaimed ones
+        without taking them (6.3.2). IMAP4rev2 has no \\Recent (RFC 9051 E.1):
+        a session that enabled it neither sees nor takes the flag."""
+        if self.rev2:
+            return set()
+        if sel.readonly:
+            return sel.recent_mark.peek(uids)
+        return sel.recent_mark.claim(uids)
+
+    def _send_flags(self, sel: Selected) -> None:
+        flags = " ".join((*SYSTEM_FLAGS, *sel.keywords))
+        self.send(f"* FLAGS ({flags})\r\n")
+        permanent = "" if sel.readonly else f"{flags} \\*"
+        self.send(f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted\r\n")
+
+    def announce_keywords(self, flags: Any) -> None:
+        """RFC 9051 7.3.5, RFC 3501 7.2.6: a keyword first used in the mailbox
+        (by this session, another, or an APPEND/COPY/MOVE) is announced in FLAGS
+        and PERMANENTFLAGS before any FETCH response carries it."""
+        sel = self.selected
+        if sel is None:
+            return
+        known = {k.lower() for k in sel.keywords}
+        new = []
+        for flag in flags:
+            if flag and not flag.startswith("\\") and flag.lower() not in known:
+                known.add(flag.lower())
+                new.append(flag)
+        if new:
+            sel.keywords.extend(new)
+            self._send_flags(sel)
 
     def quote_mailbox(self, name: str) -> bytes:
         from .mime_header import imap_string
@@ -184,6 +233,7 @@ class Session:
     async def cmd_enable(self, c: ev.Enable) -> str:
         new = [cap for cap in (x.upper() for x in c.capabilities) if cap in ENABLEABLE]
         new = [cap for cap in new if cap not in self.enabled]
+        had_condstore = self.condstore
         if "QRESYNC" in new and "CONDSTORE" not in self.enabled:
             self.enabled.add("CONDSTORE")  # RFC 7162 3.2.3: QRESYNC implies CONDSTORE
         self.enabled.update(new)
@@ -191,6 +241,9 @@ class Session:
             self.utf8_changed = True
         names = {"IMAP4REV2": "IMAP4rev2"}
         self.send("* ENABLED" + "".join(" " + names.get(x, x) for x in new) + "\r\n")
+        if self.condstore and not had_condstore and self.selected is not None:
+            # RFC 7162 3.1.2.1: the first enabling command while selected.
+            self.send(f"* OK [HIGHESTMODSEQ {self.selected.modseq}] Highest\r\n")
         return "OK ENABLE completed"
 
     # -- not authenticated ------------------------------------------------------------
@@ -269,24 +322,22 @@ class Session:
             self.enabled.add("CONDSTORE")
         if c.qresync and "QRESYNC" not in self.enabled:
             raise Bad("QRESYNC is not enabled")
-        recent: list[int] = []
+        # The \Recent mark is loaded (from new/) before new/ is emptied.
+        mark = await self.ctx.views.recent(mbox.id, mbox.uidvalidity)
         if not c.readonly:
-            recent = await store.run(store.claim_new, mbox.id)
+            await store.run(store.claim_new, mbox.id)  # Maildir: new/ -> cur/
         # Kept current by the store's notifications; a new one loads itself.
         shared = self.ctx.views.state(mbox.id, mbox.uidvalidity)
         state = await shared.current(self.ctx.reader)
         sel = Selected(
             mbox.id, mbox.name, mbox.path, mbox.uidvalidity, c.readonly, shared, state.uids,
-            state.highestmodseq, set(recent),
+            state.highestmodseq, mark, keywords=[k for k in mbox.keywords if k],
         )  # fmt: skip
-        keywords = [k for k in mbox.keywords if k]
-        flags = " ".join((*SYSTEM_FLAGS, *keywords))
+        sel.recent = self._recent_for(sel, sel.uids)
         self.send(f"* {len(sel.uids)} EXISTS\r\n")
         if not self.rev2:
-            self.send(f"* {len(sel.recent)} RECENT\r\n")
-        self.send(f"* FLAGS ({flags})\r\n")
-        permanent = "" if c.readonly else f"{flags} \\*"
-        self.send(f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted\r\n")
+            self.send(f"* {len(sel.recent)} RECENT\r\n")  # RFC 3501 7.3.2
+        self._send_flags(sel)
         self.send(f"* OK [UIDVALIDITY {sel.uidvalidity}] UIDs valid\r\n")
         self.send(f"* OK [UIDNEXT {state.uidnext}] Predicted next UID\r\n")
         self.send(f"* OK [HIGHESTMODSEQ {sel.modseq}] Highest\r\n")
@@ -313,7 +364,10 @@ class Session:
         )  # fmt: skip
 
     async def cmd_create(self, c: ev.Create) -> str:
-        name = valid_new_name(c.mailbox)
+        # RFC 9051 6.3.4: a trailing separator declares that inferiors will follow;
+        # a server that does not need the declaration MUST ignore it.
+        mailbox = c.mailbox[:-1] if c.mailbox.endswith("/") and c.mailbox != "/" else c.mailbox
+        name = valid_new_name(mailbox)
         special = None
         if c.special_use:
             allowed = {"\\Drafts", "\\Sent", "\\Junk", "\\Trash", "\\Archive", "\\All",
@@ -363,7 +417,9 @@ class Session:
 
     async def cmd_status(self, c: ev.Status) -> str:
         mbox = await self._open(c.mailbox, "NONEXISTENT")
-        items = await self.ctx.reader.run(status_items, mbox.id, c.items)
+        if any(item.upper() == "HIGHESTMODSEQ" for item in c.items):
+            self.enable_condstore()  # RFC 7162 3.1
+        items = await mailbox_status(self, mbox.id, mbox.uidvalidity, c.items)
         text = " ".join(f"{k} {v}" for k, v in items)
         self.send(b"* STATUS " + self.quote_mailbox(mbox.name) + f" ({text})\r\n".encode())
         return "OK STATUS completed"
@@ -513,8 +569,8 @@ class Session:
     async def cmd_fetch(self, c: ev.Fetch) -> str:
         sel = self.sel
         self._check_set(c.sequence_set, c.uid)
-        if c.changedsince is not None:
-            self.enabled.add("CONDSTORE")
+        if c.changedsince is not None or any(a.name == "MODSEQ" for a in c.attributes):
+            self.enable_condstore()  # RFC 7162 3.1
         if c.vanished and "QRESYNC" not in self.enabled:
             raise Bad("VANISHED needs QRESYNC enabled")
         uids = self._uids_of(c.sequence_set, c.uid)
@@ -524,7 +580,7 @@ class Session:
                 self.ctx.store.store_flags, sel.mailbox_id, uids, "+", ["\\Seen"]
             )
             marked = frozenset(ch.uid for ch in changes)
-            sel.own_modseqs.update(ch.modseq for ch in changes)
+            sel.own_changes.update((ch.uid, ch.modseq) for ch in changes)
         if c.vanished and c.changedsince is not None:
             gone = await self.ctx.reader.run(_expunged_since, sel.mailbox_id, c.changedsince)
             wanted = c.sequence_set.resolve(max(sel.shared.uidnext, 1))
@@ -547,11 +603,12 @@ class Session:
         options = fetching.FetchOptions(
             uid=uid, condstore=self.condstore, utf8=self.utf8, imap4rev2=self.rev2,
             changedsince=changedsince, recent=frozenset(sel.recent) if not self.rev2 else
-            frozenset(), add_flags=marked,
+            frozenset(), add_flags=marked, flags_out=set(),
         )  # fmt: skip
         lines = await self.ctx.reader.run(
             fetching.render, sel.mailbox_id, sel.folder, sel.uids, ranges, attributes, options
         )
+        self.announce_keywords(sorted(options.flags_out or ()))
         self.out.extend(lines)
 
     async def cmd_store(self, c: ev.Store) -> str:
@@ -560,14 +617,22 @@ class Session:
             raise No("Mailbox is read-only", "READ-ONLY")
         self._check_set(c.sequence_set, c.uid)
         if c.unchangedsince is not None:
-            self.enabled.add("CONDSTORE")
+            self.enable_condstore()  # RFC 7162 3.1
         uids = self._uids_of(c.sequence_set, c.uid)
         mode = {"add": "+", "remove": "-", "replace": "="}[c.action]
         flags = [f for f in c.flags if f.lower() != "\\recent"]
-        changes, failed = await self.ctx.store.run(
-            self.ctx.store.store_flags, sel.mailbox_id, uids, mode, flags, c.unchangedsince
+        changes, failed, before = await self.ctx.store.run(
+            _store_flags, self.ctx.store, sel.mailbox_id, uids, mode, flags, c.unchangedsince
         )
-        sel.own_modseqs.update(ch.modseq for ch in changes)
+        # Answered below with each message's whole FLAGS, sync need not repeat them.
+        # After .SILENT only where the session knew the message's flags before: if
+        # another session had changed them meanwhile, sync must still report it.
+        sel.own_changes.update(
+            (ch.uid, ch.modseq)
+            for ch in changes
+            if not c.silent or before.get(ch.uid, 0) <= sel.modseq
+        )
+        self.announce_keywords([f for ch in changes for f in ch.flags])
         if not c.silent or self.condstore:
             # RFC 7162 3.1.3: with CONDSTORE, changed messages are reported even
             # with .SILENT, carrying their new MODSEQ.
@@ -630,10 +695,13 @@ class Session:
             store = self.ctx.store
             while await store.run(store.analyse_pending, 500, sel.mailbox_id):
                 pass
-        ctx_args = (sel.mailbox_id, sel.folder, sel.uids, frozenset(sel.recent), sel.saved)
+        has_modseq = _mentions_modseq(c.criteria)
+        if has_modseq:
+            self.enable_condstore()  # RFC 7162 3.1
+        recent = frozenset(sel.recent) if not self.rev2 else frozenset()
+        ctx_args = (sel.mailbox_id, sel.folder, sel.uids, recent, sel.saved)
         result, max_modseq = await self.ctx.reader.run(_run_search, c.criteria, ctx_args)
         numbers = result if c.uid else [bisect.bisect_left(sel.uids, u) + 1 for u in result]
-        has_modseq = _mentions_modseq(c.criteria)
         if c.return_options is None:  # classic SEARCH response
             text = "* SEARCH" + "".join(f" {n}" for n in numbers)
             if has_modseq and numbers:
@@ -682,30 +750,38 @@ class Session:
                                 self.send(f"* {i + 1} EXPUNGE\r\n")
                     sel.recent.difference_update(removed)
                 sel.uids = new
+                added = new[bisect.bisect_right(new, known_top) :]
                 if len(new) != len(old) - len(removed):
                     self.send(f"* {len(new)} EXISTS\r\n")
             else:
-                top = old[-1] if old else 0
-                added = new[bisect.bisect_right(new, top) :]
+                added = new[bisect.bisect_right(new, known_top) :]
                 if added:
                     sel.uids = old + added
                     self.send(f"* {len(sel.uids)} EXISTS\r\n")
+            if added:  # RFC 3501 2.3.2: this session is the first told of these
+                sel.recent |= self._recent_for(sel, added)
+                if not self.rev2:  # RFC 3501 7.3.2: RECENT follows a change of size
+                    self.send(f"* {len(sel.recent)} RECENT\r\n")
         if state.highestmodseq > sel.modseq:
             rows = await self.ctx.reader.run(_flags_since, sel.mailbox_id, sel.modseq)
+            lines = []
             for uid, flags, modseq in rows:
-                if modseq in sel.own_modseqs or uid > known_top:
+                if (uid, modseq) in sel.own_changes or uid > known_top:
                     continue  # reported already, by this session or as new mail
                 i = bisect.bisect_left(sel.uids, uid)
                 if i == len(sel.uids) or sel.uids[i] != uid:
                     continue
+                self.announce_keywords(flags.split())
                 recent = uid in sel.recent and not self.rev2
                 line = f"* {i + 1} FETCH (UID {uid} FLAGS "
                 line += fetching.format_flags(flags, recent).decode()
                 if self.condstore:
                     line += f" MODSEQ ({modseq})"
-                self.send(line + ")\r\n")
+                lines.append(line + ")\r\n")
+            for line in lines:
+                self.send(line)
             sel.modseq = state.highestmodseq
-            sel.own_modseqs.clear()
+            sel.own_changes.clear()
 
 
 # Which state each command needs (RFC 9051 6).
@@ -755,6 +831,30 @@ def _mentions_modseq(key: Any) -> bool:
 def _run_search(con: sqlite3.Connection, criteria: Any, args: tuple) -> tuple[list[int], int]:
     ctx = SearchContext(con, *args)
     return search(ctx, criteria), ctx.max_modseq
+
+
+def _store_flags(
+    store: Any,
+    mailbox_id: int,
+    uids: list[int],
+    mode: str,
+    flags: list[str],
+    unchangedsince: int | None,
+) -> tuple[list[Any], list[int], dict[int, int]]:
+    """On the writer thread, as one step (no other write between): the messages'
+    MODSEQs just before the change, and the change (store.store_flags)."""
+    before: dict[int, int] = {}
+    for i in range(0, len(uids), 500):
+        chunk = uids[i : i + 500]
+        before.update(
+            store.wcon.execute(
+                f"SELECT uid, modseq FROM messages WHERE mailbox_id = ? AND uid IN"
+                f" ({','.join('?' * len(chunk))})",
+                (mailbox_id, *chunk),
+            ).fetchall()
+        )
+    changes, failed = store.store_flags(mailbox_id, uids, mode, flags, unchangedsince)
+    return changes, failed, before
 
 
 def _deleted_uids(con: sqlite3.Connection, mailbox_id: int, only: list[int] | None) -> list[int]:

@@ -10,6 +10,13 @@ selected: its sorted UIDs (an array, 4 octets each) and HIGHESTMODSEQ. The
 store calls `changed(mailbox_id)` after every change; the state is reloaded
 once, and every session in sync shares the same UID array, so 200 sessions
 on a 10,000-message INBOX hold one copy, not 200.
+
+`RecentMark` is the IMAP4rev1 \\Recent flag of one mailbox (RFC 3501 2.3.2),
+kept in memory only, as Dovecot does without persistence: the highest UID some
+session has been told about, and the UIDs that were in new/ when the mark was
+first needed. Across a restart the mark starts again from the index: what no
+session had selected read-write (still in the Maildir's new/) is \\Recent again
+for the first session to select the mailbox, and nothing else is.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import sqlite3
 import threading
 import weakref
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,11 +107,78 @@ def _load(con: sqlite3.Connection, mailbox_id: int) -> tuple[array, int, int]:
     return uids, (row[0] if row else 0), (row[1] if row else 1)
 
 
+@dataclass
+class RecentMark:
+    """RFC 3501 2.3.2: a message is \\Recent for exactly one session, "the first
+    session to have been notified about this message". Claims run on the event
+    loop, so two sessions never both claim a UID."""
+
+    uidvalidity: int
+    mark: int  # the highest UID whose \Recent a session has claimed
+    unclaimed: set[int]  # UIDs in new/ when the mark was loaded (no session saw them)
+
+    def peek(self, uids: Iterable[int]) -> set[int]:
+        """The UIDs among `uids` that nobody has claimed (a read-only session
+        shows them \\Recent without taking the flag, RFC 3501 6.3.2)."""
+        return {u for u in uids if u > self.mark or u in self.unclaimed}
+
+    def claim(self, uids: Sequence[int]) -> set[int]:
+        """Take \\Recent for `uids` (sorted, all known to the claiming session)."""
+        if not uids:
+            return set()
+        recent = self.peek(uids)
+        top = uids[-1]
+        self.mark = max(self.mark, top)
+        if self.unclaimed:
+            self.unclaimed = {u for u in self.unclaimed if u > top}
+        return recent
+
+
+def _startup_marks(index_path: Path) -> dict[int, tuple[int, int]]:
+    """mailbox id -> (UIDVALIDITY, highest UID handed out) as the process starts:
+    what came later is new to every session of this process."""
+    try:
+        con = sqlite3.connect(f"file:{index_path}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = con.execute("SELECT id, uidvalidity, uidnext FROM mailboxes").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return {}
+    return {r[0]: (r[1], r[2] - 1) for r in rows}
+
+
+def _in_new(con: sqlite3.Connection, mailbox_id: int, top: int) -> set[int]:
+    rows = con.execute(
+        "SELECT uid FROM messages WHERE mailbox_id = ? AND subdir = 'new' AND uid <= ?",
+        (mailbox_id, top),
+    )
+    return {r[0] for r in rows}
+
+
 class MailboxViews:
     def __init__(self, reader: IndexReader) -> None:
         self.reader = reader
         self._states: weakref.WeakValueDictionary[int, MailboxState] = weakref.WeakValueDictionary()
+        self._recent: dict[int, RecentMark] = {}  # small: one per mailbox ever selected
+        self._startup = _startup_marks(reader.index_path)
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def recent(self, mailbox_id: int, uidvalidity: int) -> RecentMark:
+        """The mailbox's \\Recent mark, loaded from the index the first time."""
+        found = self._recent.get(mailbox_id)
+        if found is None or found.uidvalidity != uidvalidity:
+            # Everything since the process started is new; of what came before,
+            # what no session took out of new/ (a folder made since: all of it).
+            known_uidvalidity, top = self._startup.get(mailbox_id, (0, 0))
+            if known_uidvalidity != uidvalidity:
+                top = 0
+            new = await self.reader.run(_in_new, mailbox_id, top) if top else set()
+            found = self._recent.get(mailbox_id)  # another session may have loaded it
+            if found is None or found.uidvalidity != uidvalidity:
+                found = RecentMark(uidvalidity, top, new)
+                self._recent[mailbox_id] = found
+        return found
 
     def state(self, mailbox_id: int, uidvalidity: int) -> MailboxState:
         found = self._states.get(mailbox_id)

@@ -126,12 +126,8 @@ class MailboxOps:
         if path.exists():  # left over on disk without an index row: adopt it
             log.info("adopting folder on disk name=%r", name)
         maildir.make_folder(path)
-        mbox = self._mailbox(account, name, special_use)
-        self.wcon.execute(
-            "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)",
-            (account.id, name),
-        )
-        return mbox
+        # Subscribing is the client's (RFC 9051 6.3.7): CREATE subscribes nothing.
+        return self._mailbox(account, name, special_use)
 
     def delete_mailbox(self, account: Account, name: str) -> None:
         mbox = self.open_mailbox(account, name)
@@ -181,11 +177,9 @@ class MailboxOps:
                 mbox = self._mailbox(account, name)
                 new_path = root / maildir.folder_dirname(target)
                 os.rename(mbox.path, new_path)
+                # RFC 9051 6.3.6: renaming does not touch subscriptions (the
+                # client moves them if it wants); nor does DELETE (6.3.7).
                 self.wcon.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (target, mbox.id))
-                self.wcon.execute(
-                    "UPDATE subscriptions SET name = ? WHERE account_id = ? AND name = ?",
-                    (target, account.id, name),
-                )
                 del self._mailboxes[(account.id, name)]
                 mbox.name, mbox.path = target, new_path
                 self._mailboxes[(account.id, target)] = mbox
