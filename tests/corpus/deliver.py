@@ -8,6 +8,7 @@ a stored message is, without touching the message itself.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import threading
 from collections.abc import Iterator
@@ -154,4 +155,5 @@ def stored_name(data: bytes) -> str:
     first = data.split(b"\r\n", 1)[0]
     if first.startswith(b"Return-Path: <") and first.endswith(b"@" + SENDER_DOMAIN.encode() + b">"):
         return first[len(b"Return-Path: <") : -len(SENDER_DOMAIN) - 2].decode()
-    return "?"
+    word = re.search(rb"hostile\d\d", data[:300_000])  # APPENDed: the word of hostile.py
+    return word.group().decode() if word else "?"

@@ -113,9 +113,10 @@ class Answer:
 class Pipeline:
     """Commands sent `window` at a time without waiting; answers in order.
 
-    If the server drops the connection, the command whose answer was due gets
-    a made-up tagged line `* DROPPED` (a problem for the caller to report),
-    `reconnect()` gives a new session, and the commands after it are sent again."""
+    If the server drops the connection, `reconnect()` gives a new session and
+    the unanswered commands of that window are sent again one at a time, so
+    that the one that makes the server drop it is known: it gets a made-up
+    tagged line `* DROPPED ...` (a problem for the caller to report)."""
 
     def __init__(
         self, client: RawIMAP, window: int = 50, reconnect: Callable[[], RawIMAP] | None = None
@@ -127,8 +128,9 @@ class Pipeline:
     def run(self, commands: list[bytes]) -> list[Answer]:
         answers: list[Answer] = []
         start = 0
+        careful_until = 0  # after a drop: the rest of that window one by one, to find the culprit
         while start < len(commands):
-            batch = commands[start : start + self.window]
+            batch = commands[start : start + (1 if start < careful_until else self.window)]
             tags = []
             out = b""
             for command in batch:
@@ -144,16 +146,24 @@ class Pipeline:
                 try:
                     untagged, tagged = self.client.until(tag)
                 except (ConnectionError, OSError) as e:
+                    if len(batch) > 1:  # which of the window's commands did it? Ask again
+                        careful_until = start + len(batch)
+                        self.client.close()
+                        self.client = self._again(commands[start:])
+                        break
                     answers.append(Answer(command, [], DROPPED + str(e)[:100].encode()))
                     start += 1
-                    if self.reconnect is None:
-                        return answers + [Answer(c, [], DROPPED) for c in commands[start:]]
                     self.client.close()
-                    self.client = self.reconnect()
+                    self.client = self._again(commands[start:])
                     break
                 answers.append(Answer(command, untagged, tagged))
                 start += 1
         return answers
+
+    def _again(self, rest: list[bytes]) -> RawIMAP:
+        if self.reconnect is None:
+            raise ConnectionError(f"dropped, {len(rest)} commands unanswered")
+        return self.reconnect()
 
 
 DROPPED = b"* DROPPED the server closed the connection: "

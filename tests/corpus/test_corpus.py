@@ -16,7 +16,9 @@ Maildir file's octets; RFC822.SIZE its length; the index matches the Maildir.
 
 from __future__ import annotations
 
+import collections
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -49,11 +51,26 @@ SHOWN = 30
 
 
 def fail_with(problems: list[str], what: str) -> None:
+    """Fail with a summary: how many problems of each kind, then the first 30."""
     if problems:
+        kinds = collections.Counter(_kind(p) for p in problems)
+        summary = "\n  ".join(f"{n:5d} x {kind}" for kind, n in kinds.most_common(15))
         shown = "\n  ".join(problems[:SHOWN])
         pytest.fail(
-            f"{len(problems)} problems {what}; the first {SHOWN}:\n  {shown}", pytrace=False
+            f"{len(problems)} problems {what}; by kind:\n  {summary}\n"
+            f"the first {SHOWN}:\n  {shown}",
+            pytrace=False,
         )
+
+
+def _kind(problem: str) -> str:
+    """A problem without its message name, numbers and quoted details."""
+    text = problem.split(": ", 1)[-1] if "uid=" in problem.split(": ", 1)[0] else problem
+    text = re.sub(r"\d+", "N", text)
+    text = re.sub(r"(TEXT|SUBJECT|FROM) ('[^']*'|\"[^\"]*\")", r"\1 ...", text)
+    text = re.sub(r"found \[[^\]]*\]", "found [...]", text)
+    text = re.sub(r": got .*", ": got ...", text)
+    return text[:110]
 
 
 @dataclass
@@ -66,15 +83,17 @@ class Loaded:
     log_offset: int = 0
 
     def log_problems(self) -> list[str]:
-        """ERROR lines and tracebacks in the server's log."""
-        text = self.server.log.read_text(errors="replace")
+        """ERROR lines of the server's log, each with the exception that ended
+        its traceback (the first unindented line after it)."""
+        lines = self.server.log.read_text(errors="replace").splitlines()
         out = []
-        lines = text.splitlines()
         for i, line in enumerate(lines):
-            if " ERROR " in line or line.startswith("Traceback"):
-                tail = next((x for x in lines[i + 1 : i + 40] if x and not x[0].isspace()
-                             and "Error" in x), "")  # fmt: skip
-                out.append(f"{line[:200]} | {tail[:200]}")
+            if " ERROR " not in line:
+                continue
+            tail = ""
+            if i + 1 < len(lines) and lines[i + 1].startswith("Traceback"):
+                tail = next((x for x in lines[i + 2 : i + 200] if x and not x[0].isspace()), "")
+            out.append(f"{line[24:200]} | {tail[:200]}")
         return out
 
 

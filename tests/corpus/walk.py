@@ -22,6 +22,7 @@ from imap.imap_raw import RawIMAP
 from .deliver import stored_name
 from .imapwire import Answer, Pipeline
 
+KNOWN_CTE = {b"7bit", b"8bit", b"binary", b"base64", b"quoted-printable"}  # RFC 2045 6.1
 MAX_ITEMS_PER_COMMAND = 400  # BODY[n.MIME] items in one FETCH (a 10,000-part message)
 
 
@@ -146,6 +147,19 @@ def walk_mailbox(
         header = items[b"BODY[HEADER.FIELDS (FROM SUBJECT)]"]
         if not isinstance(header, bytes) or not header.endswith(b"\r\n"):
             walk.problems.append(f"{name}: HEADER.FIELDS is {str(header)[:80]}")
+        elif b"\r\n\r\n" in data and header != (want := header_fields(data, {b"from", b"subject"})):
+            walk.problems.append(
+                f"{name}: BODY[HEADER.FIELDS (FROM SUBJECT)] is not the message's fields:"
+                f" {first_difference(header, want)}"
+            )
+        subject = raw_field(data, b"subject")
+        if subject is not None and subject.isascii() and b"\0" not in subject:
+            got = envelope[1] if len(envelope) > 1 else None
+            if (got or b"").strip() != subject.strip():
+                walk.problems.append(
+                    f"{name}: ENVELOPE subject {str(got)[:60]} is not the Subject field"
+                    f" {str(subject)[:60]} (RFC 9051 7.5.2)"
+                )
         walk.messages[uid] = Message(seq, uid, name, size, b"", structure, envelope)
         walk.messages[uid].parts = part_numbers(structure)
     if set(walk.messages) != set(files):
@@ -196,6 +210,35 @@ def _bodies(pipe: Pipeline, walk: Walk, stored: dict[int, bytes], step: int) -> 
                 )
 
 
+def header_lines(data: bytes) -> list[bytes]:
+    """The header fields of a message, each with its folded lines and CRLFs."""
+    end = data.find(b"\r\n\r\n")
+    head = data[: end + 2] if end >= 0 else data
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line + b"\r\n"
+        else:
+            fields.append(line + b"\r\n")
+    return fields
+
+
+def header_fields(data: bytes, names: set[bytes]) -> bytes:
+    """BODY[HEADER.FIELDS (names)] as RFC 9051 6.4.5 defines it: the named
+    fields as they are, in the message's order, and the blank line."""
+    picked = [f for f in header_lines(data) if f.split(b":", 1)[0].strip().lower() in names]
+    return b"".join(picked) + b"\r\n"
+
+
+def raw_field(data: bytes, name: bytes) -> bytes | None:
+    """The first `name:` field's value, unfolded (RFC 5322 2.2.3)."""
+    for line in header_lines(data):
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.replace(b"\r\n", b"")
+    return None
+
+
 def _same_but_nul(sent: bytes, stored: bytes) -> bool:
     """The same octets but where the stored message has NUL (which no IMAP
     literal may carry, RFC 9051 9 CHAR8)."""
@@ -216,8 +259,15 @@ def _parts(pipe: Pipeline, walk: Walk) -> None:
                               for n, _ in chunk)  # fmt: skip
             commands.append(b"UID FETCH %d (%s)" % (message.uid, items))
             owners.append((message, chunk, "body"))
-        for number, structure in parts:
-            if is_leaf(structure):
+        leaves = [(n, st) for n, st in parts if is_leaf(st)]
+        known = [(n, st) for n, st in leaves if encoding(st) in KNOWN_CTE]
+        for start in range(0, len(known), MAX_ITEMS_PER_COMMAND):
+            chunk = known[start : start + MAX_ITEMS_PER_COMMAND]
+            items = b" ".join(b"BINARY.PEEK[%s]" % n.encode() for n, _ in chunk)
+            commands.append(b"UID FETCH %d (%s)" % (message.uid, items))
+            owners.append((message, chunk, "binary"))
+        for number, structure in leaves:  # alone: NO [UNKNOWN-CTE] concerns one part
+            if encoding(structure) not in KNOWN_CTE:
                 commands.append(b"UID FETCH %d (BINARY.PEEK[%s])" % (message.uid, number.encode()))
                 owners.append((message, [(number, structure)], "binary"))
     for answer, (message, chunk, kind) in zip(pipe.run(commands), owners, strict=True):
@@ -243,7 +293,8 @@ def _parts(pipe: Pipeline, walk: Walk) -> None:
                 if isinstance(raw, bytes) and is_leaf(structure):
                     message.raw_parts[number] = raw
                 mime = fetched.get(b"BODY[%s.MIME]" % number.encode())
-                if isinstance(mime, bytes) and mime and not mime.endswith(b"\r\n"):
+                crlf = b"\r\n\r\n" in message.body  # else a header cannot end in one
+                if isinstance(mime, bytes) and mime and crlf and not mime.endswith(b"\r\n"):
                     walk.problems.append(f"{message.name}: BODY[{number}.MIME] lacks its CRLF")
             else:
                 walk.count("binary")
@@ -253,7 +304,7 @@ def _parts(pipe: Pipeline, walk: Walk) -> None:
 def _check_unknown_cte(walk: Walk, message: Message, part: tuple[str, list]) -> None:
     """RFC 3516 4.3: NO [UNKNOWN-CTE] is for an encoding the server does not know."""
     number, structure = part
-    if encoding(structure) in (b"7bit", b"8bit", b"binary"):
+    if encoding(structure) in KNOWN_CTE:
         walk.problems.append(
             f"{message.name}: BINARY[{number}] NO [UNKNOWN-CTE] for {encoding(structure)!r}"
         )
