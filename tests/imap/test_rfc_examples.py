@@ -457,12 +457,16 @@ def test_6_4_4_search_and_4731_esearch(s: Session) -> None:
     tagged_is(tagged, "A282 OK")
     untagged, _ = s.c(f"A283 SEARCH RETURN () {search}")
     assert untagged == lines('* ESEARCH (TAG "A283") ALL 2,10:11')
-    untagged, _ = s.c('A284 SEARCH TEXT "string not in mailbox"')
-    assert untagged == lines('* ESEARCH (TAG "A284")')
     untagged, _ = s.c("A285 UID SEARCH RETURN (MIN MAX) 1:5000")
     assert untagged == lines('* ESEARCH (TAG "A285") UID MIN 1 MAX 11')
     _, tagged = s.c('A286 SEARCH CHARSET WHATEVER TEXT "hello"')
     assert tagged.startswith(b"A286 NO [BADCHARSET"), tagged
+    # RFC 9051 6.4.4 and 7.3.4: an IMAP4rev2 session gets ESEARCH even without
+    # RETURN (the SEARCH response is IMAP4rev1's), here for no match at all.
+    untagged, _ = s.c('A284 SEARCH TEXT "string not in mailbox"')
+    assert untagged == lines('* ESEARCH (TAG "A284")')
+    untagged, _ = s.c("A287 SEARCH FLAGGED")
+    assert untagged == lines('* ESEARCH (TAG "A287") ALL 2,5,10:11')
 
 
 def test_6_4_4_search_in_imap4rev1(mailbox: Mailbox) -> None:
@@ -797,13 +801,17 @@ def test_3516_binary_fetch_and_size(s: Session) -> None:
         b"2": b"\x00\x01\x02\x03\x00\xff",
         b"3": b"x\x00y",
     }
+    wrong = []
     for part, want in expected.items():
         untagged, tagged = s.c(b"A004 FETCH 1 (BINARY.PEEK[%s] BINARY.SIZE[%s])" % (part, part))
         tagged_is(tagged, "A004 OK")
         line = untagged[0]
         prefix = b"~{%d}\r\n" % len(want) if b"\x00" in want else b"{%d}\r\n" % len(want)
-        assert b"BINARY[%s] %s%s" % (part, prefix, want) in line, line
-        assert b"BINARY.SIZE[%s] %d" % (part, len(want)) in line, line
+        if b"BINARY[%s] %s%s" % (part, prefix, want) not in line:
+            wrong.append(line)
+        if b"BINARY.SIZE[%s] %d" % (part, len(want)) not in line:
+            wrong.append(line)
+    assert not wrong, wrong
 
 
 def test_3516_unknown_cte(s: Session) -> None:
