@@ -253,6 +253,23 @@ def test_append(mailbox: Mailbox) -> None:
     m.logout()
 
 
+@pytest.mark.parametrize("stray", [b" folded: first\r\n", b"\tone\r\n two\r\n"])
+def test_header_that_starts_folded(mailbox: Mailbox, stray: bytes) -> None:
+    """A header whose first line is a continuation (nothing to continue, RFC
+    5322 2.2.3): the fields after it are the header still, for ENVELOPE,
+    HEADER.FIELDS and BODY[TEXT] as for the webmail (Python's email)."""
+    msg = stray + b"Subject: after a stray line\r\nFrom: Ann <ann@remote.test>\r\n\r\nbody\r\n"
+    m = mailbox.login(select=None)
+    assert m.append("INBOX", None, None, msg)[0] == "OK"
+    m.select("INBOX")
+    typ, data = m.fetch("1", "(ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[TEXT])")
+    assert typ == "OK"
+    assert b'ENVELOPE (NIL "after a stray line" (("Ann" NIL "ann" "remote.test"))' in data[0][0]
+    assert data[0][1] == b"Subject: after a stray line\r\n\r\n"
+    assert data[1][1] == b"body\r\n"
+    m.logout()
+
+
 def test_mailbox_management_and_list(mailbox: Mailbox) -> None:
     m = mailbox.login(select=None)
     assert m.create("Projects/2026/Q1")[0] == "OK"

@@ -377,6 +377,18 @@ def test_missing_headers_and_defaults():
     assert body(struct, data, text="HEADER") == b""
     assert body(struct, data, text="TEXT") == data
     assert envelope(struct, data) == b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+    # A header that starts with a folded line (nothing for it to continue): the
+    # fields after it are still the header, as Python's email parser reads it.
+    for stray in (b" folded: first\r\n", b"\tx\r\n y\r\n"):
+        data = stray + crlf("Subject: after a stray line", "From: a@b", "", "text")
+        struct = parse(data)
+        assert body(struct, data, text="TEXT") == b"text"
+        assert fields(struct, data, "subject") == b"Subject: after a stray line\r\n\r\n"
+        assert envelope(struct, data).startswith(b'(NIL "after a stray line" ((NIL NIL "a" "b"))')
+        assert email.message_from_bytes(data)["subject"] == "after a stray line"
+    # Only folded lines before the empty line: no field, all body.
+    data = b" folded\r\n\r\ntext"
+    assert parse(data).root.body_start == 0
     # Header only, no empty line and no body.
     data = b"Subject: x\r\nFrom: a@b"
     struct = parse(data)

@@ -34,14 +34,25 @@ def split_header(data: bytes, start: int, end: int) -> tuple[int, int]:
     no empty line the whole entity is header and the body is empty. An entity
     whose first line is no header field has no header at all, only a body
     (as Python's email parser decides; a MIME part that lost its headers).
+    Continuation lines before the first field (a header that starts folded,
+    RFC 5322 2.2.3 leaves them nothing to continue) are skipped for that
+    test, as Python's parser skips them, and stay in the header block.
     """
     if data.startswith(b"\n", start, end):
         return start, start + 1
     if data.startswith(b"\r\n", start, end):
         return start, start + 2
-    newline = data.find(b"\n", start, end)
-    colon = data.find(b":", start, end if newline < 0 else newline)
-    if colon <= start or not _FIELD_NAME.fullmatch(data[start:colon].rstrip(b" \t")):
+    first = start
+    while first < end and data[first] in (32, 9):  # a stray continuation line
+        newline = data.find(b"\n", first, end)
+        if newline < 0 or data.startswith(b"\n", newline + 1, end):
+            break  # nothing but folded lines: no field follows
+        first = newline + 1
+        if data.startswith(b"\r\n", first, end):
+            break
+    newline = data.find(b"\n", first, end)
+    colon = data.find(b":", first, end if newline < 0 else newline)
+    if colon <= first or not _FIELD_NAME.fullmatch(data[first:colon].rstrip(b" \t")):
         return start, start
     match = _BLANK_LINE.search(data, start, end)
     if match is None:
