@@ -113,7 +113,9 @@ class WebClient:
 
     def __init__(self, site: PimailServer, source: str) -> None:
         self.base = f"https://127.0.0.1:{site.https_port}"
-        connector = aiohttp.TCPConnector(ssl=site.client_tls(), local_addr=(source, 0), limit=0)
+        # 24 connections at once: under web.max_connections_per_ip (32), which
+        # closes any more from one address before a request is read.
+        connector = aiohttp.TCPConnector(ssl=site.client_tls(), local_addr=(source, 0), limit=24)
         self.http = aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.CookieJar(unsafe=True),
             timeout=aiohttp.ClientTimeout(total=120),

@@ -87,7 +87,13 @@ async def handle_list(s: Session, c: ev.List) -> None:
     selection = {x.upper() for x in c.selection}
     returns = {x.upper() for x in c.return_options}
     want_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
-    candidates = sorted(names | (subscribed if "SUBSCRIBED" in selection else set()))
+    # RFC 9051 6.3.9: "If the '%' wildcard is the last character of a mailbox
+    # name argument, matching levels of hierarchy are also returned", \Noselect
+    # when they are no mailbox (a deleted parent: 6.3.5's second example).
+    levels = [_pattern(c.reference + p) for p in c.patterns if p.endswith("%")]
+    implied = {n[:i] for n in names for i, ch in enumerate(n) if ch == "/"} - names
+    implied = {n for n in implied if _matches(levels, n)} if levels else set()
+    candidates = sorted(names | implied | (subscribed if "SUBSCRIBED" in selection else set()))
     all_names = names | subscribed
     for name in candidates:
         if not _matches(patterns, name):
@@ -98,7 +104,9 @@ async def handle_list(s: Session, c: ev.List) -> None:
         if "SPECIAL-USE" in selection and not special.get(name):
             continue
         attrs = []
-        if not exists:
+        if name in implied:
+            attrs += ["\\Noselect", "\\HasChildren"]
+        elif not exists:
             attrs.append("\\NonExistent")
         else:
             has_children = any(n.startswith(name + "/") for n in all_names)

@@ -370,12 +370,14 @@ class Session:
         name = valid_new_name(mailbox)
         special = None
         if c.special_use:
-            allowed = {"\\Drafts", "\\Sent", "\\Junk", "\\Trash", "\\Archive", "\\All",
-                       "\\Flagged"}  # fmt: skip
-            uses = [u for u in c.special_use if u.capitalize() in allowed]
+            # RFC 6154: attributes are case-insensitive (\archive is \Archive);
+            # str.capitalize() would lower-case all after the backslash.
+            allowed = {u.lower(): u for u in ("\\Drafts", "\\Sent", "\\Junk", "\\Trash",
+                                              "\\Archive", "\\All", "\\Flagged")}  # fmt: skip
+            uses = [allowed[u.lower()] for u in c.special_use if u.lower() in allowed]
             if len(uses) != len(c.special_use) or len(uses) > 1:
                 raise No("Unsupported special use", "USEATTR")
-            special = uses[0].capitalize()
+            special = uses[0]
         await self.ctx.store.run(self.ctx.store.create_mailbox, self.me, name, special)
         return "OK CREATE completed"
 
@@ -702,7 +704,9 @@ class Session:
         ctx_args = (sel.mailbox_id, sel.folder, sel.uids, recent, sel.saved)
         result, max_modseq = await self.ctx.reader.run(_run_search, c.criteria, ctx_args)
         numbers = result if c.uid else [bisect.bisect_left(sel.uids, u) + 1 for u in result]
-        if c.return_options is None:  # classic SEARCH response
+        # RFC 9051 6.4.4: in IMAP4rev2 a SEARCH without RETURN is RETURN (ALL),
+        # answered by ESEARCH; * SEARCH is IMAP4rev1's (RFC 3501 7.2.5).
+        if c.return_options is None and not self.rev2:  # classic SEARCH response
             text = "* SEARCH" + "".join(f" {n}" for n in numbers)
             if has_modseq and numbers:
                 text += f" (MODSEQ {max_modseq})"
