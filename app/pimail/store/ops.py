@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import transaction
 from . import headers, maildir, quota
-from .analyze import analyze
+from .analyze import analyze, fallback_text
 
 if TYPE_CHECKING:
     from ..auth.accounts import Account
@@ -518,22 +518,42 @@ class MailboxOps:
 
     # -- analysis (after the 250) ---------------------------------------------------------
 
-    def _store_analysis(self, message_id: int, data: bytes) -> None:
+    def _store_analysis(self, message_id: int, data: bytes) -> bool:
+        """Cache the message's MIME analysis and index its text; analysed = 1.
+
+        A message that cannot be analysed (whatever it holds) is marked
+        analysed = 2 and indexed as well as the fallback can: it is never
+        retried in a loop, and its failure touches neither the batch it is
+        in nor the command (APPEND) that stored it. Returns False then."""
+        self.wcon.execute("SAVEPOINT analysis")
         try:
             a = analyze(data)
-        except Exception:  # a message the MIME code cannot take: serve it unanalysed
+            self.wcon.execute(
+                "INSERT OR REPLACE INTO message_cache"
+                " (message_id, structure, envelope, bodystructure) VALUES (?, ?, ?, ?)",
+                (message_id, a.structure, a.envelope, a.bodystructure),
+            )
+            self._store_text(message_id, a.headers, a.body)
+            self.wcon.execute("UPDATE messages SET analysed = 1 WHERE id = ?", (message_id,))
+            self.wcon.execute("RELEASE analysis")
+            return True
+        except Exception:  # any content: the message is served unanalysed
             log.exception("analysis failed message=%d", message_id)
-            self.wcon.execute("UPDATE messages SET analysed = 2 WHERE id = ?", (message_id,))
-            return
+            self.wcon.execute("ROLLBACK TO analysis")
+        try:
+            self._store_text(message_id, *fallback_text(data))
+        except Exception:
+            log.exception("text index failed message=%d", message_id)
+            self.wcon.execute("ROLLBACK TO analysis")
+        self.wcon.execute("UPDATE messages SET analysed = 2 WHERE id = ?", (message_id,))
+        self.wcon.execute("RELEASE analysis")
+        return False
+
+    def _store_text(self, message_id: int, headers_text: str, body: str) -> None:
+        self.wcon.execute("DELETE FROM message_text WHERE rowid = ?", (message_id,))
         self.wcon.execute(
-            "INSERT OR REPLACE INTO message_cache (message_id, structure, envelope, bodystructure)"
-            " VALUES (?, ?, ?, ?)",
-            (message_id, a.structure, a.envelope, a.bodystructure),
-        )
-        self.wcon.execute("UPDATE messages SET analysed = 1 WHERE id = ?", (message_id,))
-        self.wcon.execute(
-            "INSERT OR REPLACE INTO message_text (rowid, headers, body) VALUES (?, ?, ?)",
-            (message_id, a.headers, a.body),
+            "INSERT INTO message_text (rowid, headers, body) VALUES (?, ?, ?)",
+            (message_id, headers_text, body),
         )
 
     def analyse_pending(self, limit: int = ANALYSE_BATCH, mailbox_id: int | None = None) -> int:
