@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import functools
 import html
 import re
 from collections.abc import Iterable
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 from ..imap import mime
 from . import headers as header_fields
-from .textindex import clean, fold
+from .textindex import clean, fold, fold_lines
 
 MAX_TEXT = 256 * 1024  # characters of body text indexed per message
 MAX_HEADER_TEXT = 64 * 1024  # characters of header text indexed per message
@@ -91,6 +92,7 @@ def fallback_text(data: bytes) -> tuple[str, str]:
 # --- charsets ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def _codec(charset: str | None) -> str | None:
     if not charset:
         return None
@@ -107,6 +109,9 @@ def _codec(charset: str | None) -> str | None:
 def decode_text(raw: bytes, charsets: Iterable[str | None]) -> str:
     """Octets as text: the first of `charsets` that decodes them strictly, then
     UTF-8, then cp1252 (latin-1 where cp1252 has no character). Never raises."""
+    if raw.isascii():
+        text = raw.decode("ascii")
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
     tried = set()
     for charset in (*charsets, "utf-8"):
         codec = _codec(charset)
@@ -190,15 +195,19 @@ def headers_text(block: bytes, charset: str | None) -> str:
     lines: list[str] = []
     size = 0
     for name, raw in header_fields.fields(block):
-        value = decode_text(raw[: MAX_FIELD_TEXT * 4], ("utf-8", charset))[:MAX_FIELD_TEXT]
-        if name in _ADDRESS_FIELDS:
+        if raw.isascii():
+            value = raw[:MAX_FIELD_TEXT].decode("ascii")
+        else:
+            value = decode_text(raw[: MAX_FIELD_TEXT * 4], ("utf-8", charset))[:MAX_FIELD_TEXT]
+        if name in _ADDRESS_FIELDS and ("(" in value or '"' in value):
             value = _without_comments(value)
-        line = fold(f"{decode_text(name, ())}: {decode_words(value).strip()}")
-        lines.append(line)
-        size += len(line) + 1
+        if "=?" in value:
+            value = decode_words(value)
+        lines.append(f"{name.decode('latin-1')}: {value.strip()}")
+        size += len(lines[-1]) + 1
         if size >= MAX_HEADER_TEXT:
             break
-    return "\n".join(lines)[:MAX_HEADER_TEXT]
+    return fold_lines("\n".join(lines))[:MAX_HEADER_TEXT]
 
 
 # --- body text ------------------------------------------------------------------------

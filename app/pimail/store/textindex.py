@@ -35,6 +35,7 @@ from typing import Any
 # How the table is created (db.py migration 5).
 
 _SPACE = re.compile(r"\s+")
+_SPACE_IN_LINE = re.compile(r"[^\S\n]+")
 # NUL and lone surrogates (from a codec or surrogateescape) never reach SQLite.
 _UNSAFE = re.compile("[\x00\ud800-\udfff]")
 MIN_TRIGRAM = 3
@@ -50,6 +51,11 @@ def fold(text: str) -> str:
     """The form both the index and a search string take: case-folded (Unicode
     default case folding: "Ü" is "ü", "ß" is "ss"), white space runs as one space."""
     return _SPACE.sub(" ", clean(text).casefold())
+
+
+def fold_lines(text: str) -> str:
+    """`fold` for text whose line ends (the header column's) are kept."""
+    return _SPACE_IN_LINE.sub(" ", clean(text).casefold())
 
 
 def _phrase(text: str) -> str:
