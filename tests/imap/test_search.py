@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import html
 import random
 import re
 import smtplib
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from conftest import PASSWORD, PimailServer
 
@@ -277,7 +277,9 @@ def test_string_keys_match_substrings(mailbox: Mailbox) -> None:
         "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         "<p>Caf=C3=A9 <b>bold</b>word &amp; more</p><script>scriptword()</script>\r\n"
         "--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64"
-        "\r\n\r\n" + base64.b64encode(b"binaryword inside an attachment").decode() + "\r\n--b--\r\n",
+        "\r\n\r\n"
+        + base64.b64encode(b"binaryword inside an attachment").decode()
+        + "\r\n--b--\r\n",
         extra='MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n',
     )
     c = raw_login(mailbox)
@@ -336,4 +338,234 @@ def test_string_keys_match_substrings(mailbox: Mailbox) -> None:
     assert b" OK" in tagged and untagged == [b"* SEARCH 3\r\n"]
     _, tagged = c.command(b"UID SEARCH CHARSET X-NO-SUCH TEXT x")
     assert b" NO [BADCHARSET" in tagged
+    c.close()
+
+
+# -- the model check ---------------------------------------------------------------------
+
+WORDS = [
+    "alpha", "Beta", "gamma", "delta", "report", "Meeting", "x-ray", "O'Neil", "a&b", "100%",
+    "über", "Straße", "naïve", "café", "mañana", "GRÜN", "Ελλάδα", "русский", "日本語", "q?=_x",
+]  # fmt: skip
+NAMES = ["Ann", "Bob", "Zoë", "Jörg", "Иван", "Smith", "Doe, John", "李"]
+
+
+def _fold(text: str) -> str:
+    """The reference's case-insensitive form (Unicode case folding, one space)."""
+    return re.sub(r"\s+", " ", text.casefold())
+
+
+def _q_word(text: str, charset: str) -> str:
+    """An RFC 2047 4.2 "Q" encoded word."""
+    safe = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!*+-/")
+    out = "".join(
+        chr(b) if b in safe else "_" if b == 32 else f"={b:02X}" for b in text.encode(charset)
+    )
+    return f"=?{charset}?q?{out}?="
+
+
+def _b_word(text: str, charset: str) -> str:
+    return f"=?{charset}?b?{base64.b64encode(text.encode(charset)).decode()}?="
+
+
+def _encodable(text: str, charset: str) -> bool:
+    try:
+        text.encode(charset)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class Generated:
+    """One message: its octets, and its logical text (what a reader sees)."""
+
+    def __init__(self, rnd: random.Random, n: int) -> None:
+        self.fields: list[tuple[str, str]] = []  # (name, logical value), every header field
+        self.body: list[str] = []  # logical text of each text part
+        head: list[bytes] = []
+        text = self._words(rnd, rnd.randint(3, 25), lines=True)
+        charsets = [c for c in ("utf-8", "iso-8859-1", "koi8-r") if _encodable(text, c)]
+        charset = rnd.choice(charsets)
+        subject = self._words(rnd, rnd.randint(1, 5))
+        head.append(b"Subject: " + self._encode_text(rnd, subject, charset) + b"\r\n")
+        self.fields.append(("Subject", subject))
+        for name, count in (("From", 1), ("To", rnd.randint(1, 2)), ("Cc", rnd.randint(0, 2))):
+            if count:
+                raw, logical = zip(*(self._address(rnd, n, k) for k in range(count)), strict=True)
+                head.append(f"{name}: ".encode() + b", ".join(raw) + b"\r\n")
+                self.fields.append((name, ", ".join(logical)))
+        if rnd.random() < 0.5:
+            tag = self._words(rnd, rnd.randint(1, 3))
+            head.append(b"X-Tag: " + self._encode_text(rnd, tag, "utf-8") + b"\r\n")
+            self.fields.append(("X-Tag", tag))
+        for name, value in (
+            ("Date", "Fri, 27 Nov 2026 10:00:00 +0000"),
+            ("Message-ID", f"<m{n}@model.test>"),
+            ("MIME-Version", "1.0"),
+        ):
+            head.append(f"{name}: {value}\r\n".encode())
+            self.fields.append((name, value))
+        body = self._body(rnd, head, text, charset)
+        self.octets = b"".join(head) + b"\r\n" + body
+
+    @staticmethod
+    def _words(rnd: random.Random, count: int, lines: bool = False) -> str:
+        out = []
+        for i in range(count):
+            out.append(rnd.choice(WORDS))
+            if i < count - 1:
+                out.append("\r\n" if lines and rnd.random() < 0.2 else " ")
+        return "".join(out)
+
+    @staticmethod
+    def _encode_text(rnd: random.Random, text: str, charset: str) -> bytes:
+        """Unstructured text (RFC 5322 3.2.5): plain, raw 8-bit, or RFC 2047 words."""
+        ways = ["raw-utf-8", "b", "q", "b2"]
+        if text.isascii():
+            ways.append("plain")
+        if charset != "utf-8" and _encodable(text, charset):
+            ways.append("raw-charset")  # raw octets in the body's declared charset
+        way = rnd.choice(ways)
+        if way == "plain":
+            return text.encode()
+        if way == "raw-utf-8":
+            return text.encode()
+        if way == "raw-charset":
+            return text.encode(charset)
+        if way == "b2" and len(text) > 1:  # two words, split anywhere (RFC 2047 6.2)
+            cut = rnd.randint(1, len(text) - 1)
+            return f"{_b_word(text[:cut], 'utf-8')}\r\n {_q_word(text[cut:], 'utf-8')}".encode()
+        word = _b_word if way == "b" else _q_word
+        cs = "iso-8859-1" if _encodable(text, "iso-8859-1") and rnd.random() < 0.5 else "utf-8"
+        return word(text, cs).encode()
+
+    @staticmethod
+    def _address(rnd: random.Random, n: int, k: int) -> tuple[bytes, str]:
+        addr = f"{rnd.choice(['ann', 'bob', 'zed'])}{n}.{k}@{rnd.choice(['a.test', 'b.test'])}"
+        if rnd.random() < 0.3:
+            return addr.encode(), addr
+        name = rnd.choice(NAMES)
+        way = rnd.choice(["quoted", "b", "raw"] + (["plain"] if name.isalpha() else []))
+        if way == "plain" and name.isascii():
+            raw = name.encode()
+        elif way == "quoted" or "," in name:
+            raw = f'"{name}"'.encode()
+        elif way == "b":
+            raw = _b_word(name, "utf-8").encode()
+        else:
+            raw = name.encode()
+        if rnd.random() < 0.3:
+            raw += b" (a comment " + rnd.choice(WORDS).encode() + b")"  # RFC 5322 3.2.2
+        return raw + f" <{addr}>".encode(), f"{name} <{addr}>"
+
+    def _body(self, rnd: random.Random, head: list[bytes], text: str, charset: str) -> bytes:
+        def part(content: str, subtype: str) -> tuple[bytes, bytes]:
+            data = content.encode(charset)
+            cte = rnd.choice(["8bit", "quoted-printable", "base64"])
+            if cte == "quoted-printable":
+                data = binascii.b2a_qp(data.replace(b"\r\n", b"\n")).replace(b"\n", b"\r\n")
+            elif cte == "base64":
+                data = base64.encodebytes(data).replace(b"\n", b"\r\n")
+            fields = (
+                f"Content-Type: text/{subtype}; charset={charset}\r\n"
+                f"Content-Transfer-Encoding: {cte}\r\n"
+            )
+            return fields.encode(), data
+
+        self.body.append(text)
+        if rnd.random() < 0.6:
+            fields, data = part(text, "plain")
+            head.append(fields)
+            for line in fields.decode().splitlines():
+                name, _, value = line.partition(": ")
+                self.fields.append((name, value))
+            return data + b"\r\n"
+        # multipart/alternative (RFC 2046 5.1.4): the text and its HTML version.
+        self.body.append(text)
+        boundary = f"=_b{rnd.randrange(10**6)}"
+        value = f'multipart/alternative; boundary="{boundary}"'
+        head.append(f"Content-Type: {value}\r\n".encode())
+        self.fields.append(("Content-Type", value))
+        out = b""
+        markup = "<div><p>" + html.escape(text).replace("\r\n", "<br>\r\n") + "</p></div>"
+        for content, subtype in ((text, "plain"), (markup, "html")):
+            fields, data = part(content, subtype)
+            out += f"--{boundary}\r\n".encode() + fields + b"\r\n" + data + b"\r\n"
+        return out + f"--{boundary}--\r\n".encode()
+
+    def matches(self, key: str, field: str | None, needle: str) -> bool:
+        """The reference: does this message satisfy `key` (TEXT, BODY, or a header
+        field's key) for `needle`? RFC 9051 6.4.4, case-insensitively."""
+        folded = _fold(needle)
+        body = any(folded in _fold(t) for t in self.body)
+        if key == "BODY":
+            return body
+        if key == "TEXT":
+            return body or any(folded in _fold(f"{n}: {v}") for n, v in self.fields)
+        return any(n.lower() == field.lower() and folded in _fold(v) for n, v in self.fields)
+
+
+def _needle(rnd: random.Random, messages: list[Generated], key: str, field: str | None) -> str:
+    if rnd.random() < 0.25:  # most likely in no message
+        return "".join(rnd.choice("abcdeüßλж日 ") for _ in range(rnd.randint(1, 6))).strip() or "z"
+    m = rnd.choice(messages)
+    if key == "BODY":
+        source = rnd.choice(m.body)
+    elif key == "TEXT":
+        source = rnd.choice(m.body + [f"{n}: {v}" for n, v in m.fields])
+    else:
+        values = [v for n, v in m.fields if n.lower() == field.lower()] or ["none"]
+        source = rnd.choice(values)
+    source = re.sub(r"\s+", " ", source)
+    length = rnd.choice([1, 2, 3, 4, 6, 9, 14])
+    start = rnd.randrange(max(1, len(source) - length + 1))
+    needle = source[start : start + length].strip() or "a"
+    return rnd.choice([needle, needle.upper(), needle.lower(), needle.swapcase()])
+
+
+KEYS = [("TEXT", None), ("BODY", None), ("SUBJECT", "Subject"), ("FROM", "From"),
+        ("TO", "To"), ("CC", "Cc"), ("HEADER", "X-Tag")]  # fmt: skip
+
+
+def test_search_equals_a_reference_on_generated_messages(mailbox: Mailbox) -> None:
+    """A seeded model check: a few hundred generated messages (charsets, transfer
+    encodings, RFC 2047 words, raw 8-bit headers, comments, HTML) and queries
+    (substrings in any case, 1-14 characters, NOT, OR, AND); the server's answer
+    must equal a brute-force reference over the messages' logical text."""
+    rnd = random.Random(20261207)
+    messages = [Generated(rnd, n) for n in range(150)]
+    m = mailbox.login(select=None)
+    for message in messages:
+        typ, _ = m.append("INBOX", None, None, message.octets)
+        assert typ == "OK"
+    m.logout()
+    c = raw_login(mailbox)
+    uids = list(range(1, len(messages) + 1))
+
+    def simple() -> tuple[bytes, Callable[[Generated], bool], str]:
+        key, field = rnd.choice(KEYS)
+        needle = _needle(rnd, messages, key, field)
+        wire = key.encode() + (b" " + field.encode() if key == "HEADER" else b"")
+        return (
+            wire + b" " + literal(needle),
+            lambda g: g.matches(key, field, needle),
+            f"{key} {field or ''} {needle!r}",
+        )
+
+    for _ in range(250):
+        shape = rnd.random()
+        wire, test, label = simple()
+        if shape < 0.15:
+            wire, label = b"NOT " + wire, "NOT " + label
+            test = (lambda t: lambda g: not t(g))(test)
+        elif shape < 0.3:
+            wire2, test2, label2 = simple()
+            wire, label = b"OR " + wire + b" " + wire2, f"OR {label} {label2}"
+            test = (lambda a, b: lambda g: a(g) or b(g))(test, test2)
+        elif shape < 0.4:
+            wire2, test2, label2 = simple()
+            wire, label = wire + b" " + wire2, f"{label} {label2}"
+            test = (lambda a, b: lambda g: a(g) and b(g))(test, test2)
+        expected = [uid for uid, g in zip(uids, messages, strict=True) if test(g)]
+        assert search(c, wire) == expected, label
     c.close()

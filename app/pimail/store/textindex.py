@@ -5,7 +5,7 @@ Table `message_text` (index.db migration 5) is an SQLite FTS5 table with the
 
 - `headers`: one line per field of the message's header, `name: value`, the
   value unfolded, RFC 2047-decoded and, for address fields, without comments
-  (store/analyze.py);
+  (store/analyze.py; DKIM/ARC signatures without their b= and bh= data);
 - `body`: the text of the message's text/* parts, transfer encoding and
   charset undone, HTML without its markup.
 
