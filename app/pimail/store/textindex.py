@@ -82,6 +82,10 @@ def match_sql(
     Trigrams give candidates, instr() on the stored text decides.
     """
     folder = "rowid IN (SELECT id FROM messages WHERE mailbox_id = ?)"
+    # With MATCH, "+rowid": a filter on the candidates. As a constraint FTS5 would
+    # look each rowid of the folder up and run the whole query again for each
+    # (19 s instead of 28 ms for the benchmark's rare word).
+    folder_filter = "+" + folder
     if not needle:  # every string contains the empty string
         return f"SELECT {select} FROM message_text WHERE {folder}", [mailbox_id]
     if where == "text":
@@ -94,7 +98,8 @@ def match_sql(
             [mailbox_id, *args],
         )
     return (
-        f"SELECT {select} FROM message_text WHERE message_text MATCH ? AND {folder} AND {test}",
+        f"SELECT {select} FROM message_text"
+        f" WHERE message_text MATCH ? AND {folder_filter} AND {test}",
         [trigram_query(needle), mailbox_id, *args],
     )
 
