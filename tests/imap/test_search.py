@@ -119,6 +119,11 @@ HOSTILE = [
         b"Subject: =?utf-8?q?bad=FF=FEutf8word?=\r\n",
         b"badutf8body\r\n",
     ),
+    (  # RFC 1468 ISO-2022-JP: 7-bit octets that are not ASCII text, raw in the subject too
+        "Subject: 件名 jissubject\r\n".encode("iso2022_jp")
+        + b"Content-Type: text/plain; charset=ISO-2022-JP\r\n",
+        "漢字の本文 iso2022body".encode("iso2022_jp"),
+    ),
 ]
 
 
@@ -140,7 +145,7 @@ def test_any_content_is_analysed_and_searchable(mailbox: Mailbox) -> None:
     # Words from each, where the octets can be decoded.
     for i, word in enumerate(
         ["big5body", "big5declaredbody", "sjisbody", "koi8body", "latin1body",
-         "misdeclaredbody", "unknownbody", "escapebody", "nulbody", "badutf8body"]
+         "misdeclaredbody", "unknownbody", "escapebody", "nulbody", "badutf8body", "iso2022body"]
     ):  # fmt: skip
         assert search(c, "BODY", word, charset=False) == [i + 1], word
         assert search(c, "TEXT", word.upper(), charset=False) == [i + 1], word
@@ -162,6 +167,8 @@ def test_any_content_is_analysed_and_searchable(mailbox: Mailbox) -> None:
     assert search(c, "FROM", literal("jörg müller")) == [5]
     assert search(c, "BODY", literal("très cher")) == [6]
     assert search(c, "BODY", literal("ünknown")) == [7]
+    assert search(c, "BODY", literal("漢字の本文")) == [11]
+    assert search(c, "SUBJECT", literal("件名")) == [11]
     # Nothing in any of them makes a key fail: every kind of key, whole mailbox.
     for key in (
         ["TEXT", literal("\u00e9")], ["BODY", "x"], ["SUBJECT", "s"], ["FROM", "@"],

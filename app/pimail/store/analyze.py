@@ -61,6 +61,13 @@ _SUPERSETS = {
     "shift_jis": "cp932",
     "euc_kr": "cp949",
 }
+# Charsets whose text may be all octets below 128 and still not ASCII (RFC 1468
+# ISO-2022-JP: escape sequences; UTF-7; UTF-16 and -32 with their NULs).
+_SEVEN_BIT = {
+    "iso2022_jp", "iso2022_jp_1", "iso2022_jp_2", "iso2022_jp_2004", "iso2022_jp_3",
+    "iso2022_jp_ext", "iso2022_kr", "hz", "utf-7", "utf-16", "utf-16-le", "utf-16-be",
+    "utf-32", "utf-32-le", "utf-32-be",
+}  # fmt: skip
 # Text codecs that are not charsets: they turn escapes into characters.
 _NOT_CHARSETS = {"unicode-escape", "raw-unicode-escape", "punycode", "idna"}
 
@@ -114,7 +121,7 @@ def _codec(charset: str | None) -> str | None:
 def decode_text(raw: bytes, charsets: Iterable[str | None]) -> str:
     """Octets as text: the first of `charsets` that decodes them strictly, then
     UTF-8, then cp1252 (latin-1 where cp1252 has no character). Never raises."""
-    if raw.isascii():
+    if raw.isascii() and not any(_codec(c) in _SEVEN_BIT for c in charsets):
         text = raw.decode("ascii")
         return text.replace("\x00", "\ufffd") if "\x00" in text else text
     tried = set()
@@ -200,10 +207,11 @@ def headers_text(block: bytes, charset: str | None) -> str:
     lines: list[str] = []
     size = 0
     for name, raw in header_fields.fields(block):
-        if raw.isascii():
+        if raw.isascii() and b"\x1b" not in raw:
             value = raw[:MAX_FIELD_TEXT].decode("ascii")
-        else:
-            value = decode_text(raw[: MAX_FIELD_TEXT * 4], ("utf-8", charset))[:MAX_FIELD_TEXT]
+        else:  # raw 8-bit (or ISO-2022 escapes, in the message's charset first)
+            order = (charset, "utf-8") if b"\x1b" in raw else ("utf-8", charset)
+            value = decode_text(raw[: MAX_FIELD_TEXT * 4], order)[:MAX_FIELD_TEXT]
         if name in _ADDRESS_FIELDS and ("(" in value or '"' in value):
             value = _without_comments(value)
         if "=?" in value:
