@@ -119,9 +119,14 @@ def header_ids(con: sqlite3.Connection, mailbox_id: int, field: str, needle: str
     probe = needle if len(needle) >= MIN_TRIGRAM else prefix
     sql, args = match_sql(probe, "headers", mailbox_id, "rowid, headers")
     found: set[int] = set()
+    start = "\n" + prefix
     for rowid, text in con.execute(sql, args):
-        for line in text.split("\n"):
-            if line.startswith(prefix) and needle in line[len(prefix) :]:
+        text = "\n" + text
+        pos = text.find(start)
+        while pos >= 0:  # each line of the field (str.find: no split of every line)
+            end = text.find("\n", pos + 1)
+            if needle in text[pos + len(start) : end if end >= 0 else len(text)]:
                 found.add(rowid)
                 break
+            pos = text.find(start, pos + 1)
     return found
