@@ -105,7 +105,7 @@ class Session:
         return bool(self.enabled & {"CONDSTORE", "QRESYNC"})
 
     def quote_mailbox(self, name: str) -> bytes:
-        from .mime_header import imap_string
+        from ..mime.header import imap_string
 
         return imap_string(encode_mailbox(name, self.utf8).encode(), utf8=self.utf8)
 

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..imap import mime
+from ..mime import structure as mime
 from . import headers as header_fields
 from .textindex import clean, fold, fold_lines
 
