@@ -201,6 +201,17 @@ INDEX_MIGRATIONS: list[str] = [
     DROP INDEX messages_modseq;
     CREATE INDEX messages_modseq ON messages(mailbox_id, modseq, size)
     """,
+    # 5: the text index finds substrings (RFC 9051 6.4.4), store/textindex.py:
+    # FTS5 trigrams over folded text, every header field, any charset. Every
+    # message is analysed again (analysed: 0 to do, 1 done, 2 failed and not
+    # retried), in the background as after a rebuild.
+    """
+    DROP TABLE message_text;
+    CREATE VIRTUAL TABLE message_text USING fts5(
+        headers, body, tokenize = 'trigram case_sensitive 1', detail = none
+    );
+    UPDATE messages SET analysed = 0
+    """,
 ]
 
 

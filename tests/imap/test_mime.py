@@ -1,4 +1,4 @@
-"""Tests of pimail.imap.mime: MIME structure, ENVELOPE, BODYSTRUCTURE, sections, BINARY.
+"""Tests of pimail.mime.structure: MIME structure, ENVELOPE, BODYSTRUCTURE, sections, BINARY.
 
 Messages are built here as the octets a client would have sent (CRLF unless a
 test says otherwise); expected IMAP strings are written out in full, and the
@@ -20,8 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pimail.imap import mime_header
-from pimail.imap.mime import (
+from pimail.mime import header as mime_header
+from pimail.mime.section import Partial, Section
+from pimail.mime.structure import (
     MAX_DEPTH,
     MAX_PARTS,
     CacheFormatError,
@@ -39,7 +40,6 @@ from pimail.imap.mime import (
     part_at,
     section_bytes,
 )
-from pimail.imap.section import Partial, Section
 
 
 def crlf(*lines: str | bytes) -> bytes:

@@ -69,7 +69,7 @@ from pimail.imap.searchkey import (
     SearchSize,
     SearchText,
 )
-from pimail.imap.section import Partial, Section
+from pimail.mime.section import Partial, Section
 
 # -- helpers -------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ Header fields that spam filters add (X-Spam-*, X-Pimail-*, X-Bayes-*) are
 skipped: a message trained from the Junk folder carries the verdict that
 put it there, and learning it would feed the filter its own output.
 
-The MIME structure comes from `pimail.imap.mime.parse` (linear, limited in
+The MIME structure comes from `pimail.mime.structure.parse` (linear, limited in
 depth and part count); the stdlib `email` parser recurses per nesting level
 and raises RecursionError on deep nesting.
 """
@@ -55,12 +55,12 @@ import re
 
 from pimail.filter import tokens_html
 from pimail.filter.tokens_html import bucket
-from pimail.imap import mime
-from pimail.imap import mime_header as hdr
+from pimail.mime import header as hdr
+from pimail.mime import structure as mime
 
 TOKENIZER_VERSION = 2  # 1: issue 7's tokens; 2: pairs, HTML, URLs, trusted Received
 MAX_MESSAGE_BYTES = 1024 * 1024  # octets of a message looked at; the rest is ignored
-MAX_MIME_PARTS = 100  # MIME entities parsed (pimail.imap.mime: the rest is one opaque leaf)
+MAX_MIME_PARTS = 100  # MIME entities parsed (pimail.mime.structure: the rest is one opaque leaf)
 MAX_MIME_DEPTH = 16
 MAX_HEADER_BYTES = 64 * 1024  # header octets of the message examined
 MAX_FIELDS = 256  # header fields examined

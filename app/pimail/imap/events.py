@@ -16,7 +16,7 @@ from typing import Literal
 
 from pimail.imap.grammar import SequenceSet
 from pimail.imap.searchkey import SearchKey
-from pimail.imap.section import Partial, Section
+from pimail.mime.section import Partial, Section
 
 
 class Event:

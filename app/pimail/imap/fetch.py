@@ -16,7 +16,7 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import mime
+from ..mime import structure as mime
 from .events import FetchAttribute
 
 COLUMNS = (

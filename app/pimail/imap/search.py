@@ -1,13 +1,17 @@
 """SEARCH evaluation (RFC 9051 6.4.4) against the index.
 
-Runs on an index-reader thread. Text keys (BODY, TEXT) go to SQLite FTS5
-first, once per key, giving a set of matching message ids; everything else is
-evaluated per message on the indexed columns (flags, dates, sizes, the
-indexed header fields). A header the index does not keep (HEADER X-Foo, BCC)
-makes that one key read the message's header block from its file.
+Runs on an index-reader thread. Text keys (BODY, TEXT) and header keys
+(SUBJECT, FROM, TO, CC, BCC, HEADER) go to the text index
+(store/textindex.py) first, once per key, giving a set of matching message
+ids; everything else is evaluated per message on the indexed columns (flags,
+dates, sizes).
 
-FTS matches whole words and word prefixes ("meet" finds "meeting"), as
-Dovecot's FTS plugins do, rather than arbitrary substrings.
+RFC 9051 6.4.4 / RFC 3501 6.4.4: a string key matches where the field
+"contains the specified string", case-insensitively: substrings, not words
+("sdfghjk" finds "asdfghjkl"), over the decoded text (RFC 2047 words, any
+body charset and transfer encoding, HTML as text). TEXT covers every header
+field and the body, BODY the body; address fields (FROM, TO, CC, BCC) match
+the display names and addresses without comments.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from ..store import headers as header_parser
-from ..store.analyze import decode_words
+from ..store import textindex
 from .grammar import SequenceSet
 from .searchkey import (
     SearchAge,
@@ -41,11 +44,7 @@ from .searchkey import (
     SearchText,
 )
 
-COLUMNS = (
-    "id, uid, flags, internaldate, size, modseq, hdr_date, hdr_from, hdr_to, hdr_cc,"
-    " hdr_subject, subdir, filename"
-)
-INDEXED_HEADERS = {"FROM": 7, "TO": 8, "CC": 9, "SUBJECT": 10}
+COLUMNS = "id, uid, flags, internaldate, size, modseq, hdr_date"
 
 
 class SearchContext:
@@ -64,7 +63,7 @@ class SearchContext:
         self.uids = uids
         self.recent = recent
         self.saved = saved
-        self.fts: dict[SearchText, set[int]] = {}
+        self.fts: dict[SearchText | SearchHeader, set[int]] = {}
         self.max_modseq = 0
 
 
@@ -103,13 +102,13 @@ def search(ctx: SearchContext, key: SearchKey) -> list[int]:
     return out
 
 
-def _required_text(key: SearchKey) -> SearchText | None:
-    """A text key every match must satisfy (the key itself, or one ANDed in)."""
-    if isinstance(key, SearchText):
+def _required_text(key: SearchKey) -> SearchText | SearchHeader | None:
+    """A string key every match must satisfy (the key itself, or one ANDed in)."""
+    if isinstance(key, SearchText | SearchHeader):
         return key
     if isinstance(key, SearchAnd):
         for k in key.keys:
-            if isinstance(k, SearchText):
+            if isinstance(k, SearchText | SearchHeader):
                 return k
     return None
 
@@ -118,8 +117,8 @@ def _prepare_text(ctx: SearchContext, key: SearchKey) -> None:
     stack = [key]
     while stack:
         k = stack.pop()
-        if isinstance(k, SearchText) and k not in ctx.fts:
-            ctx.fts[k] = _fts(ctx, k)
+        if isinstance(k, SearchText | SearchHeader) and k not in ctx.fts:
+            ctx.fts[k] = _text_ids(ctx, k)
         elif isinstance(k, SearchAnd):
             stack.extend(k.keys)
         elif isinstance(k, SearchOr):
@@ -128,32 +127,19 @@ def _prepare_text(ctx: SearchContext, key: SearchKey) -> None:
             stack.append(k.key)
 
 
-def fts_query(value: str, columns: str) -> str | None:
-    words = [w for w in value.replace('"', " ").split() if w]
-    if not words:
-        return None
-    phrase = " ".join(words)
-    return f'{columns} : "{phrase}" *'
+def fts_query(value: str, columns: str = "text") -> str | None:
+    """The webmail's search string as the text index wants it (folded), or None
+    for one of only white space. `columns` is kept for the callers' sake."""
+    needle = textindex.fold(value)
+    return needle if needle.strip() else None
 
 
-def _fts(ctx: SearchContext, key: SearchText) -> set[int]:
-    query = fts_query(key.value, "{headers body}" if key.headers else "body")
-    if query is None:
-        return {
-            r[0]
-            for r in ctx.con.execute(
-                "SELECT id FROM messages WHERE mailbox_id = ?", (ctx.mailbox_id,)
-            )
-        }
-    try:
-        # The text index alone (a join with messages makes SQLite scan); the
-        # mailbox is checked against the rows read afterwards.
-        rows = ctx.con.execute(
-            "SELECT rowid FROM message_text WHERE message_text MATCH ?", (query,)
-        )
-        return {r[0] for r in rows}
-    except sqlite3.OperationalError:
-        return set()  # a query FTS cannot parse matches nothing
+def _text_ids(ctx: SearchContext, key: SearchText | SearchHeader) -> set[int]:
+    needle = textindex.fold(key.value)
+    if isinstance(key, SearchHeader):
+        field = textindex.fold(key.field)
+        return textindex.header_ids(ctx.con, ctx.mailbox_id, field, needle)
+    return textindex.text_ids(ctx.con, ctx.mailbox_id, needle, "text" if key.headers else "body")
 
 
 Test = Callable[[tuple, int], bool]
@@ -175,11 +161,9 @@ def _compile(ctx: SearchContext, key: SearchKey) -> Test:
         return _sequence(ctx, key.sequence_set, key.uid)
     if isinstance(key, SearchFlag):
         return _flag(ctx, key)
-    if isinstance(key, SearchText):
+    if isinstance(key, SearchText | SearchHeader):
         ids = ctx.fts[key]
         return lambda row, seq: row[0] in ids
-    if isinstance(key, SearchHeader):
-        return _header(ctx, key)
     if isinstance(key, SearchDate):
         return _date(key)
     if isinstance(key, SearchSize):
@@ -214,37 +198,6 @@ def _flag(ctx: SearchContext, key: SearchFlag) -> Test:
         return lambda row, seq: (row[1] in recent) == want
     flag = key.flag.lower()
     return lambda row, seq: (flag in row[2].lower().split()) == want
-
-
-def _header(ctx: SearchContext, key: SearchHeader) -> Test:
-    name = key.field.upper()
-    needle = key.value.lower()
-    column = INDEXED_HEADERS.get(name)
-    if column is not None:
-
-        def indexed(row: tuple, seq: int) -> bool:
-            value = row[column]
-            if value is None:
-                return False
-            return needle in decode_words(value).lower() or needle in value.lower()
-
-        return indexed
-    field = name.lower().encode()
-
-    def from_file(row: tuple, seq: int) -> bool:
-        try:
-            with open(ctx.folder / row[11] / row[12], "rb") as f:
-                head = f.read(header_parser.MAX_HEADER)
-        except OSError:
-            return False
-        for fname, value in header_parser.fields(head):
-            if fname == field:
-                text = decode_words(value.decode("utf-8", "replace")).lower()
-                if needle in text:
-                    return True
-        return False
-
-    return from_file
 
 
 def _date(key: SearchDate) -> Test:

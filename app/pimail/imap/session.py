@@ -154,7 +154,7 @@ class Session:
             self._send_flags(sel)
 
     def quote_mailbox(self, name: str) -> bytes:
-        from .mime_header import imap_string
+        from ..mime.header import imap_string
 
         return imap_string(encode_mailbox(name, self.utf8).encode(), utf8=self.utf8)
 
@@ -692,8 +692,8 @@ class Session:
 
     async def cmd_search(self, c: ev.Search) -> str:
         sel = self.sel
-        if "SearchText" in repr(c.criteria):
-            # Text search needs every message analysed: finish what delivery deferred.
+        if "SearchText" in repr(c.criteria) or "SearchHeader" in repr(c.criteria):
+            # String keys read the text index: finish the analysis delivery deferred.
             store = self.ctx.store
             while await store.run(store.analyse_pending, 500, sel.mailbox_id):
                 pass

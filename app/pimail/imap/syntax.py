@@ -64,7 +64,7 @@ from pimail.imap.grammar import (
     SequenceSet,
 )
 from pimail.imap.searchkey import search_program
-from pimail.imap.section import Partial, Section
+from pimail.mime.section import Partial, Section
 
 
 def command_head(line: bytes) -> tuple[str | None, str, str]:

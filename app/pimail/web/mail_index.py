@@ -4,8 +4,8 @@ counts, one folder's page of messages sorted and searched, one message's row.
 Functions of a read-only SQLite connection, run on an IndexReader thread
 (imap/views.py); every query names the account, so a folder or message of
 another account is simply not found. Search uses the text index the store
-fills after delivery (`message_text`, FTS5: words and word prefixes in the
-headers and the body, as IMAP SEARCH TEXT does, imap/search.py).
+fills after delivery (`message_text`, store/textindex.py: a string anywhere in
+the headers or the body, case-insensitively, as IMAP SEARCH TEXT does).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..store import textindex
 from ..store.analyze import decode_words
 
 log = logging.getLogger(__name__)
@@ -164,11 +165,14 @@ def page(
         "subject": "pimail_subject_key(hdr_subject)",
     }[sort]
     direction = "DESC" if descending else "ASC"
-    where, args = "mailbox_id = ?", [folder.id]
+    where = "mailbox_id = ?"
+    args: list[Any] = [folder.id]
     if query is not None:
-        # The text index (store/analyze.py): words and word prefixes, headers and body.
-        where += " AND id IN (SELECT rowid FROM message_text WHERE message_text MATCH ?)"
-        args.append(query)
+        # The text index (store/textindex.py): `query` (folded) anywhere in the
+        # headers or the body, as IMAP SEARCH TEXT.
+        sql, text_args = textindex.match_sql(query, "text", folder.id)
+        where += f" AND id IN ({sql})"
+        args += text_args
     try:
         total = con.execute(f"SELECT COUNT(*) FROM messages WHERE {where}", args).fetchone()[0]
         rows = con.execute(

@@ -1,4 +1,4 @@
-"""Header-field syntax for the MIME structure code (`pimail.imap.mime`).
+"""Header-field syntax for the MIME structure code (`pimail.mime.structure`).
 
 Pure functions, no I/O: finding the fields of a header block in the stored
 octets (RFC 5322 2.2), unfolding, the Content-* values BODYSTRUCTURE needs

@@ -31,7 +31,7 @@ ENVELOPE and BODYSTRUCTURE come back as wire octets (bytes): a string that
 cannot be quoted is a literal, "{n}" CRLF and n octets, ready to send.
 
 Header syntax (fields, Content-* values, addresses, IMAP quoting) lives in
-`pimail.imap.mime_header`.
+`pimail.mime.header`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from pimail.imap import mime_header as hdr
-from pimail.imap.section import Partial, Section
+from pimail.mime import header as hdr
+from pimail.mime.section import Partial, Section
 
 MAX_DEPTH = 32  # nested multiparts and message/rfc822 parts
 MAX_PARTS = 1_000  # MIME entities per message
