@@ -229,3 +229,36 @@ def test_splice_in_memory_and_spilled(tmp_path: Path, spill: int) -> None:
     assert message.content() == expected and message.size == len(expected)
     assert bytes(message.head) == expected
     message.discard()
+
+
+def test_an_append_that_fails_in_the_index_leaves_no_file(env, monkeypatch) -> None:
+    """APPEND answered NO must leave nothing behind (RFC 9051 6.3.12: the
+    message is appended or not at all): the Maildir is the truth, and a file
+    outside the index would come back at the next reindex."""
+    from pimail.store import ops
+
+    settings, store, alice, _ = env
+
+    def broken(self, message_id: int, data: bytes) -> None:
+        raise RuntimeError("injected")
+
+    async def go() -> None:
+        mbox = await store.run(store.open_mailbox, alice, "INBOX")
+        with pytest.raises(RuntimeError):
+            await store.run(store.append, mbox.id, b"Subject: lost\r\n\r\nx\r\n", [], None, 0)
+        monkeypatch.undo()
+        _, uid = await store.run(store.append, mbox.id, b"Subject: kept\r\n\r\ny\r\n", [], None, 0)
+        assert [r[0] for r in rows(settings, alice.id)] == [uid]
+
+    monkeypatch.setattr(ops.MailboxOps, "_store_analysis", broken)
+    asyncio.run(go())
+    files = [
+        p.name
+        for sub in ("cur", "new", "tmp")
+        for p in (store.mail_dir / "example.org" / "alice" / sub).iterdir()
+    ]
+    assert (
+        len(files) == 1
+        and b"kept"
+        in next((store.mail_dir / "example.org" / "alice" / "cur").iterdir()).read_bytes()
+    )

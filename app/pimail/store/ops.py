@@ -452,10 +452,20 @@ class MailboxOps:
         os.unlink(tmp)
         mbox.uidnext += 1
         mbox.highestmodseq += 1
-        with transaction(self.wcon):
-            message_id = self._insert_row(mbox, uid, "cur", name, flags, int(when), len(data), data)
-            self._store_analysis(message_id, data)
-            self._changed(mbox)
+        try:
+            with transaction(self.wcon):
+                message_id = self._insert_row(
+                    mbox, uid, "cur", name, flags, int(when), len(data), data
+                )
+                self._store_analysis(message_id, data)
+                self._changed(mbox)
+        except BaseException:
+            # The client hears NO: the message must not be there either (Maildir
+            # is the truth, and the next reindex would bring it back). Its UID
+            # stays used.
+            (mbox.path / "cur" / name).unlink(missing_ok=True)
+            maildir.fsync_dir(mbox.path / "cur")
+            raise
         return mbox.uidvalidity, uid
 
     def _check_quota(self, account_id: int, quota_bytes: int, size: int) -> None:
