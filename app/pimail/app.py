@@ -31,13 +31,14 @@ from .auth.throttle import LoginThrottle, throttle_limits
 from .config import Settings, parse_listen
 from .imap.context import ImapContext
 from .imap.server import ImapServer
-from .imap.views import IndexReader, MailboxViews
+from .imap.views import MailboxViews
 from .net import ConnectionLimiter
 from .pop3.server import Pop3Server
 from .queue.runner import Queue
 from .smtp.inbound import InboundHandler
 from .smtp.server import create_session
 from .smtp.submission import SubmissionHandler
+from .store.reader import IndexReader
 from .store.store import Store
 from .tls.context import CertificateStore, make_server_context
 
@@ -92,6 +93,7 @@ class Server:
         self._alpn_task: asyncio.Task[None] | None = None
         self._web_runners: list[Any] = []  # aiohttp AppRunners
         self.web: Any = None
+        self._bayes: Any = None  # filter/bayes.py's models: _spam_model()
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -107,6 +109,8 @@ class Server:
             time.monotonic() - started,
         )
         await loop.run_in_executor(None, self._ensure_certificates)
+        if self.settings.filter.bayes:
+            self._spam_model()  # Junk moves train it even with the filter off
         await self.queue.start()
         await self._start_smtp()
         self.store.start_analyser()
@@ -216,6 +220,17 @@ class Server:
             self._acme_task = loop.create_task(self._acme_loop())
             self._alpn_task = loop.create_task(self._watch_alpn_certificates())
 
+    def _spam_model(self) -> Any:
+        """The Bayes models (bayes.db and the starter), opened once: the inbound
+        filter scores with them, and the store's Junk verdicts (IMAP and webmail
+        moves into and out of Junk) train them."""
+        if self._bayes is None:
+            from .filter.bayes import JunkTrainer, open_models
+
+            self._bayes = open_models(self.settings)
+            self.store.on_junk_verdict = JunkTrainer(self._bayes)
+        return self._bayes
+
     def _pipeline(self) -> Any:
         """The inbound content filter, when enabled (`filter.enabled`)."""
         if not self.settings.filter.enabled:
@@ -223,8 +238,7 @@ class Server:
         from .filter.pipeline import Pipeline
         from .filter.senders import SenderLists
 
-        # The store's model: the one that IMAP moves into and out of Junk train.
-        bayes = self.store.learner() if self.settings.filter.bayes else None
+        bayes = self._spam_model() if self.settings.filter.bayes else None
         # The directory's connection: both are used on the event loop only.
         senders = SenderLists(self.directory.con)
         return Pipeline(self.settings, self.queue.resolver, bayes, senders)
@@ -395,6 +409,8 @@ class Server:
             await runner.cleanup()
         await self.queue.stop()
         await self.store.aclose()
+        if self._bayes is not None:
+            self._bayes.close()
         self.directory.con.close()
         self.lock.close()
         log.info("stopped")

@@ -188,6 +188,25 @@ def open_models(settings: Settings) -> Bayes:
     )
 
 
+class JunkTrainer:
+    """Listens to the store's Junk verdicts (Store.on_junk_verdict): a message
+    moved into Junk is trained as spam for its account, one moved out of it as
+    ham. Runs on the store's writer thread; the files are read there."""
+
+    def __init__(self, model: Bayes) -> None:
+        self.model = model
+
+    def __call__(self, account_id: int, files: list[Path], spam: bool) -> None:
+        messages = []
+        for path in files:
+            try:
+                messages.append(path.read_bytes())
+            except FileNotFoundError:
+                continue  # expunged meanwhile
+        self.model.train_many(account_id, messages, spam)
+        log.info("learned account=%d messages=%d spam=%s", account_id, len(messages), spam)
+
+
 def token_hash(token: str) -> int:
     """The 64-bit signed integer stored for a token."""
     digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest()

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from ..auth.accounts import Directory
 from ..auth.login import Authenticator
 from ..config import Settings
+from ..store.reader import IndexReader
 from ..store.store import Store
 from ..tls.context import CertificateStore
-from .views import IndexReader, MailboxViews
+from .views import MailboxViews
 
 
 @dataclass

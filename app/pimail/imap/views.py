@@ -1,9 +1,4 @@
-"""Reading the index for sessions, and the shared view of each selected mailbox.
-
-`IndexReader` runs queries on a small thread pool, each thread with its own
-read-only SQLite connection: sessions do not own connections (a connection
-costs far more memory than an idle IMAP session may), and a big FETCH does not
-stall the event loop.
+"""The shared view of each selected mailbox, read through the store's IndexReader.
 
 `MailboxViews` keeps one `MailboxState` per mailbox that some session has
 selected: its sorted UIDs (an array, 4 octets each) and HIGHESTMODSEQ. The
@@ -23,44 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import weakref
 from array import array
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
-T = TypeVar("T")
-
-
-class IndexReader:
-    def __init__(self, index_path: Path, threads: int = 2) -> None:
-        self.index_path = index_path
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="index-reader")
-        self._local = threading.local()
-
-    def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(
-                f"file:{self.index_path}?mode=ro", uri=True, check_same_thread=False, timeout=30
-            )
-            con.execute("PRAGMA query_only=1")
-            # Small page caches: the kernel's page cache holds the file anyway,
-            # and each cached page here is RSS (a Pi Zero has 512 MB).
-            con.execute("PRAGMA cache_size=-1024")
-            self._local.con = con
-        return con
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(connection, *args) on a reader thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self._con(), *args))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+from ..store.reader import IndexReader
 
 
 @dataclass

@@ -43,9 +43,9 @@ from typing import BinaryIO
 from ..auth.accounts import Account
 from ..auth.login import Authenticator
 from ..config import Settings
-from ..imap.views import IndexReader
 from ..net import TLS_TIMEOUT, ConnectionLimiter, serve_connection
 from ..store.ops import StoreError
+from ..store.reader import IndexReader
 from ..store.store import Mailbox, Store
 from . import protocol as p
 

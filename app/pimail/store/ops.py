@@ -55,9 +55,7 @@ class MailboxOps:
     _mailboxes: dict[tuple[int, str], Mailbox]
     notify: Callable[[int], None] | None
     _to_notify: set[int]
-
-    def learner(self) -> Any:  # filter.bayes.Bayes, or None: provided by Store
-        return None
+    on_junk_verdict: Callable[[int, list[Path], bool], None] | None
 
     def _mailbox(self, account: Account, name: str, special_use: str | None = None) -> Mailbox:
         raise NotImplementedError
@@ -400,22 +398,15 @@ class MailboxOps:
         return row[0] if row else None
 
     def _learn(self, account_id: int, files: list[Path], spam: bool) -> None:
-        """Teach the account's spam filter (filter/bayes.py) what the user said
-        by moving or marking messages. Never fails the user's command."""
-        learner = self.learner()
-        if learner is None or not files:
+        """Tell whoever listens (the spam filter, app.py) what the user said by
+        moving messages. Never fails the user's command."""
+        listener = self.on_junk_verdict
+        if listener is None or not files:
             return
         try:
-            messages = []
-            for path in files:
-                try:
-                    messages.append(path.read_bytes())
-                except FileNotFoundError:
-                    continue
-            learner.train_many(account_id, messages, spam)
-            log.info("learned account=%d messages=%d spam=%s", account_id, len(messages), spam)
+            listener(account_id, files, spam)
         except Exception:
-            log.exception("spam filter training failed account=%d", account_id)
+            log.exception("junk verdict listener failed account=%d", account_id)
 
     def move(
         self, mailbox_id: int, uids: list[int], target_id: int

@@ -153,7 +153,11 @@ class Store(MailboxOps):
         self._analyser: asyncio.Task[None] | None = None
         self._analyse_wakeup: asyncio.Event | None = None
         self._last_commit = 0.0
-        self._bayes: Any = None
+        # Called on the writer thread with (account id, message files, spam?) when
+        # the user moves messages into Junk (spam) or out of it, not to Trash
+        # ("not spam"): what the user said. The spam filter listens (app.py);
+        # the store knows nothing of it.
+        self.on_junk_verdict: Callable[[int, list[Path], bool], None] | None = None
         # Usage reads for the SMTP policy (quota.py); APPEND/COPY check on the writer.
         self.quota = QuotaReader(settings.index_path)
         self.batches = 0  # statistics: how many group commits
@@ -201,23 +205,11 @@ class Store(MailboxOps):
             if task is not None:
                 task.cancel()
         self._writer.submit(self._save_states).result()
-        if self._bayes is not None:
-            self._writer.submit(self._bayes.close).result()
         self._writer.shutdown(wait=True)
         self.quota.close()
         if self._wcon is not None:
             self._wcon.close()
             self._wcon = None
-
-    def learner(self) -> Any:
-        """The spam filter's per-account model (bayes.db), opened on first use.
-        The writer thread trains it (IMAP moves to and from Junk); the inbound
-        filter scores with it from worker threads (Bayes serialises its calls)."""
-        if self._bayes is None:
-            from ..filter.bayes import open_models
-
-            self._bayes = open_models(self.settings)
-        return self._bayes
 
     async def aclose(self) -> None:
         """Finish pending deliveries, then close."""

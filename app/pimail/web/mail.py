@@ -2,7 +2,7 @@
 
 What it may touch, and how:
 - Reads the index through read-only SQLite connections of its own, on a
-  small thread pool (imap/views.py's IndexReader; WAL lets readers run beside
+  small thread pool (store/reader.py's IndexReader; WAL lets readers run beside
   the store's writer). Message bodies come from the Maildir files, parsed
   with the stdlib `email` package in worker threads (web/mail_message.py);
   a few parsed messages are kept, so a message's page, its HTML frame and
@@ -50,10 +50,10 @@ from aiohttp import web
 
 from ..auth.accounts import Account
 from ..imap.search import fts_query
-from ..imap.views import IndexReader
 from ..smtp.submission import SubmissionRefused, Submitter
 from ..store import maildir, quota
 from ..store.ops import StoreError
+from ..store.reader import IndexReader
 from ..store.spool import Incoming
 from . import mail_compose as mc
 from . import mail_index as mi
