@@ -29,8 +29,12 @@ class ParseError(Exception):
     `tag` is None when the tag itself is unreadable (the server then answers
     with `*`). `code` is a response code (RFC 9051 7.1) such as "TOOBIG" or
     "BADCHARSET"; `status` is "BAD" for syntax errors, "NO" where the command
-    was well formed but cannot be accepted.
+    was well formed but cannot be accepted. `fatal`: the parser cannot find
+    the next command (the client announced more octets than it may send):
+    the server answers, says BYE and closes.
     """
+
+    fatal = False
 
     def __init__(
         self, tag: str | None, message: str, *, code: str | None = None, status: str = "BAD"
