@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ import pytest
 
 from conftest import PASSWORD, PimailServer
 
-from .imap_raw import RawIMAP
+from .imap_raw import RawIMAP, tcp_eof
 
 LOGIN_TIMEOUT = 2.0
 
@@ -38,23 +36,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PimailServer]:
     server.start()
     yield server
     server.stop()
-
-
-def tcp_eof(sock: socket.socket, wait: float = 10.0) -> bool:
-    """True if the TCP connection under `sock` (TLS or not) ends within `wait`
-    seconds while we send nothing: the raw socket reads EOF."""
-    raw = socket.socket(fileno=os.dup(sock.fileno()))
-    raw.settimeout(wait)
-    try:
-        while raw.recv(4096):
-            pass
-        return True
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
-    finally:
-        raw.close()
 
 
 def read_to_eof(c: RawIMAP) -> bytes:

@@ -23,8 +23,11 @@ it again at QUIT is harmless. Messages stay in new/ (`claim_new` is IMAP's
 
 Timeouts: RFC 1939 3's autologout closes a silent client without a response
 and without the UPDATE state, so a dropped or timed-out session deletes
-nothing. A client that stops reading gets the same treatment when a write
-cannot drain within the timeout.
+nothing. That timer (10 minutes) is for a logged-in client; before login the
+whole AUTHORIZATION state has one deadline (`pop3.login_timeout`, 60 s),
+which no drip of octets extends, and input is read a few KiB at a time. A
+client that stops reading gets the same treatment when a write cannot drain
+within the timeout.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from . import protocol as p
 
 log = logging.getLogger(__name__)
 READ_SIZE = 65536
+PRELOGIN_READ_SIZE = 4096  # before login: enough for any command line
 CHUNK = 65536  # octets of a message read and sent at a time
 
 # The context for a TLS handshake starting now (session ticket keys rotate).
@@ -106,6 +110,7 @@ class Connection:
         self.ip = ip
         settings = server.settings
         self.timeout = settings.pop3.timeout
+        self.login_deadline = time.monotonic() + settings.pop3.login_timeout
         timestamp = f"{os.getpid()}.{int(time.time())}.{secrets.token_hex(4)}"
         self.conn = p.Pop3Connection(
             hostname=settings.hostname,
@@ -121,9 +126,14 @@ class Connection:
         conn = self.conn
         await self._flush()
         while not conn.closing:
+            if self.account is None:
+                timeout = max(self.login_deadline - time.monotonic(), 0.0)
+                size = PRELOGIN_READ_SIZE
+            else:
+                timeout, size = self.timeout, READ_SIZE
             try:
-                async with asyncio.timeout(self.timeout):
-                    data = await self.reader.read(READ_SIZE)
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(size)
             except TimeoutError:
                 # RFC 1939 3: no response, no UPDATE state.
                 log.info("pop3 autologout ip=%s", self.ip)
