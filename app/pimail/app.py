@@ -303,15 +303,15 @@ class Server:
             return create_session(
                 handler, limiter, incoming, self.settings.hostname, s.max_message_size,
                 s.timeout, s.min_data_rate, s.max_command_line,
-                tls_context=None if implicit else certs.handshake_context(),
+                tls_context=certs.handshake_context(), implicit_tls=implicit,
                 require_starttls=not implicit, auth_required=True,
-                auth_require_tls=not implicit,
             )  # fmt: skip
 
         for address in self.settings.submission.listen_starttls:
             await self._listen("submission", lambda: factory(False), address)
         for address in self.settings.submission.listen_tls:
-            await self._listen("submissions", lambda: factory(True), address, certs.context)
+            # TLS is started by the session (smtp/server.py), like STARTTLS.
+            await self._listen("submissions", lambda: factory(True), address)
 
     async def _start_imap(self) -> None:
         reader = IndexReader(self.settings.index_path)

@@ -37,6 +37,19 @@ def close_now(transport: asyncio.BaseTransport) -> None:
         tcp.close()
 
 
+async def start_tls(
+    writer: asyncio.StreamWriter, context: ssl.SSLContext, service: str, ip: str
+) -> bool:
+    """The TLS handshake on an accepted connection (implicit TLS, STARTTLS,
+    STLS); False, and one INFO line, when it fails: the caller closes."""
+    try:
+        await writer.start_tls(context, ssl_handshake_timeout=TLS_TIMEOUT)
+    except (ConnectionError, ssl.SSLError, TimeoutError) as e:
+        handshake_failed(service, ip, e)
+        return False
+    return True
+
+
 def handshake_failed(service: str, ip: str, error: BaseException) -> None:
     """One INFO line for a TLS handshake that failed: scanners and clients
     with old protocol versions do this all day, nothing is wrong here."""
@@ -84,12 +97,13 @@ async def serve_connection(
         writer.close()
         return
     try:
-        if implicit_tls is not None and writer.get_extra_info("ssl_object") is None:
-            try:
-                await writer.start_tls(implicit_tls(), ssl_handshake_timeout=TLS_TIMEOUT)
-            except (ConnectionError, ssl.SSLError, TimeoutError) as e:
-                handshake_failed(service, ip, e)
-                return
+        plain = writer.get_extra_info("ssl_object") is None
+        if (
+            implicit_tls is not None
+            and plain
+            and not await start_tls(writer, implicit_tls(), service, ip)
+        ):
+            return
         await run(ip)
     except (ConnectionError, ssl.SSLError, TimeoutError) as e:
         log.debug("%s connection ended ip=%s error=%r", service, ip, e)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from ..net import TLS_TIMEOUT, ConnectionLimiter, serve_connection
+from ..net import ConnectionLimiter, serve_connection, start_tls
 from . import events as ev
 from .context import ImapContext
 from .grammar import ParseError
@@ -186,5 +186,7 @@ class Connection:
         self.reader._buffer.clear()  # type: ignore[attr-defined]
         self.writer.write(s.take_output())
         assert self.ctx.tls_context is not None
-        await self.writer.start_tls(self.ctx.tls_context, ssl_handshake_timeout=TLS_TIMEOUT)
+        if not await start_tls(self.writer, self.ctx.tls_context, "imap", s.peer_ip):
+            s.logout = True
+            return
         s.tls = True

@@ -47,7 +47,7 @@ from ..auth.accounts import Account
 from ..auth.login import Authenticator
 from ..config import Settings
 from ..imap.views import IndexReader
-from ..net import TLS_TIMEOUT, ConnectionLimiter, serve_connection
+from ..net import ConnectionLimiter, serve_connection, start_tls
 from ..store.ops import StoreError
 from ..store.store import Mailbox, Store
 from . import protocol as p
@@ -231,7 +231,9 @@ class Connection:
         assert tls is not None
         self.reader._buffer.clear()  # type: ignore[attr-defined]
         self.writer.write(self.conn.data_to_send())
-        await self.writer.start_tls(tls(), ssl_handshake_timeout=TLS_TIMEOUT)
+        if not await start_tls(self.writer, tls(), "pop3", self.ip):
+            self.conn.tls_failed()
+            return
         self.conn.tls_started()
 
     async def _update(self, event: p.Update) -> None:
