@@ -21,6 +21,18 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 TLS_TIMEOUT = 30.0
+# Before authentication: responses queued for a client that does not read are
+# held to this many octets (the transport's high-water mark; drain() waits).
+PRELOGIN_WRITE_BUFFER = 4096
+
+
+def limit_writes(writer: asyncio.StreamWriter, prelogin: bool) -> None:
+    """The write buffer's high-water mark: small before login, asyncio's
+    default (64 KiB) after. Call again after a STARTTLS (a new transport)."""
+    if prelogin:
+        writer.transport.set_write_buffer_limits(high=PRELOGIN_WRITE_BUFFER)
+    else:
+        writer.transport.set_write_buffer_limits()
 
 
 def close_now(transport: asyncio.BaseTransport) -> None:

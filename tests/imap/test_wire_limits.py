@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -189,3 +190,32 @@ def test_sync_literal_over_limit_after_login_connection_goes_on(srv: PimailServe
         assert c.line().startswith(b"a9 NO [TOOBIG]")
     c.ok("NOOP")
     c.close()
+
+
+def test_client_that_never_reads_is_closed_at_login_deadline(srv: PimailServer) -> None:
+    # Pipelined commands whose answers the client never reads: the server's
+    # queued output is held to a few KiB and it stops waiting at the deadline.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.imap_port))
+    sock.settimeout(0.2)
+    sent = 0
+    burst = b"a CAPABILITY\r\n" * 1000
+    deadline = time.monotonic() + 3 * LOGIN_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(burst)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    sock.settimeout(10)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    sock.close()
+    answered = received.count(b"a OK CAPABILITY")
+    assert answered < sent // len(b"a CAPABILITY\r\n"), (answered, sent)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from ..net import ConnectionLimiter, serve_connection, start_tls
+from ..net import ConnectionLimiter, limit_writes, serve_connection, start_tls
 from . import events as ev
 from .context import ImapContext
 from .grammar import ParseError
@@ -66,6 +66,7 @@ class Connection:
 
     async def run(self) -> None:
         s = self.session
+        limit_writes(self.writer, prelogin=True)
         self.writer.write(f"* OK [CAPABILITY {s.capabilities()}] pimail IMAP ready\r\n".encode())
         while not s.logout:
             data = await self._read()
@@ -80,13 +81,9 @@ class Connection:
 
     async def _read(self) -> bytes:
         s = self.session
-        settings = self.ctx.settings.imap
-        if s.account is None:
-            # RFC 9051 5.4 asks 30 minutes of an authenticated client only.
-            timeout = max(self.login_deadline - time.monotonic(), 0.0)
-            size = PRELOGIN.max_command_size
-        else:
-            timeout, size = settings.timeout, READ_SIZE
+        # RFC 9051 5.4 asks 30 minutes of an authenticated client only.
+        timeout = self._timeout()
+        size = PRELOGIN.max_command_size if s.account is None else READ_SIZE
         if s.idling is None or s.selected is None:
             try:
                 return await asyncio.wait_for(self.reader.read(size), timeout)
@@ -164,16 +161,26 @@ class Connection:
                 self.parser.utf8_enabled = True
             if s.account is not None and self.parser.limits is PRELOGIN:
                 self.parser.set_limits(self.limits)
+                limit_writes(self.writer, prelogin=False)
             if s.starttls_requested:
                 return
-            if len(s.out) > 256:
-                await self._flush()
+            if len(s.out) > 256 or s.account is None:
+                await self._flush()  # before login: one answer at a time
 
     async def _flush(self) -> None:
         data = self.session.take_output()
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            # A client that does not read is not waited for beyond its timeout.
+            async with asyncio.timeout(self._timeout()):
+                await self.writer.drain()
+
+    def _timeout(self) -> float:
+        """Seconds to wait for the client: what is left of the login deadline
+        before login, imap.timeout after."""
+        if self.session.account is None:
+            return max(self.login_deadline - time.monotonic(), 0.0)
+        return self.ctx.settings.imap.timeout
 
     async def _starttls(self) -> None:
         s = self.session
@@ -189,4 +196,5 @@ class Connection:
         if not await start_tls(self.writer, self.ctx.tls_context, "imap", s.peer_ip):
             s.logout = True
             return
+        limit_writes(self.writer, prelogin=True)
         s.tls = True

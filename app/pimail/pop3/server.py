@@ -47,14 +47,16 @@ from ..auth.accounts import Account
 from ..auth.login import Authenticator
 from ..config import Settings
 from ..imap.views import IndexReader
-from ..net import ConnectionLimiter, serve_connection, start_tls
+from ..net import ConnectionLimiter, limit_writes, serve_connection, start_tls
 from ..store.ops import StoreError
 from ..store.store import Mailbox, Store
 from . import protocol as p
 
 log = logging.getLogger(__name__)
 READ_SIZE = 65536
-PRELOGIN_READ_SIZE = 4096  # before login: enough for any command line
+# Before login: a command line's worth (p.MAX_LINE), so that one read of
+# pipelined commands cannot queue more than a few KiB of answers.
+PRELOGIN_READ_SIZE = p.MAX_LINE
 CHUNK = 65536  # octets of a message read and sent at a time
 
 # The context for a TLS handshake starting now (session ticket keys rotate).
@@ -124,15 +126,12 @@ class Connection:
 
     async def run(self) -> None:
         conn = self.conn
+        limit_writes(self.writer, prelogin=True)
         await self._flush()
         while not conn.closing:
-            if self.account is None:
-                timeout = max(self.login_deadline - time.monotonic(), 0.0)
-                size = PRELOGIN_READ_SIZE
-            else:
-                timeout, size = self.timeout, READ_SIZE
+            size = PRELOGIN_READ_SIZE if self.account is None else READ_SIZE
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(self._timeout()):
                     data = await self.reader.read(size)
             except TimeoutError:
                 # RFC 1939 3: no response, no UPDATE state.
@@ -160,8 +159,14 @@ class Connection:
     async def _write(self, data: bytes) -> None:
         if data:
             self.writer.write(data)
-            async with asyncio.timeout(self.timeout):  # a client that does not read
+            async with asyncio.timeout(self._timeout()):  # a client that does not read
                 await self.writer.drain()
+
+    def _timeout(self) -> float:
+        """What is left of the login deadline before login; pop3.timeout after."""
+        if self.account is None:
+            return max(self.login_deadline - time.monotonic(), 0.0)
+        return self.timeout
 
     # -- events ------------------------------------------------------------------
 
@@ -179,6 +184,7 @@ class Connection:
             self.conn.login_failed(temporary=True)
             return
         self.account, self.mailbox = account, mailbox
+        limit_writes(self.writer, prelogin=False)
         self.conn.login_succeeded(p.Maildrop(mailbox.uidvalidity, messages))
 
     async def _retrieve(self, event: p.Retrieve) -> None:
@@ -234,6 +240,7 @@ class Connection:
         if not await start_tls(self.writer, tls(), "pop3", self.ip):
             self.conn.tls_failed()
             return
+        limit_writes(self.writer, prelogin=True)
         self.conn.tls_started()
 
     async def _update(self, event: p.Update) -> None:
