@@ -19,6 +19,7 @@ Kinds (the limits they push against, all before authentication):
   pop3-noread     64 KiB of pipelined CAPA, answers never read
   smtp-line       a 1000-octet command line unfinished on the MX port
   smtps-auth      EHLO, AUTH LOGIN, a 1000-octet response unfinished on 465
+  smtp-data       the MX port takes DATA from anyone: 300 KiB of a message, unfinished
 
     .venv/bin/python bench/preauth_memory.py [--connections 200] [--kinds imap-line,...]
 """
@@ -155,6 +156,16 @@ def smtps_auth(ports: dict[str, int], tls: ssl.SSLContext) -> socket.socket:
     return sock
 
 
+def smtp_data(ports: dict[str, int], tls: ssl.SSLContext) -> socket.socket:
+    sock, f = connect(ports["smtp"])
+    sock.sendall(b"EHLO bench.test\r\n")
+    expect(f, b"250 ")
+    sock.sendall(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<user@bench.test>\r\nDATA\r\n")
+    expect(f, b"354")
+    sock.sendall(b"Subject: x\r\n\r\n" + b"a line of a message body.\r\n" * 12000)
+    return sock
+
+
 KINDS: dict[str, tuple[Opener, str]] = {
     "imap-line": (imap_line, "imap"),
     "imap-literal": (imap_literal, "imap"),
@@ -166,6 +177,7 @@ KINDS: dict[str, tuple[Opener, str]] = {
     "pop3-noread": (pop3_noread, "pop3"),
     "smtp-line": (smtp_line, "smtp"),
     "smtps-auth": (smtps_auth, "smtp"),
+    "smtp-data": (smtp_data, "smtp"),
 }
 
 
@@ -184,7 +196,11 @@ def start(work: Path, ports: dict[str, int], count: int) -> subprocess.Popen[byt
         f'[web]\nlisten_http = ["127.0.0.1:{ports["http"]}"]\n'
         f'listen_https = ["127.0.0.1:{ports["https"]}"]\n'
     )
-    run = [*PIMAIL, "--config", str(config), "serve"]
+    cli = [*PIMAIL, "--config", str(config)]
+    subprocess.run([*cli, "domain", "add", "bench.test"], check=True, capture_output=True)
+    subprocess.run([*cli, "user", "add", "user@bench.test"], input="secret-pw-123\n", text=True,
+                   check=True, capture_output=True)  # fmt: skip
+    run = [*cli, "serve"]
     server = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -77,6 +77,12 @@ DEFAULT_ENHANCED = {
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 
+# Octets of a message in DATA kept in memory before it goes to its spool file.
+# The MX port takes DATA from anyone: smtp.max_connections (500) senders that
+# trickle at the minimum data rate would pin 500 x this (issue 13's budget;
+# the spool's default of 512 KiB made that 250 MiB on a 512 MB Pi).
+DATA_IN_MEMORY = 64 * 1024
+
 # Per session: a client looping on these is not sending mail.
 CALL_LIMITS = {
     "*": 100_000,
@@ -307,7 +313,7 @@ class PimailSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        message = Incoming(self.spool_dir)
+        message = Incoming(self.spool_dir, spill_threshold=DATA_IN_MEMORY)
         prologue = await self._call_handler_hook("DATA_START", message)
         if isinstance(prologue, str):  # the handler refuses before any data
             await self.push(prologue)
@@ -334,6 +340,7 @@ class PimailSMTP(SMTP):
         received = 0
         pending, self._pushback = self._pushback, b""
         while not decoder.done:
+            chunk = data = b""  # not kept alive while waiting for the next read
             chunk = pending or await self._reader.read(65536)
             pending = b""
             if not chunk:
