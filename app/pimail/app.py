@@ -39,6 +39,12 @@ from .smtp.submission import SubmissionHandler
 from .store.store import Store
 from .tls.context import CertificateStore, make_server_context
 
+# The stream buffer of an IMAP or POP3 connection: asyncio stops reading the
+# socket once 2 x this is waiting (the server reads 64 KiB at a time after
+# login anyway). 8 KiB: a client that pipelines and does not read what comes
+# back holds 16 KiB here, not 128 KiB (issue 13, bench/preauth_memory.py).
+STREAM_LIMIT = 8 * 1024
+
 log = logging.getLogger("pimail")
 
 
@@ -355,7 +361,7 @@ class Server:
         await self._bind(
             name,
             address,
-            asyncio.start_server(on_client, host, port, reuse_address=True, limit=64 * 1024),
+            asyncio.start_server(on_client, host, port, reuse_address=True, limit=STREAM_LIMIT),
         )
 
     async def _listen(
