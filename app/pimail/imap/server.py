@@ -176,11 +176,12 @@ class Connection:
                 await self.writer.drain()
 
     def _timeout(self) -> float:
-        """Seconds to wait for the client: what is left of the login deadline
-        before login, imap.timeout after."""
+        """Seconds to wait for the client: imap.timeout, and before login no
+        more than what is left of the login deadline."""
+        timeout = self.ctx.settings.imap.timeout
         if self.session.account is None:
-            return max(self.login_deadline - time.monotonic(), 0.0)
-        return self.ctx.settings.imap.timeout
+            return min(max(self.login_deadline - time.monotonic(), 0.0), timeout)
+        return timeout
 
     async def _starttls(self) -> None:
         s = self.session

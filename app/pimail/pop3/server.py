@@ -163,9 +163,10 @@ class Connection:
                 await self.writer.drain()
 
     def _timeout(self) -> float:
-        """What is left of the login deadline before login; pop3.timeout after."""
+        """pop3.timeout, and before login no more than what is left of the
+        login deadline."""
         if self.account is None:
-            return max(self.login_deadline - time.monotonic(), 0.0)
+            return min(max(self.login_deadline - time.monotonic(), 0.0), self.timeout)
         return self.timeout
 
     # -- events ------------------------------------------------------------------
