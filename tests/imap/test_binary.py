@@ -171,3 +171,21 @@ def test_unknown_transfer_encoding_is_no_unknown_cte(mailbox: Mailbox) -> None:
     assert b"BODY[2] {16}\r\nbegin 644 a\r\nend" in response
     assert b"BINARY[1] {4}\r\nfine" in response
     c.close()
+
+
+@pytest.mark.parametrize("marker", [b"{%d}", b"{%d+}"])
+def test_nul_in_a_plain_literal_is_refused(mailbox: Mailbox, marker: bytes) -> None:
+    # RFC 9051 4.3: a literal is CHAR8, no NUL; APPEND takes NUL only in a
+    # literal8 (RFC 3516 4.4). Nothing is stored.
+    c = raw_login(mailbox)
+    data = b"Subject: nul\r\n\r\na\x00b\r\n"
+    c.send(b"a1 APPEND INBOX " + marker % len(data) + b"\r\n")
+    if b"+" not in marker:
+        assert c.line().startswith(b"+")
+    c.send(data + b"\r\n")
+    _, tagged = c.until(b"a1")
+    assert tagged.startswith(b"a1 BAD"), tagged
+    assert b"MESSAGES 0" in c.ok("STATUS INBOX (MESSAGES)")[0]
+    append8(c, data)  # the same octets as a literal8 are taken
+    assert b"MESSAGES 1" in c.ok("STATUS INBOX (MESSAGES)")[0]
+    c.close()
