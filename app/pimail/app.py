@@ -42,6 +42,12 @@ from .store.reader import IndexReader
 from .store.store import Store
 from .tls.context import CertificateStore, make_server_context
 
+# The stream buffer of an IMAP or POP3 connection: asyncio stops reading the
+# socket once 2 x this is waiting (the server reads 64 KiB at a time after
+# login anyway). 8 KiB: a client that pipelines and does not read what comes
+# back holds 16 KiB here, not 128 KiB (issue 13, bench/preauth_memory.py).
+STREAM_LIMIT = 8 * 1024
+
 log = logging.getLogger("pimail")
 
 
@@ -324,15 +330,15 @@ class Server:
             return create_session(
                 handler, limiter, incoming, self.settings.hostname, s.max_message_size,
                 s.timeout, s.min_data_rate, s.max_command_line,
-                tls_context=None if implicit else certs.handshake_context(),
+                tls_context=certs.handshake_context(), implicit_tls=implicit,
                 require_starttls=not implicit, auth_required=True,
-                auth_require_tls=not implicit,
             )  # fmt: skip
 
         for address in self.settings.submission.listen_starttls:
             await self._listen("submission", lambda: factory(False), address)
         for address in self.settings.submission.listen_tls:
-            await self._listen("submissions", lambda: factory(True), address, certs.context)
+            # TLS is started by the session (smtp/server.py), like STARTTLS.
+            await self._listen("submissions", lambda: factory(True), address)
 
     async def _start_imap(self) -> None:
         reader = IndexReader(self.settings.index_path)
@@ -376,7 +382,7 @@ class Server:
         await self._bind(
             name,
             address,
-            asyncio.start_server(on_client, host, port, reuse_address=True, limit=64 * 1024),
+            asyncio.start_server(on_client, host, port, reuse_address=True, limit=STREAM_LIMIT),
         )
 
     async def _listen(

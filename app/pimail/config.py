@@ -104,6 +104,8 @@ class ImapSettings:
     max_append_size: int = 50 * 1024 * 1024
     # RFC 9051 5.4: an authenticated idle client is kept at least 30 minutes.
     timeout: float = 1800.0
+    # Before login: one deadline for the whole not-authenticated state, which
+    # a client dripping a byte now and then does not extend.
     login_timeout: float = 60.0
     max_connections_per_ip: int = 50
     max_connections: int = 2000
@@ -115,8 +117,10 @@ class Pop3Settings:
     listen_tls: list[str] = field(default_factory=lambda: ["127.0.0.1:2995"])
     # USER/PASS and AUTH without TLS. Off: passwords never cross in the clear.
     allow_plaintext_auth: bool = False
-    # RFC 1939 3: the autologout timer is at least 10 minutes.
+    # RFC 1939 3: the autologout timer is at least 10 minutes (once logged in).
     timeout: float = 600.0
+    # Before login: one deadline for the whole AUTHORIZATION state (as imap.login_timeout).
+    login_timeout: float = 60.0
     max_connections_per_ip: int = 20
     max_connections: int = 500
 

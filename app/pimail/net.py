@@ -4,6 +4,11 @@ Count it against the per-address and total limits, start TLS on the accept
 for implicit-TLS ports (RFC 8314: 993, 995, 465; the handshake on the
 accepted connection, so it gets the context current now), run the protocol,
 and always release and close, whatever the client did.
+
+Closing is at once, TLS or not (`close_now`): asyncio's TLS layer would wait
+up to 30 s for the client's close_notify before closing the TCP connection,
+so a client that waits for the end of the connection after LOGOUT or QUIT
+would wait that long.
 """
 
 from __future__ import annotations
@@ -16,6 +21,52 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 TLS_TIMEOUT = 30.0
+# Before authentication: responses queued for a client that does not read are
+# held to this many octets (the transport's high-water mark; drain() waits).
+PRELOGIN_WRITE_BUFFER = 4096
+
+
+def limit_writes(writer: asyncio.StreamWriter, prelogin: bool) -> None:
+    """The write buffer's high-water mark: small before login, asyncio's
+    default (64 KiB) after. Call again after a STARTTLS (a new transport)."""
+    if prelogin:
+        writer.transport.set_write_buffer_limits(high=PRELOGIN_WRITE_BUFFER)
+    else:
+        writer.transport.set_write_buffer_limits()
+
+
+def close_now(transport: asyncio.BaseTransport) -> None:
+    """Close `transport` now; under TLS, send what is queued and close_notify,
+    then close the TCP connection without waiting for the peer's close_notify
+    (RFC 8446 6.1: the initiator of a close need not wait for the answering
+    close_notify). asyncio has no public way to say so for one connection in
+    Python 3.11, so the TCP transport under the TLS one is closed directly: it
+    still sends what it holds (close_notify included) before its FIN."""
+    tls = getattr(transport, "_ssl_protocol", None)  # cleared by a second close()
+    transport.close()  # TLS: flushes the application data and queues close_notify
+    tcp = getattr(tls, "_transport", None)
+    if isinstance(tcp, asyncio.BaseTransport) and not tcp.is_closing():
+        tcp.close()
+
+
+async def start_tls(
+    writer: asyncio.StreamWriter, context: ssl.SSLContext, service: str, ip: str
+) -> bool:
+    """The TLS handshake on an accepted connection (implicit TLS, STARTTLS,
+    STLS); False, and one INFO line, when it fails: the caller closes."""
+    try:
+        await writer.start_tls(context, ssl_handshake_timeout=TLS_TIMEOUT)
+    except (ConnectionError, ssl.SSLError, TimeoutError) as e:
+        handshake_failed(service, ip, e)
+        return False
+    return True
+
+
+def handshake_failed(service: str, ip: str, error: BaseException) -> None:
+    """One INFO line for a TLS handshake that failed: scanners and clients
+    with old protocol versions do this all day, nothing is wrong here."""
+    reason = getattr(error, "reason", None) or type(error).__name__
+    log.info("tls handshake failed service=%s ip=%s reason=%s", service, ip, reason)
 
 
 class ConnectionLimiter:
@@ -58,8 +109,13 @@ async def serve_connection(
         writer.close()
         return
     try:
-        if implicit_tls is not None and writer.get_extra_info("ssl_object") is None:
-            await writer.start_tls(implicit_tls(), ssl_handshake_timeout=TLS_TIMEOUT)
+        plain = writer.get_extra_info("ssl_object") is None
+        if (
+            implicit_tls is not None
+            and plain
+            and not await start_tls(writer, implicit_tls(), service, ip)
+        ):
+            return
         await run(ip)
     except (ConnectionError, ssl.SSLError, TimeoutError) as e:
         log.debug("%s connection ended ip=%s error=%r", service, ip, e)
@@ -67,4 +123,4 @@ async def serve_connection(
         log.exception("%s connection failed ip=%s", service, ip)
     finally:
         limiter.release(ip)
-        writer.close()
+        close_now(writer.transport)

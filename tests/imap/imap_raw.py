@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
@@ -72,3 +73,20 @@ class RawIMAP:
             self.sock.close()
         except OSError:
             pass
+
+
+def tcp_eof(sock: socket.socket, wait: float = 10.0) -> bool:
+    """True if the TCP connection under `sock` (TLS or not) ends within `wait`
+    seconds while we send nothing: the raw socket reads EOF."""
+    raw = socket.socket(fileno=os.dup(sock.fileno()))
+    raw.settimeout(wait)
+    try:
+        while raw.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        raw.close()

@@ -53,7 +53,7 @@ from pimail.imap.events import (
     Unsubscribe,
 )
 from pimail.imap.grammar import SeqRange, SequenceSet, decode_mailbox, encode_mailbox, seq
-from pimail.imap.parser import LiteralTooLarge, Mode, ParseError, Parser, literal_marker
+from pimail.imap.parser import PRELOGIN, LiteralTooLarge, Mode, ParseError, Parser, literal_marker
 from pimail.imap.searchkey import (
     SearchAge,
     SearchAll,
@@ -1058,21 +1058,30 @@ def test_append_has_its_own_literal_limit() -> None:
     assert isinstance(exc, LiteralTooLarge) and exc.limit == 10
 
 
-def test_non_sync_literal_over_limit_is_swallowed_unbuffered() -> None:
-    parser = Parser(max_literal_size=1000)
-    parser.receive_data(b"a1 LOGIN joe {50000+}\r\n")
-    assert drain(parser) == []
-    for _ in range(49):
-        parser.receive_data(b"b NOOP\r\n" * 125)  # 1000 bytes that look like commands
-        assert drain(parser) == []
-        assert parser.buffered_size == 0
-    parser.receive_data(b"b NOOP\r\n" * 125 + b" more {3+}\r\nabc\r\na2 NOOP\r\n")
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"a1 LOGIN joe {50000+}\r\n",
+        b"a1 LOGIN joe {99999999999999999999999+}\r\n",
+        b"a1 APPEND INBOX ~{99999999999+}\r\n",
+        b"a1 FROB {50000+}\r\n",  # refused at its head, and announces too much
+    ],
+)
+def test_non_sync_literal_over_limit_is_fatal(wire: bytes) -> None:
+    # RFC 7888 4: the client sends a {n+} literal without waiting; reading and
+    # dropping what it announced could take hours, so the parser stops at once
+    # (the server answers BAD [TOOBIG] and closes) and buffers none of it.
+    parser = Parser(max_literal_size=1000, max_append_size=2000)
+    parser.receive_data(wire + b"b NOOP\r\n" * 125)
     events = drain(parser)
-    assert len(events) == 2
+    assert len(events) == 1
     exc = events[0]
-    assert isinstance(exc, LiteralTooLarge) and not exc.synchronizing
-    assert exc.response().startswith(b"a1 BAD [TOOBIG] ")
-    assert events[1] == Noop("a2")
+    assert isinstance(exc, ParseError) and exc.fatal and exc.tag == "a1"
+    if b"FROB" not in wire:
+        assert exc.response().startswith(b"a1 BAD [TOOBIG] ")
+    assert parser.buffered_size == 0
+    parser.receive_data(b"c NOOP\r\n")
+    assert drain(parser) == [] and parser.buffered_size == 0
 
 
 def test_command_too_long_through_many_literals() -> None:
@@ -1080,8 +1089,25 @@ def test_command_too_long_through_many_literals() -> None:
     parser.receive_data(b"a SEARCH" + (b" TEXT {100+}\r\n" + b"x" * 100) * 20 + b"\r\nb NOOP\r\n")
     events = drain(parser)
     assert isinstance(events[0], LiteralTooLarge) and events[0].tag == "a"
-    assert events[0].message == "Command too long"
-    assert events[1:] == [Noop("b")]
+    assert events[0].message == "Command too long" and events[0].fatal
+    assert events[1:] == []
+
+
+def test_prelogin_limits_are_small() -> None:
+    # Issue 13: before authentication a command holds a few KiB at most.
+    parser = Parser()
+    parser.set_limits(PRELOGIN)
+    parser.receive_data(b"a LOGIN joe {2049}\r\n")
+    (exc,) = drain(parser)
+    assert isinstance(exc, LiteralTooLarge) and exc.synchronizing and exc.limit == 2048
+    parser.receive_data(b"b LOGIN joe {2048}\r\n")
+    assert drain(parser) == [NeedContinuation("b", 2048, "LOGIN")]
+    parser.receive_data(b"p" * 2048 + b"\r\n")
+    assert drain(parser) == [Login("b", "joe", "p" * 2048)]
+    parser.receive_data(b"c LOGIN joe " + b"x" * 5000 + b"\r\nd NOOP\r\n")
+    events = drain(parser)
+    assert events[0].message == "Line too long" and events[1:] == [Noop("d")]
+    assert parser.buffered_size == 0
 
 
 def test_command_too_long_through_many_empty_literals() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..mime import structure as mime
+from ..store.ops import StoreError
 from .events import FetchAttribute
 
 COLUMNS = (
@@ -59,8 +60,20 @@ def internaldate(timestamp: int) -> bytes:
 
 
 def literal(data: bytes, binary: bool = False) -> bytes:
-    if binary and b"\x00" in data:
-        return b"~{%d}\r\n" % len(data) + data  # literal8, RFC 3516 4.2
+    """data as a literal: a literal8 for BINARY content with NUL, else {n}.
+
+    RFC 9051 4.3: a literal carries CHAR8, never NUL; unencoded binary is sent
+    only as a literal8 in answer to BINARY[] (RFC 3516 4.2; RFC 9051 6.4.5).
+    A message stored with NUL (APPENDed as a literal8 ~{n}, RFC 3516 4.3, or
+    received so) is still served to BODY[], RFC822 and friends: its NULs go as
+    0x80, as Dovecot does, so that every size and <partial> offset stays that
+    of the stored octets and a client that never asked for BINARY never sees
+    a NUL. BINARY[] gives the octets as they are.
+    """
+    if b"\x00" in data:
+        if binary:
+            return b"~{%d}\r\n" % len(data) + data  # literal8, RFC 3516 4.2
+        data = data.replace(b"\x00", b"\x80")
     return b"{%d}\r\n" % len(data) + data
 
 
@@ -180,16 +193,28 @@ def _section(a: FetchAttribute, message: _Lazy) -> bytes:
             mime.section_bytes(message.struct(), data, mime.Section((), "TEXT"))
         )
     assert a.section is not None
-    if a.name == "BINARY.SIZE":
-        size = mime.binary_size(message.struct(), data, a.section.part)
-        return f"BINARY.SIZE[{'.'.join(map(str, a.section.part))}] {size}".encode()
-    if a.name == "BINARY":
-        content = mime.binary_bytes(message.struct(), data, a.section.part)
-        content = mime.apply_partial(content, a.partial)
-        return a.response_name().encode() + b" " + literal(content, binary=True)
+    if a.name in ("BINARY", "BINARY.SIZE"):
+        return _binary(a, message.struct(), data)
     content = mime.section_bytes(message.struct(), data, a.section)
     content = mime.apply_partial(content, a.partial)
     return a.response_name().replace(".PEEK", "").encode() + b" " + literal(content)
+
+
+def _binary(a: FetchAttribute, struct: mime.MessageStructure, data: bytes) -> bytes:
+    """BINARY[part]<partial> or BINARY.SIZE[part] (RFC 3516 4.1, RFC 9051 6.4.5)."""
+    assert a.section is not None
+    part = a.section.part
+    try:
+        if a.name == "BINARY.SIZE":
+            size = mime.binary_size(struct, data, part)
+            return f"BINARY.SIZE[{'.'.join(map(str, part))}] {size}".encode()
+        content = mime.binary_bytes(struct, data, part)
+    except mime.UnknownCTEError as e:
+        # RFC 3516 4.1: a CTE the server cannot decode fails the command with
+        # NO [UNKNOWN-CTE] (the session answers a StoreError with its code).
+        raise StoreError("UNKNOWN-CTE", f"Cannot decode {e.encoding!r}") from None
+    content = mime.apply_partial(content, a.partial)
+    return a.response_name().encode() + b" " + literal(content, binary=True)
 
 
 class _Lazy:

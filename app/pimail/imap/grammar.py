@@ -29,8 +29,12 @@ class ParseError(Exception):
     `tag` is None when the tag itself is unreadable (the server then answers
     with `*`). `code` is a response code (RFC 9051 7.1) such as "TOOBIG" or
     "BADCHARSET"; `status` is "BAD" for syntax errors, "NO" where the command
-    was well formed but cannot be accepted.
+    was well formed but cannot be accepted. `fatal`: the parser cannot find
+    the next command (the client announced more octets than it may send):
+    the server answers, says BYE and closes.
     """
+
+    fatal = False
 
     def __init__(
         self, tag: str | None, message: str, *, code: str | None = None, status: str = "BAD"
@@ -340,8 +344,9 @@ class Reader:
         if self.index >= len(self.literals):
             self.fail("Literal without data")
         data, is8 = self.literals[self.index]
-        # RFC 9051 4.3.1: a plain literal carries CHAR8 (no NUL); literal8 may.
-        if not is8 and not binary and b"\x00" in data:
+        # RFC 9051 4.3 / 9: a plain literal carries CHAR8 (no NUL), where a
+        # literal8 is allowed too (APPEND, RFC 3516 4.4); only a literal8 may.
+        if not is8 and b"\x00" in data:
             self.fail("NUL in literal")
         self.index += 1
         self.line = self.segments[self.index]

@@ -21,9 +21,14 @@ This module cuts commands out of the stream (RFC 9051 2.2.1, 4.3): lines ending
 in CRLF, synchronising literals {n} (a NeedContinuation comes first),
 non-synchronising literals {n+} (LITERAL+, RFC 7888) and literal8 ~{n}
 (RFC 3516). Every limit is checked before anything is buffered: a literal over
-its limit is refused before the client sends it ({n}) or skipped unbuffered
-({n+}); an over-long line is discarded as it arrives, watching its end for a
-literal marker so that literal data is never read as commands. The grammar of
+its limit is refused before the client sends it ({n}: NO [TOOBIG], the
+connection goes on); a {n+} over its limit ends the connection at once
+(BAD [TOOBIG], then BYE: RFC 7888 4 allows it), since reading and dropping
+what a client announced could take hours; a refused command's smaller {n+}
+literal is skipped unbuffered. An over-long line is discarded as it arrives,
+watching its end for a literal marker so that literal data is never read as
+commands. `PRELOGIN` are the limits before authentication: a few KiB, room
+for LOGIN and AUTHENTICATE and nothing else (issue 13's memory budget). The grammar of
 each command is in syntax.py, its elements in grammar.py, the records it
 produces in events.py.
 """
@@ -44,7 +49,7 @@ from pimail.imap.events import (
 from pimail.imap.grammar import DIGITS, ParseError
 from pimail.imap.syntax import COMMANDS, UID_COMMANDS, command_head, decode_base64, parse_command
 
-__all__ = ["Limits", "LiteralTooLarge", "Mode", "ParseError", "Parser"]
+__all__ = ["PRELOGIN", "Limits", "LiteralTooLarge", "Mode", "ParseError", "Parser"]
 
 
 @dataclass(frozen=True)
@@ -66,14 +71,24 @@ class Limits:
     max_sequence_ranges: int = 10_000
 
 
+# Before authentication (RFC 9051 3: only CAPABILITY, STARTTLS, AUTHENTICATE,
+# LOGIN, NOOP, LOGOUT, ID may succeed): a line holds a LOGIN or a SASL-IR
+# PLAIN response with a long password; a literal a user name or password.
+PRELOGIN = Limits(
+    max_line_length=4096,
+    max_literal_size=2048,
+    max_append_size=2048,
+    max_command_size=8192,
+)
+
+
 class LiteralTooLarge(ParseError):
     """A literal over its limit (RFC 9051 7.1 TOOBIG).
 
     For a synchronising literal the client has not sent the data: answer
     `tag NO [TOOBIG]` (RFC 9051 7.6: the server may refuse a literal instead
-    of a continuation). A non-synchronising one has been read and discarded
-    unbuffered, with the rest of its command: answer `tag BAD [TOOBIG]`
-    (RFC 7888 4); the server may prefer to close the connection.
+    of a continuation). A non-synchronising one is on its way: the error is
+    `fatal`; answer `tag BAD [TOOBIG]` and close (RFC 7888 4).
     """
 
     def __init__(
@@ -89,6 +104,7 @@ class LiteralTooLarge(ParseError):
         self.size = size
         self.limit = limit
         self.synchronizing = synchronizing
+        self.fatal = not synchronizing
 
 
 class Mode(enum.Enum):
@@ -107,7 +123,7 @@ class _Marker(NamedTuple):
 
 _HUGE = 2**63  # a literal size too long to read as a number
 _TAIL = 64  # bytes kept of a discarded line, enough for its literal marker
-_LINE, _LITERAL, _SKIP, _DISCARD = "line", "literal", "skip", "discard"
+_LINE, _LITERAL, _SKIP, _DISCARD, _CLOSED = "line", "literal", "skip", "discard", "closed"
 _AGAIN = object()  # a step made progress; take the next one
 
 
@@ -176,7 +192,8 @@ class Parser:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the client. Call next_event() until None before feeding more."""
-        self._buf += data
+        if self._state is not _CLOSED:  # after a fatal error nothing more is read
+            self._buf += data
 
     def next_event(self) -> Event | None:
         """The next event, or None if more data is needed; raises ParseError.
@@ -192,10 +209,16 @@ class Parser:
                 result = self._read_literal()
             elif state is _SKIP:
                 result = self._skip_literal()
+            elif state is _CLOSED:
+                return None
             else:
                 result = self._discard_line()
             if result is not _AGAIN:
                 return result  # type: ignore[return-value]
+
+    def set_limits(self, limits: Limits) -> None:
+        """New limits from the next command on (PRELOGIN until authenticated)."""
+        self.limits = limits
 
     def expect_done(self, tag: str) -> None:
         """The next line ends IDLE (RFC 9051 6.3.13): IdleDone, or ParseError(tag)."""
@@ -290,7 +313,7 @@ class Parser:
         self._segments.append(line)
         if marker is None:
             return self._complete()
-        limit = limits.max_append_size if self._name == "APPEND" else limits.max_literal_size
+        limit = self._literal_limit()
         if marker.size > limit:
             error = LiteralTooLarge(self._tag, marker.size, limit, marker.sync)
             return self._fail(error, marker)
@@ -317,6 +340,10 @@ class Parser:
         if name == "UID":
             return None if sub in UID_COMMANDS else ParseError(tag, "Unknown UID command")
         return None if name in COMMANDS else ParseError(tag, "Unknown command")
+
+    def _literal_limit(self) -> int:
+        limits = self.limits
+        return limits.max_append_size if self._name == "APPEND" else limits.max_literal_size
 
     def _command_limit(self) -> int:
         extra = self.limits.max_append_size if self._name == "APPEND" else 0
@@ -372,6 +399,9 @@ class Parser:
         if self.mode is Mode.COMMAND:
             marker = literal_marker(tail, truncated=True)
             if marker is not None and not marker.sync:
+                if marker.size > self._literal_limit():
+                    assert self._error is not None
+                    return self._fatal(self._error)
                 self._state = _SKIP
                 self._remaining = marker.size
                 return _AGAIN
@@ -400,8 +430,11 @@ class Parser:
     def _fail(self, error: ParseError, marker: _Marker | None) -> object:
         """Drop the current command, whose last line ended with `marker`."""
         if marker is not None and not marker.sync:
-            # RFC 7888 4: the client sends the data anyway; skip it and the
-            # rest of the command, then report.
+            # RFC 7888 4: the client sends the data anyway. More than a literal
+            # may hold ends the connection; less is skipped with the rest of
+            # the command, then reported.
+            if marker.size > self._literal_limit() or isinstance(error, LiteralTooLarge):
+                return self._fatal(error)
             self._segments, self._literals = [], []  # freed; only the tag is needed now
             self._error = error
             self._state = _SKIP
@@ -410,6 +443,14 @@ class Parser:
         # A synchronising literal is never sent: the client waits for "+"
         # and gets the tagged error instead (RFC 9051 7.6).
         self._reset_command()
+        raise error
+
+    def _fatal(self, error: ParseError) -> object:
+        """Stop reading commands: the server answers `error`, says BYE and closes."""
+        error.fatal = True
+        self._buf.clear()
+        self._reset_command()
+        self._state = _CLOSED
         raise error
 
     def _complete(self) -> Event:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-from ..net import TLS_TIMEOUT, ConnectionLimiter, serve_connection
+from ..net import ConnectionLimiter, limit_writes, serve_connection, start_tls
 from . import events as ev
 from .context import ImapContext
 from .grammar import ParseError
-from .parser import Parser
+from .parser import PRELOGIN, Parser
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,17 @@ class Connection:
         self.session = Session(ctx, ip, tls)
         settings = ctx.settings.imap
         self.parser = Parser(max_append_size=settings.max_append_size)
+        self.limits = self.parser.limits
+        # Until a login, a few KiB per command (issue 13's budget), and one
+        # total deadline for the whole not-authenticated phase: a client that
+        # drips a byte now and then does not get a new timer with each.
+        self.parser.set_limits(PRELOGIN)
+        self.login_deadline = time.monotonic() + settings.login_timeout
         self.bad = 0
 
     async def run(self) -> None:
         s = self.session
+        limit_writes(self.writer, prelogin=True)
         self.writer.write(f"* OK [CAPABILITY {s.capabilities()}] pimail IMAP ready\r\n".encode())
         while not s.logout:
             data = await self._read()
@@ -73,11 +81,12 @@ class Connection:
 
     async def _read(self) -> bytes:
         s = self.session
-        settings = self.ctx.settings.imap
-        timeout = settings.timeout if s.account is not None else settings.login_timeout
+        # RFC 9051 5.4 asks 30 minutes of an authenticated client only.
+        timeout = self._timeout()
+        size = PRELOGIN.max_command_size if s.account is None else READ_SIZE
         if s.idling is None or s.selected is None:
             try:
-                return await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                return await asyncio.wait_for(self.reader.read(size), timeout)
             except TimeoutError:
                 self.writer.write(b"* BYE Autologout; idle for too long\r\n")
                 return b""
@@ -116,7 +125,11 @@ class Connection:
             except ParseError as e:
                 self.bad += 1
                 s.send(e.response())
-                if self.bad >= MAX_BAD:
+                if e.fatal:  # e.g. a {n+} literal over the limit (RFC 7888 4)
+                    log.info("imap closing ip=%s reason=%r", s.peer_ip, e.message)
+                    s.send("* BYE Closing: announced more than allowed\r\n")
+                    s.logout = True
+                elif self.bad >= MAX_BAD:
                     s.send("* BYE Too many protocol errors\r\n")
                     s.logout = True
                 continue
@@ -146,16 +159,29 @@ class Connection:
                 self.parser.expect_sasl_response(s.sasl_tag)
             if s.utf8:
                 self.parser.utf8_enabled = True
+            if s.account is not None and self.parser.limits is PRELOGIN:
+                self.parser.set_limits(self.limits)
+                limit_writes(self.writer, prelogin=False)
             if s.starttls_requested:
                 return
-            if len(s.out) > 256:
-                await self._flush()
+            if len(s.out) > 256 or s.account is None:
+                await self._flush()  # before login: one answer at a time
 
     async def _flush(self) -> None:
         data = self.session.take_output()
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            # A client that does not read is not waited for beyond its timeout.
+            async with asyncio.timeout(self._timeout()):
+                await self.writer.drain()
+
+    def _timeout(self) -> float:
+        """Seconds to wait for the client: imap.timeout, and before login no
+        more than what is left of the login deadline."""
+        timeout = self.ctx.settings.imap.timeout
+        if self.session.account is None:
+            return min(max(self.login_deadline - time.monotonic(), 0.0), timeout)
+        return timeout
 
     async def _starttls(self) -> None:
         s = self.session
@@ -168,5 +194,8 @@ class Connection:
         self.reader._buffer.clear()  # type: ignore[attr-defined]
         self.writer.write(s.take_output())
         assert self.ctx.tls_context is not None
-        await self.writer.start_tls(self.ctx.tls_context, ssl_handshake_timeout=TLS_TIMEOUT)
+        if not await start_tls(self.writer, self.ctx.tls_context, "imap", s.peer_ip):
+            s.logout = True
+            return
+        limit_writes(self.writer, prelogin=True)
         s.tls = True

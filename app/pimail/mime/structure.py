@@ -534,8 +534,39 @@ def decode_transfer_encoding(body: bytes, encoding: str | None) -> bytes:
         except binascii.Error:  # not expected after the clean-up above
             return b""
     if encoding == "quoted-printable":
-        return binascii.a2b_qp(body)
+        return decode_quoted_printable(body)
     raise UnknownCTEError(encoding or "")
+
+
+_HEX = b"0123456789ABCDEFabcdef"
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+_LINE = re.compile(rb"([^\n]*?)[ \t]*(\r?\n|\Z)")
+
+
+def decode_quoted_printable(body: bytes) -> bytes:
+    """RFC 2045 6.7, as a robust decoder reads it:
+
+    - trailing white space on each line is deleted, since transports add it
+      (rule 3), and only then is a final "=" a soft line break (rule 5), so
+      "=  " CRLF is one too;
+    - "=XX" is the octet XX, hex digits in either case (note 1: lowercase is
+      "formally illegal" but a robust decoder recognises it);
+    - "=" not followed by two hex digits, and "=" as the last or next to last
+      octet of the body, are kept as written (notes 2 and 3);
+    - hard line breaks stay as they were (CRLF, or LF in a file stored so).
+    """
+    out = bytearray()
+    for match in _LINE.finditer(body):
+        text, end = match.group(1), match.group(2)
+        if not text and not end:
+            break  # the empty match at the end of the body
+        soft = end != b"" and text.endswith(b"=")
+        if soft:
+            text = text[:-1]
+        out += _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text)
+        if not soft:
+            out += end
+    return bytes(out)
 
 
 def binary_bytes(struct: MessageStructure, data: bytes, part: tuple[int, ...]) -> bytes:

@@ -427,6 +427,11 @@ class Pop3Connection:
         self._user = None
         self.reader.clear()
 
+    def tls_failed(self) -> None:
+        """The handshake failed: nothing more can be said; the server closes."""
+        self._done(StartTls)
+        self.closing = True
+
     def update_done(self, removed: int) -> None:
         """RFC 1939 6: the UPDATE state has removed the marked messages."""
         self._done(Update)

@@ -23,8 +23,11 @@ it again at QUIT is harmless. Messages stay in new/ (`claim_new` is IMAP's
 
 Timeouts: RFC 1939 3's autologout closes a silent client without a response
 and without the UPDATE state, so a dropped or timed-out session deletes
-nothing. A client that stops reading gets the same treatment when a write
-cannot drain within the timeout.
+nothing. That timer (10 minutes) is for a logged-in client; before login the
+whole AUTHORIZATION state has one deadline (`pop3.login_timeout`, 60 s),
+which no drip of octets extends, and input is read a few KiB at a time. A
+client that stops reading gets the same treatment when a write cannot drain
+within the timeout.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import BinaryIO
 from ..auth.accounts import Account
 from ..auth.login import Authenticator
 from ..config import Settings
-from ..net import TLS_TIMEOUT, ConnectionLimiter, serve_connection
+from ..net import ConnectionLimiter, limit_writes, serve_connection, start_tls
 from ..store.ops import StoreError
 from ..store.reader import IndexReader
 from ..store.store import Mailbox, Store
@@ -51,6 +54,9 @@ from . import protocol as p
 
 log = logging.getLogger(__name__)
 READ_SIZE = 65536
+# Before login: a command line's worth (p.MAX_LINE), so that one read of
+# pipelined commands cannot queue more than a few KiB of answers.
+PRELOGIN_READ_SIZE = p.MAX_LINE
 CHUNK = 65536  # octets of a message read and sent at a time
 
 # The context for a TLS handshake starting now (session ticket keys rotate).
@@ -106,6 +112,7 @@ class Connection:
         self.ip = ip
         settings = server.settings
         self.timeout = settings.pop3.timeout
+        self.login_deadline = time.monotonic() + settings.pop3.login_timeout
         timestamp = f"{os.getpid()}.{int(time.time())}.{secrets.token_hex(4)}"
         self.conn = p.Pop3Connection(
             hostname=settings.hostname,
@@ -119,11 +126,13 @@ class Connection:
 
     async def run(self) -> None:
         conn = self.conn
+        limit_writes(self.writer, prelogin=True)
         await self._flush()
         while not conn.closing:
+            size = PRELOGIN_READ_SIZE if self.account is None else READ_SIZE
             try:
-                async with asyncio.timeout(self.timeout):
-                    data = await self.reader.read(READ_SIZE)
+                async with asyncio.timeout(self._timeout()):
+                    data = await self.reader.read(size)
             except TimeoutError:
                 # RFC 1939 3: no response, no UPDATE state.
                 log.info("pop3 autologout ip=%s", self.ip)
@@ -150,8 +159,15 @@ class Connection:
     async def _write(self, data: bytes) -> None:
         if data:
             self.writer.write(data)
-            async with asyncio.timeout(self.timeout):  # a client that does not read
+            async with asyncio.timeout(self._timeout()):  # a client that does not read
                 await self.writer.drain()
+
+    def _timeout(self) -> float:
+        """pop3.timeout, and before login no more than what is left of the
+        login deadline."""
+        if self.account is None:
+            return min(max(self.login_deadline - time.monotonic(), 0.0), self.timeout)
+        return self.timeout
 
     # -- events ------------------------------------------------------------------
 
@@ -175,6 +191,7 @@ class Connection:
             self.conn.login_failed(temporary=True)
             return
         self.account, self.mailbox = account, mailbox
+        limit_writes(self.writer, prelogin=False)
         self.conn.login_succeeded(p.Maildrop(mailbox.uidvalidity, messages))
 
     async def _retrieve(self, event: p.Retrieve) -> None:
@@ -227,7 +244,10 @@ class Connection:
         assert tls is not None
         self.reader._buffer.clear()  # type: ignore[attr-defined]
         self.writer.write(self.conn.data_to_send())
-        await self.writer.start_tls(tls(), ssl_handshake_timeout=TLS_TIMEOUT)
+        if not await start_tls(self.writer, tls(), "pop3", self.ip):
+            self.conn.tls_failed()
+            return
+        limit_writes(self.writer, prelogin=True)
         self.conn.tls_started()
 
     async def _update(self, event: p.Update) -> None:

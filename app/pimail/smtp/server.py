@@ -11,9 +11,18 @@ aiosmtpd does the command dispatch; pimail's policy lives in handler hooks
 - `push` adds RFC 3463 enhanced status codes to the replies aiosmtpd writes
   itself, since we advertise ENHANCEDSTATUSCODES (RFC 2034 requires them on
   every reply but the greeting and HELO/EHLO).
-- Command lines ending in a bare LF are refused (RFC 5321 2.3.8).
+- Command lines ending in a bare LF are refused (RFC 5321 2.3.8); one longer
+  than the reader's limit is dropped as it arrives and answered
+  `500 5.5.2 Line too long` (RFC 5321 4.5.3.1.4).
+- A MAIL or RCPT address in UTF-8 without the SMTPUTF8 parameter is refused
+  (RFC 6531 3.4, 3.7.4.1: 553 5.6.7).
+- Implicit TLS (465, RFC 8314) is started by the session itself, the way
+  STARTTLS is, so that aiosmtpd knows the session is encrypted (AUTH with
+  `auth_require_tls` on, and no false warning about it) and a failed handshake
+  is one INFO line, as is a failed STARTTLS (scanners do both all day).
 - `connection_made` enforces the per-address and total connection limits.
-- A timeout says 421 before closing (RFC 5321 4.5.3.2).
+- A timeout says 421 before closing (RFC 5321 4.5.3.2); QUIT closes at once,
+  under TLS too (`net.close_now`).
 """
 
 from __future__ import annotations
@@ -25,9 +34,9 @@ import re
 import time
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, sslproto, syntax
 
-from ..net import ConnectionLimiter
+from ..net import TLS_TIMEOUT, ConnectionLimiter, close_now, handshake_failed
 from ..store.spool import Incoming
 from .data import DataDecoder
 
@@ -68,6 +77,12 @@ DEFAULT_ENHANCED = {
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 
+# Octets of a message in DATA kept in memory before it goes to its spool file.
+# The MX port takes DATA from anyone: smtp.max_connections (500) senders that
+# trickle at the minimum data rate would pin 500 x this (issue 13's budget;
+# the spool's default of 512 KiB made that 250 MiB on a 512 MB Pi).
+DATA_IN_MEMORY = 64 * 1024
+
 # Per session: a client looping on these is not sending mail.
 CALL_LIMITS = {
     "*": 100_000,
@@ -85,6 +100,10 @@ class BareLineEnd(Exception):
     """A command line ended in a bare LF."""
 
 
+class LineTooLong(Exception):
+    """A command line longer than the reader's limit (dropped, not buffered)."""
+
+
 class PimailSMTP(SMTP):
     def __init__(
         self,
@@ -93,6 +112,7 @@ class PimailSMTP(SMTP):
         limiter: ConnectionLimiter,
         spool_dir: Any,
         min_data_rate: int = 500,
+        implicit_tls: bool = False,
         **kwargs: Any,
     ) -> None:
         # aiosmtpd keeps this dict on the class, shared by all sessions: make it ours.
@@ -101,6 +121,7 @@ class PimailSMTP(SMTP):
         self.limiter = limiter
         self.spool_dir = spool_dir
         self.min_data_rate = min_data_rate
+        self.implicit_tls = implicit_tls
         self._peer_ip: str | None = None
         self._pushback = b""  # octets read past the end of DATA: pipelined commands
         self._refused = False
@@ -141,10 +162,93 @@ class PimailSMTP(SMTP):
                 line, self._pushback = self._pushback, b""
                 line += await self._raw_readuntil(separator)
         else:
-            line = await self._raw_readuntil(separator)
+            try:
+                line = await self._raw_readuntil(separator)
+            except asyncio.LimitOverrunError as e:
+                await self._drop_line(separator, e.consumed)
+                raise LineTooLong() from None
         if separator == b"\n" and not line.endswith(b"\r\n"):
             raise BareLineEnd()
         return line
+
+    async def _drop_line(self, separator: bytes, consumed: int) -> None:
+        """Read and drop the rest of an over-long line, never holding more
+        than the reader's limit of it (aiosmtpd would then see its last two
+        octets alone and call the line end a bare LF)."""
+        while True:
+            await self._reader.read(max(consumed, 1))
+            try:
+                await self._raw_readuntil(separator)
+                return
+            except asyncio.LimitOverrunError as e:
+                consumed = e.consumed
+
+    # -- implicit TLS (RFC 8314) ---------------------------------------------
+
+    async def _handle_client(self) -> None:
+        if self.implicit_tls and self._tls_protocol is None:
+            try:
+                await self._start_tls()
+            except (ConnectionError, TimeoutError, OSError) as e:
+                handshake_failed("smtp", self._peer_ip or "?", e)
+                if self.transport is not None:
+                    close_now(self.transport)
+                return
+        await super()._handle_client()
+
+    async def _start_tls(self) -> None:
+        """The TLS handshake on the accepted connection, before the greeting:
+        what aiosmtpd's smtp_STARTTLS does after its 220. When it completes,
+        connection_made runs again with the TLS transport, as after STARTTLS."""
+        assert self.tls_context is not None and self.transport is not None
+        waiter = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, self.tls_context, waiter, server_side=True,
+            ssl_handshake_timeout=TLS_TIMEOUT,
+        )  # fmt: skip
+        self._original_transport = self.transport
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
+        await waiter
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            # RFC 3207 4.2: no second TLS layer inside the first.
+            await self.push("503 5.5.1 TLS is active already")
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str) -> None:
+        await super().smtp_QUIT(arg)
+        if not arg and self.transport is not None:
+            close_now(self.transport)  # TLS: no 30 s wait for the client's close_notify
+
+    # -- RFC 6531: UTF-8 addresses only with SMTPUTF8 ------------------------
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command in ("MAIL", "RCPT") and not args[0].isascii():
+            refusal = self._utf8_refusal(args[0])
+            if refusal is not None:
+                return refusal
+        return await super()._call_handler_hook(command, *args)
+
+    def _utf8_refusal(self, address: str) -> str | None:
+        """RFC 6531 3.4: without SMTPUTF8 on MAIL, addresses are ASCII; 3.7.4.1
+        gives the reply, 553 with X.6.7 (registered by RFC 6531 4.3, "Non-ASCII
+        addresses not permitted for that sender/recipient"; RFC 6533 uses the
+        same code in DSNs). 501 5.5.4 would say the syntax is wrong, but the
+        address is fine with SMTPUTF8. With it, the octets must be UTF-8."""
+        assert self.envelope is not None
+        if not self.envelope.smtp_utf8:
+            return "553 5.6.7 Non-ASCII address requires SMTPUTF8 (RFC 6531)"
+        try:
+            address.encode("utf-8")  # aiosmtpd keeps invalid octets as surrogates
+        except UnicodeEncodeError:
+            return "553 5.6.7 Address is not valid UTF-8"
+        return None
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -188,6 +292,12 @@ class PimailSMTP(SMTP):
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, BareLineEnd):
             return "500 5.5.2 Bare LF in command line refused (RFC 5321 2.3.8)"
+        if isinstance(error, LineTooLong):
+            return "500 5.5.2 Line too long"
+        if isinstance(error, TLSSetupException):
+            # aiosmtpd closes the connection itself and sends nothing.
+            handshake_failed("smtp", self._peer_ip or "?", error.__cause__ or error)
+            return "454 4.7.0 TLS handshake failed"
         log.exception("smtp session error peer=%r", self.session.peer if self.session else None)
         return "451 4.3.0 Internal error, try again later"
 
@@ -203,7 +313,7 @@ class PimailSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        message = Incoming(self.spool_dir)
+        message = Incoming(self.spool_dir, spill_threshold=DATA_IN_MEMORY)
         prologue = await self._call_handler_hook("DATA_START", message)
         if isinstance(prologue, str):  # the handler refuses before any data
             await self.push(prologue)
@@ -230,6 +340,7 @@ class PimailSMTP(SMTP):
         received = 0
         pending, self._pushback = self._pushback, b""
         while not decoder.done:
+            chunk = data = b""  # not kept alive while waiting for the next read
             chunk = pending or await self._reader.read(65536)
             pending = b""
             if not chunk:
@@ -284,13 +395,18 @@ def create_session(
     timeout: float,
     min_data_rate: int,
     command_size: int,
+    implicit_tls: bool = False,
     **extra: Any,
 ) -> PimailSMTP:
+    """One session. `implicit_tls`: a port where TLS starts at once (465,
+    RFC 8314); `tls_context` is then the context for that handshake. AUTH
+    always requires TLS (`auth_require_tls`, aiosmtpd's default)."""
     session = PimailSMTP(
         handler,
         limiter=limiter,
         spool_dir=spool_dir,
         min_data_rate=min_data_rate,
+        implicit_tls=implicit_tls,
         hostname=hostname,
         ident="pimail ESMTP",
         data_size_limit=max_message_size,
