@@ -227,8 +227,30 @@ def test_splice_in_memory_and_spilled(tmp_path: Path, spill: int) -> None:
     message.insert(0, b"Top: 0\r\n")
     expected = b"Top: 0\r\nTrace: 1\r\nX-New: ours\r\nX-Two: 2\r\nSubject: s\r\n\r\nbody\r\n"
     assert message.content() == expected and message.size == len(expected)
-    assert bytes(message.head) == expected
+    assert bytes(message.head) == expected[: expected.index(b"\r\n\r\n") + 4]  # headers only
     message.discard()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 4096])
+def test_the_head_keeps_the_header_block_and_no_body(tmp_path: Path, chunk: int) -> None:
+    """A message in DATA holds its header block in memory for parsing, never a
+    copy of its body (an unfinished 300 KiB DATA held 270 KiB per connection):
+    written in pieces of any size, the blank line split between two of them."""
+    from pimail.store.headers import MAX_HEADER, header_end
+
+    for raw in (
+        b"Received: x\r\nSubject: s\r\n\r\n" + b"b" * 300_000,
+        b"Subject: lf\n\nbody\n\n" + b"c" * 1000,
+        b"X-Big: " + b"y" * (MAX_HEADER + 10),  # no blank line: MAX_HEADER octets
+    ):
+        message = Incoming(tmp_path, spill_threshold=64 * 1024)
+        split = min(len(raw), 50_000)
+        for i in range(0, split, chunk):
+            message.write(raw[i : min(i + chunk, split)])
+        message.write(raw[split:])
+        assert bytes(message.head) == raw[: header_end(raw)]
+        assert message.content() == raw
+        message.discard()
 
 
 def test_an_append_that_fails_in_the_index_leaves_no_file(env, monkeypatch) -> None:

@@ -26,7 +26,11 @@ class Incoming:
         self.spill_threshold = spill_threshold
         self.base = unique_base()
         self.size = 0
-        self.head = bytearray()  # the first MAX_HEADER octets, for header parsing
+        # The header block (through its blank line), at most MAX_HEADER octets:
+        # what header parsing needs. No body octets: a connection in DATA keeps
+        # at most its spill threshold and its header block in memory.
+        self.head = bytearray()
+        self._head_done = False
         self._chunks: list[bytes] = []
         self._fd: int | None = None
         self.path: Path | None = None
@@ -35,8 +39,8 @@ class Incoming:
     def write(self, data: bytes) -> None:
         if not data:
             return
-        if len(self.head) < MAX_HEADER:
-            self.head += data[: MAX_HEADER - len(self.head)]
+        if not self._head_done:
+            self._grow_head(data)
         self.size += len(data)
         if self._fd is None:
             self._chunks.append(data)
@@ -44,6 +48,17 @@ class Incoming:
                 self._spill()
         else:
             _write_all(self._fd, data)
+
+    def _grow_head(self, data: bytes) -> None:
+        start = max(0, len(self.head) - 3)  # a blank line may straddle two writes
+        self.head += data[: MAX_HEADER - len(self.head)]
+        for sep in (b"\r\n\r\n", b"\n\n"):  # as headers.header_end finds it
+            end = self.head.find(sep, start)
+            if end >= 0:
+                del self.head[end + len(sep) :]
+                self._head_done = True
+                return
+        self._head_done = len(self.head) >= MAX_HEADER
 
     def insert(self, offset: int, data: bytes) -> None:
         """Insert `data` at `offset` (header fields a submission server adds,
