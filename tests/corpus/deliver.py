@@ -117,7 +117,12 @@ def imap_append(
             tag = b"a%d" % client.n
             tags.append((tag, name))
             client.send(
-                tag + b' APPEND "%s" {%d+}\r\n' % (folder.encode(), len(data)) + data + b"\r\n"
+                # NUL only in a literal8 (RFC 3516 4.3, RFC 9051 4.3)
+                tag
+                + b' APPEND "%s" %s{%d+}\r\n'
+                % (folder.encode(), b"~" if b"\0" in data else b"", len(data))
+                + data
+                + b"\r\n"
             )
         for tag, name in tags:
             _, tagged = client.until(tag)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from conftest import PASSWORD, PimailServer
 from imap.imap_raw import RawIMAP
+from pimail.mime.structure import MAX_DEPTH
 from web.browser import Browser
 
 from .deliver import stored_name
@@ -59,7 +60,9 @@ def decoded(value: object) -> str:
     try:
         return str(email.header.make_header(email.header.decode_header(text)))
     except Exception:
-        return text
+        # An encoded word in an unknown charset: RFC 2047 6.2 lets a reader show
+        # it as written or make a best effort; only the words outside count.
+        return re.sub(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=", " ", text)
 
 
 def _body_word(data: bytes) -> str | None:
@@ -68,11 +71,20 @@ def _body_word(data: bytes) -> str | None:
         part = message.get_body(preferencelist=("plain",))
         if part is None or part.get_content_type() != "text/plain":
             return None
+        if _depth(message) > MAX_DEPTH:
+            return None  # past the parser's documented nesting limit: an opaque part
         text = part.get_content()
     except Exception:
         return None
     words = _WORD.findall(text)
     return words[len(words) // 2] if words else None
+
+
+def _depth(message: object, level: int = 0) -> int:
+    """How deep multiparts and message/rfc822 parts nest in `message`."""
+    if level > MAX_DEPTH or not message.is_multipart():  # type: ignore[attr-defined]
+        return level
+    return max((_depth(p, level + 1) for p in message.get_payload()), default=level)  # type: ignore[attr-defined]
 
 
 def search_all(connect: Callable[[], RawIMAP], walk: Walk, label: str) -> tuple[list[str], int]:

@@ -113,10 +113,12 @@ QP_BODY = (
     b"bad=ZZ and =4\r\n"  # not an escape: kept as written (note 2)
     b"padded soft=  \t\r\n"  # "=" then white space: still a soft break
     b"==3D\r\n"
-    b"last="  # "=" as the last octet: kept (note 3)
+    b"=4\r\n"  # "=" and one more octet on a line: kept (note 3)
+    b"last="  # the part's last line: its CRLF is the delimiter's, the "=" a soft break
 )
 QP_DECODED = (
-    b"softbreak\r\ntabs\r\nlower\xe9 upper\xc3\xa9\r\nbad=ZZ and =4\r\npadded soft==\r\nlast="
+    b"softbreak\r\ntabs\r\nlower\xe9 upper\xc3\xa9\r\nbad=ZZ and =4\r\npadded soft==\r\n"
+    b"=4\r\nlast"
 )
 B64_BODY = b"SGVs bG8s\r\nIHdv*cm!xk\r\nIQ\r\n"  # junk, line breaks, no padding (RFC 2045 6.8)
 B64_DECODED = b"Hello, world!"

@@ -551,8 +551,9 @@ def decode_quoted_printable(body: bytes) -> bytes:
       "=  " CRLF is one too;
     - "=XX" is the octet XX, hex digits in either case (note 1: lowercase is
       "formally illegal" but a robust decoder recognises it);
-    - "=" not followed by two hex digits, and "=" as the last or next to last
-      octet of the body, are kept as written (notes 2 and 3);
+    - "=" not followed by two hex digits, and "=X" as the last two octets of
+      the body, are kept as written (notes 2 and 3); a final "=" is a soft
+      line break, as at the end of any other line;
     - hard line breaks stay as they were (CRLF, or LF in a file stored so).
     """
     out = bytearray()
@@ -560,7 +561,10 @@ def decode_quoted_printable(body: bytes) -> bytes:
         text, end = match.group(1), match.group(2)
         if not text and not end:
             break  # the empty match at the end of the body
-        soft = end != b"" and text.endswith(b"=")
+        # A part's last line has no line end of its own (the CRLF before the
+        # boundary belongs to the delimiter, RFC 2046 5.1.1): its "=" is still
+        # the soft line break an encoder wrote (as Python's quopri reads it).
+        soft = text.endswith(b"=")
         if soft:
             text = text[:-1]
         out += _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text)

@@ -222,6 +222,16 @@ def headers_text(block: bytes, charset: str | None) -> str:
         size += len(lines[-1]) + 1
         if size >= MAX_HEADER_TEXT:
             break
+    # RFC 9051 6.4.4: TEXT looks in the whole header. A line there that is no
+    # field (no colon, an empty name) is kept as it is, after the fields.
+    for line in block.splitlines():
+        if size >= MAX_HEADER_TEXT or not line.strip():
+            break
+        if line[:1] not in (b" ", b"\t"):
+            name, colon, _ = line.partition(b":")
+            if not colon or not name.strip() or b" " in name.strip():
+                lines.append(decode_text(line[:MAX_FIELD_TEXT], ("utf-8", charset)).strip())
+                size += len(lines[-1]) + 1
     return fold_lines("\n".join(lines))[:MAX_HEADER_TEXT]
 
 
