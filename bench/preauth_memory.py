@@ -37,26 +37,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from imap_memory import free_port, memory_kib  # bench/ is sys.path[0]
 from pimail.config import Settings
 
 PIMAIL = [sys.executable, "-m", "pimail.cli"]
 Opener = Callable[[dict[str, int], ssl.SSLContext], socket.socket]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    rss = pss = 0
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Rss:"):
-            rss = int(line.split()[1])
-        elif line.startswith("Pss:"):
-            pss = int(line.split()[1])
-    return rss, pss
 
 
 def connect(port: int, tls: ssl.SSLContext | None = None) -> tuple[socket.socket, object]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, PimailServer
+from drip import drip_until_closed
 
 from .imap_raw import RawIMAP, tcp_eof
 
@@ -92,21 +93,7 @@ def test_idle_client_closed_at_login_deadline(srv: PimailServer, tls: bool) -> N
 @pytest.mark.parametrize("drip", [b"a", b"a NOOP\r\n"], ids=["partial-line", "junk-lines"])
 def test_drip_does_not_extend_the_login_deadline(srv: PimailServer, drip: bytes) -> None:
     c = RawIMAP(srv.imap_port)
-    c.sock.settimeout(0.5)
-    started = time.monotonic()
-    closed = False
-    # One octet (or one harmless command) every 0.5 s, for up to 4 deadlines:
-    # with a timer per read the server would wait forever.
-    while time.monotonic() - started < 4 * LOGIN_TIMEOUT and not closed:
-        try:
-            c.sock.sendall(drip)
-            while c.sock.recv(4096):
-                pass
-            closed = True
-        except TimeoutError:
-            continue
-        except (BrokenPipeError, ConnectionResetError):
-            closed = True
+    closed = drip_until_closed(c.sock, drip, 4 * LOGIN_TIMEOUT)
     assert closed, "a dripping client was never closed"
     c.close()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PASSWORD, PimailServer
+from drip import drip_until_closed
 from imap.imap_raw import tcp_eof
 
 LOGIN_TIMEOUT = 2.0
@@ -71,19 +72,7 @@ def test_idle_client_closed_at_login_deadline(srv: PimailServer, tls: bool) -> N
 @pytest.mark.parametrize("drip", [b"U", b"NOOP\r\n"], ids=["partial-line", "junk-lines"])
 def test_drip_does_not_extend_the_login_deadline(srv: PimailServer, drip: bytes) -> None:
     p = poplib.POP3("127.0.0.1", srv.pop3_port, timeout=10)
-    p.sock.settimeout(0.5)
-    started = time.monotonic()
-    closed = False
-    while time.monotonic() - started < 4 * LOGIN_TIMEOUT and not closed:
-        try:
-            p.sock.sendall(drip)
-            while p.sock.recv(4096):
-                pass
-            closed = True
-        except TimeoutError:
-            continue
-        except (BrokenPipeError, ConnectionResetError):
-            closed = True
+    closed = drip_until_closed(p.sock, drip, 4 * LOGIN_TIMEOUT)
     assert closed, "a dripping client was never closed"
     p.close()
 
