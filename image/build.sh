@@ -128,6 +128,9 @@ python_stage() {
     PIP_CONFIG_FILE=/dev/null "$pipvenv/bin/pip" install -q --disable-pip-version-check \
         --cache-dir "$CACHE/pip" --no-deps --no-compile --target "$lib" "$build"
     rm -rf "$lib/bin"
+    # olefile (the malware screen's OLE reader) still ships its Python 2 module,
+    # which nothing imports and which does not compile: not in the image.
+    rm -f "$lib/olefile/olefile2.py"
     echo /opt/pimail/lib > "$ROOT/usr/lib/python3/dist-packages/pimail.pth"
     # Host 3.11 and bookworm's 3.11.2 share the bytecode magic number.
     python3 -m compileall -q -j 2 --invalidation-mode unchecked-hash "$lib"
