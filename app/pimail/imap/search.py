@@ -127,13 +127,6 @@ def _prepare_text(ctx: SearchContext, key: SearchKey) -> None:
             stack.append(k.key)
 
 
-def fts_query(value: str, columns: str = "text") -> str | None:
-    """The webmail's search string as the text index wants it (folded), or None
-    for one of only white space. `columns` is kept for the callers' sake."""
-    needle = textindex.fold(value)
-    return needle if needle.strip() else None
-
-
 def _text_ids(ctx: SearchContext, key: SearchText | SearchHeader) -> set[int]:
     needle = textindex.fold(key.value)
     if isinstance(key, SearchHeader):

@@ -62,6 +62,13 @@ def _phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
+def fts_query(value: str, columns: str = "text") -> str | None:
+    """The webmail's search string as the text index wants it (folded), or None
+    for one of only white space. `columns` is kept for the callers' sake."""
+    needle = fold(value)
+    return needle if needle.strip() else None
+
+
 def trigram_query(needle: str) -> str:
     """An FTS5 query for the rows holding every trigram of `needle` (3+ characters):
     the candidates, a superset of the rows that contain it. Long strings use

@@ -49,12 +49,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..auth.accounts import Account
-from ..imap.search import fts_query
 from ..smtp.submission import SubmissionRefused, Submitter
 from ..store import maildir, quota
 from ..store.ops import StoreError
 from ..store.reader import IndexReader
 from ..store.spool import Incoming
+from ..store.textindex import fts_query
 from . import mail_compose as mc
 from . import mail_index as mi
 from . import mail_message as mm
