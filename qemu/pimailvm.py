@@ -235,22 +235,29 @@ class Machine:
     def wait_banner(self, timeout: float = 600.0) -> float:
         """Seconds from QEMU's start to the SMTP banner on the forwarded port.
         (QEMU accepts on the host port before the guest listens: a connection
-        that closes without a 220 means "not yet".)"""
+        that closes without a 220 means "not yet".) Returns once IMAP greets
+        too: pimail opens its listeners one after the other, SMTP first, and on
+        an emulated CPU a client can come between the two."""
         deadline = time.monotonic() + timeout
+        banner = self._wait_greeting("smtp", b"220", deadline, b"QUIT\r\n")
+        self._wait_greeting("imap", b"* OK", deadline, b"a LOGOUT\r\n")
+        return banner
+
+    def _wait_greeting(self, port: str, greeting: bytes, deadline: float, bye: bytes) -> float:
         while time.monotonic() < deadline:
             if not self.running():
                 raise RuntimeError(f"QEMU exited; see {self.console}")
             try:
-                with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=5) as s:
+                with socket.create_connection(("127.0.0.1", self.ports[port]), timeout=5) as s:
                     s.settimeout(10)
                     line = s.recv(512)
-                    if line.startswith(b"220"):
-                        s.sendall(b"QUIT\r\n")
+                    if line.startswith(greeting):
+                        s.sendall(bye)
                         return time.monotonic() - self.started_at
             except OSError:
                 pass
             time.sleep(1)
-        raise TimeoutError(f"no SMTP banner within {timeout} s; see {self.console}")
+        raise TimeoutError(f"no {port} greeting in time; see {self.console}")
 
     def qmp(self, command: str) -> None:
         with socket.socket(socket.AF_UNIX) as s:
