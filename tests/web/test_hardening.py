@@ -285,3 +285,62 @@ def test_bodies_that_trickle_are_cut_off_and_others_are_served(site: PimailServe
         time.sleep(0.3)
     assert not open_, f"{len(open_)} tricklers still connected"
     assert statuses.count(408) >= len(statuses) - 2, statuses  # a few may see only the close
+
+
+def expect_head(path: str, length: int, cookies: dict[str, str]) -> bytes:
+    head = post_head(path, length, cookies=cookies)
+    return head[:-2] + b"Expect: 100-continue\r\n\r\n"
+
+
+def first_answer(sock) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+    """The first status line the server sends (100 included) and what followed it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        got = sock.recv(65536)
+        if not got:
+            return 0, data
+        data += got
+    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+
+
+def test_expect_100_continue_is_refused_before_the_body_when_over_budget(
+    site: PimailServer,
+) -> None:
+    """RFC 9110 10.1.1: a client that sends `Expect: 100-continue` waits before
+    sending its body. A body over the budget gets 413 at once, not 100 and then
+    413 after the client sent megabytes; one within the budget gets 100 and is
+    served as ever. For a visitor and for a logged-in account alike."""
+    token, visitor = anonymous(site)
+    browser = login(site)
+    member = cookies_of(browser)
+    member_token = browser.get("/").csrf
+    cases = [
+        ("/login", HUGE, visitor, 413),
+        ("/login", 17 * 1024, visitor, 413),
+        ("/settings/vacation", 2 * MIB, member, 413),  # a form route: 1 MiB
+        ("/mail/compose", 41 * MIB, member, 413),  # the upload route: 40 MiB
+    ]
+    for path, length, cookies, want in cases:
+        with connect(site) as sock:
+            sock.sendall(expect_head(path, length, cookies))
+            status, _ = first_answer(sock)
+            assert status == want, (path, length, status)
+            assert closed(sock)
+    # Within the budget: 100, then the body, then the page's own answer.
+    form = f"csrf={token}&username={ALICE}&password=wrong".encode()
+    with connect(site) as sock:
+        sock.sendall(expect_head("/login", len(form), visitor))
+        status, _ = first_answer(sock)
+        assert status == 100
+        sock.sendall(form)
+        assert read_response(sock)[0] in (200, 401, 403)
+    form = f"csrf={member_token}".encode()
+    with connect(site) as sock:
+        sock.sendall(expect_head("/logout", len(form), member))
+        assert first_answer(sock)[0] == 100
+        sock.sendall(form)
+        assert read_response(sock)[0] in (200, 302, 303)
+    # An expectation the server does not know: 417 (RFC 9110 10.1.1).
+    with connect(site) as sock:
+        sock.sendall(post_head("/login", 10, cookies=visitor)[:-2] + b"Expect: teapot\r\n\r\n")
+        assert first_answer(sock)[0] == 417

@@ -131,7 +131,7 @@ class Web:
         page, `admin` answers 403 to accounts that are not administrators."""
         if login or admin:
             handler = _guarded(handler, admin)
-        self.https.router.add_route(method, path, handler)
+        self.https.router.add_route(method, path, handler, expect_handler=self._expect)
 
     def _routes(self) -> None:
         self.http.router.add_get("/.well-known/acme-challenge/{token}", self.acme_challenge)
@@ -144,7 +144,7 @@ class Web:
         r.add_get(autoconfig.THUNDERBIRD_WELL_KNOWN_PATH, self.thunderbird)
         r.add_get(autoconfig.THUNDERBIRD_PATH, self.thunderbird)
         for path in (autoconfig.AUTODISCOVER_PATH, "/Autodiscover/Autodiscover.xml"):
-            r.add_post(path, self.autodiscover)
+            r.add_post(path, self.autodiscover, expect_handler=self._expect)
         r.add_static("/static/", HERE / "static", append_version=True)
         self.page("GET", "/login", self.login_form, login=False)
         self.page("POST", "/login", self.login, login=False)
@@ -155,11 +155,9 @@ class Web:
 
     @web.middleware
     async def _security(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
-        if session is not None:
-            account = self.directory.account_by_id(session.account_id)
-            if account is not None:
-                request["session"], request["account"] = session, account
+        known = self._session_of(request)
+        if known is not None:
+            request["session"], request["account"] = known
         try:
             response = await handler(request)
         except web.HTTPException as e:
@@ -225,11 +223,40 @@ class Web:
         except body.Refused as refused:
             return await body.answer_and_close(request, refused.response)
 
-    def _budget(self, request: web.Request) -> body.Budget:
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue` (RFC 9110 10.1.1), before any middleware: a body
+        over this request's budget is refused with 413 instead of invited with 100,
+        so that a client that waits is told before it sends a byte of it."""
+        if request.version < (1, 1):
+            return None  # an HTTP/1.0 client never waits for 100 (RFC 9110 10.1.1)
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text="Unknown expectation.")
+        limit = self._budget(request, logged_in=self._session_of(request) is not None).limit
+        if request.path in AUTODISCOVER_PATHS:
+            limit = autoconfig.MAX_AUTODISCOVER_REQUEST
+        if request.content_length is not None and request.content_length > limit:
+            response = body.too_large(limit).response
+            response.force_close()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own: the response has not begun
+        return None
+
+    def _session_of(self, request: web.Request) -> tuple[Session, Any] | None:
+        """The session of the request's cookie and its account, if both exist."""
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            return None
+        account = self.directory.account_by_id(session.account_id)
+        return None if account is None else (session, account)
+
+    def _budget(self, request: web.Request, logged_in: bool | None = None) -> body.Budget:
         """What this request's body may cost, known from the cookie alone."""
         w = self.settings.web
         rate, grace = w.body_min_rate, w.body_grace
-        if request.get("session") is None:
+        if logged_in is None:
+            logged_in = request.get("session") is not None
+        if not logged_in:
             return body.Budget(w.max_body_anonymous, w.anonymous_body_timeout, rate, grace, False)
         length = request.content_length
         if request.path in UPLOAD_PATHS and (length is None or length > w.max_body_form):
