@@ -187,6 +187,78 @@ def test_seen_domains_are_bounded() -> None:
     assert "c.test" not in seen and "b.test" in seen
 
 
+def newsletter(
+    *,
+    from_: str = "Shop News <news@shop.test>",
+    msgid: str = "<n1.20261207@mail.shop.test>",
+    unsubscribe: str | None = "<mailto:leave@lists.shop.test>, <https://shop.test/u?id=7>",
+    links: tuple[str, ...] = ("https://www.shop.test/sale", "https://click.shop.test/a"),
+    extra: str = "",
+) -> bytes:
+    """An HTML newsletter that names its sender the same way throughout."""
+    head = extra + (f"List-Unsubscribe: {unsubscribe}\r\n" if unsubscribe is not None else "")
+    body = "".join(f'<p><a href="{url}">Our winter sale</a></p>' for url in links)
+    return mail(
+        from_=[from_], msgid=msgid, content_type="text/html; charset=utf-8",
+        body=f"<html><body>{body}</body></html>\r\n", extra=head,
+    )  # fmt: skip
+
+
+def bulk(message: bytes, fired: tuple[str, ...] = ()) -> bool:
+    found = symbols(message)
+    texts = malware.screen(message).texts
+    return "BULK_SENDER_CONSISTENT" in rules.bulk_rules(message, texts, {*found, *fired})
+
+
+def test_bulk_sender_consistent_fires_on_a_consistent_newsletter() -> None:
+    message = newsletter()
+    assert bulk(message)
+    found = rules.score(message, texts=malware.screen(message).texts, own_domains=["example.org"])
+    assert found["BULK_SENDER_CONSISTENT"] == -1.5 < 0
+    # Through a mailing service: Message-ID, unsubscribe and links at the service's domain.
+    assert bulk(
+        newsletter(
+            msgid="<x7.q@mta.esp.test>",
+            unsubscribe="<https://esp.test/unsub/93>",
+            links=("https://esp.test/c/1", "https://esp.test/c/2", "https://shop.test/"),
+        )
+    )
+    assert bulk(newsletter(links=()))  # no links: nothing to contradict
+    folded = newsletter(unsubscribe="<mailto:leave@shop.test>,\r\n\t<https://shop.test/u>")
+    assert bulk(folded)  # RFC 5322 2.2.3 folding inside the field
+
+
+BULK_MISSES = {
+    "no-unsubscribe": newsletter(unsubscribe=None),
+    "unsubscribe-without-brackets": newsletter(unsubscribe="mailto:leave@shop.test"),
+    "unsubscribe-other-scheme": newsletter(unsubscribe="<ftp://shop.test/leave>"),
+    "unsubscribe-garbage": newsletter(unsubscribe="<>,<"),
+    "two-unsubscribe-fields": newsletter(extra="List-Unsubscribe: <mailto:x@other.test>\r\n"),
+    "msgid-elsewhere": newsletter(msgid="<n1@random-host.test>"),
+    "from-unrelated": newsletter(from_="Bank <service@bank.test>"),
+    "links-elsewhere": newsletter(links=("http://pills.test/a", "http://pills.test/b")),
+    "trick-ip-link": newsletter(links=("http://192.0.2.7/x",)),
+    "trick-bad-date": mail(
+        date="yesterday",
+        from_=["News <news@shop.test>"],
+        msgid="<n1@shop.test>",
+        extra="List-Unsubscribe: <mailto:leave@shop.test>\r\n",
+    ),
+    "two-addresses-in-from": newsletter(from_='"news@shop.test" <news@other.test>'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BULK_MISSES))
+def test_bulk_sender_consistent_near_misses(case: str) -> None:
+    assert not bulk(BULK_MISSES[case])
+
+
+@pytest.mark.parametrize("failure", ["SPF_FAIL", "DKIM_FAIL", "DMARC_POLICY_NONE", "URIBL_LISTED"])
+def test_bulk_sender_consistent_never_with_failed_authentication(failure: str) -> None:
+    assert failure in rules.TRICKS
+    assert not bulk(newsletter(), (failure,))
+
+
 # -- over SMTP -------------------------------------------------------------------------
 
 
