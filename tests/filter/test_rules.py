@@ -306,6 +306,40 @@ def test_gtube_is_refused_for_every_account(
     assert [m for a in ACCOUNTS for f in ("", ".Junk") for m in server.messages(a, f)] == []
 
 
+def test_bulk_sender_consistent_over_smtp(make_server: Any) -> None:
+    """Through the whole pipeline, sender authentication included (its DNS
+    unreachable: nothing fails, nothing passes): a consistent newsletter gets
+    the symbol in its stored X-Spam-Status, the same newsletter with an IP
+    link or its Message-ID at another domain does not."""
+    server: PimailServer = make_server("b", sections={
+        "filter": {"skip_networks": [], "greylist": False, "starter_model": "off"},
+        "dns": {"nameservers": ["127.0.0.1:9"], "timeout": 1.0},
+    })  # fmt: skip
+    server.cli("domain", "add", "example.org")
+    server.add_user("alice@example.org")
+    server.start()
+    sent = {
+        "consistent": newsletter(),
+        "ip-link": newsletter(links=("https://www.shop.test/", "http://192.0.2.7/x")),
+        "msgid-elsewhere": BULK_MISSES["msgid-elsewhere"],
+    }
+    for name, message in sent.items():
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as s:
+            s.sendmail("news@shop.test", ["alice@example.org"], message.replace(
+                b"Subject: hello", f"Subject: {name}".encode()
+            ))  # fmt: skip
+    stored = {}
+    for path in server.messages("alice@example.org"):
+        data = path.read_bytes()
+        subject = data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+        stored[subject] = data.split(b"\r\n\r\n", 1)[0]
+    assert sorted(stored) == sorted(sent)
+    assert b"BULK_SENDER_CONSISTENT" in stored["consistent"]
+    assert b"BULK_SENDER_CONSISTENT" not in stored["ip-link"]
+    assert b"URI_IP" in stored["ip-link"]
+    assert b"BULK_SENDER_CONSISTENT" not in stored["msgid-elsewhere"]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=600))
 def test_rules_never_raise_on_garbage(tail: bytes) -> None:
