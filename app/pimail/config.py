@@ -201,7 +201,7 @@ class FilterSettings:
     bayes_account_weight: float = 2.0
     # The spam probability at which the Bayes points alone reach 5.0 (see
     # filter/pipeline.py); chosen on spam-1/easy-ham-1 (bench/bayes_eval.py).
-    bayes_threshold: float = 0.98
+    bayes_threshold: float = 0.95
     # DNSBL/DNSWL zone entries in filter/dnsbl.py's syntax ("zen.spamhaus.org*3"); none by
     # default (DEVICE_DNSBL_ZONES is the set for a box with its own recursive resolver).
     dnsbl_zones: list[str] = field(default_factory=list)

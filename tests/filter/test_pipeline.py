@@ -276,9 +276,6 @@ def test_bayes_points_are_continuous_in_the_probability() -> None:
     assert bayes_symbol(0.5) == {}
     assert bayes_symbol(0.99, 0.99) == {"BAYES_SPAM": 5.0}
     assert bayes_symbol(0.95, 0.95) == {"BAYES_SPAM": 5.0}
-    # The default threshold, chosen by bench/bayes_eval.py on spam-1/easy-ham-1 (issue 15).
-    assert FilterSettings().bayes_threshold == 0.98
-    assert bayes_symbol(0.98) == {"BAYES_SPAM": 5.0} and bayes_symbol(0.9) == {"BAYES_SPAM": 2.82}
     assert bayes_symbol(0.9, 0.99) == {"BAYES_SPAM": 2.39}
     assert bayes_symbol(0.1, 0.99) == {"BAYES_HAM": -2.39}
     assert bayes_symbol(1.0) == {"BAYES_SPAM": 6.0} and bayes_symbol(0.0) == {"BAYES_HAM": -3.0}

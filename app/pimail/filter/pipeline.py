@@ -42,10 +42,10 @@ runs, after DATA and before the reply to it:
 
        points = 5.0 * logit(p) / logit(t), within [-3.0, +6.0]
 
-   t = `bayes_threshold` (0.98, chosen on spam-1/easy-ham-1 alone by
+   t = `bayes_threshold` (0.95, chosen on spam-1/easy-ham-1 alone by
    bench/bayes_eval.py): at p = t Bayes alone reaches the default junk
-   score; p = 0.5 gives 0, p = 0.7 about +1.1, p = 0.9 about +2.8, p = 0.1
-   about -2.8.
+   score; p = 0.5 gives 0, p = 0.7 about +1.4, p = 0.9 about +3.7, p = 0.1
+   about -3.7, held at -3.0.
    Positive points are the symbol BAYES_SPAM, negative BAYES_HAM; below
    0.05 either way, no symbol. Without any model to score, no symbol.
 
@@ -589,7 +589,7 @@ class Pipeline:
         return f"{line}\r\nX-Spam-Score: {score:.1f}\r\n".encode("ascii")
 
 
-def bayes_points(probability: float, threshold: float = 0.98) -> float:
+def bayes_points(probability: float, threshold: float = 0.95) -> float:
     """The Bayes points for a spam probability (module docstring, step 8)."""
     threshold = min(max(threshold, 0.51), 1.0 - 1e-9)
     p = min(max(probability, 1e-12), 1.0 - 1e-12)
@@ -597,7 +597,7 @@ def bayes_points(probability: float, threshold: float = 0.98) -> float:
     return min(max(points, BAYES_MIN), BAYES_MAX)
 
 
-def bayes_symbol(probability: float, threshold: float = 0.98) -> dict[str, float]:
+def bayes_symbol(probability: float, threshold: float = 0.95) -> dict[str, float]:
     """{BAYES_SPAM: points} or {BAYES_HAM: points}; {} near 0 points."""
     points = round(bayes_points(probability, threshold), 2)
     if points >= 0.05:
