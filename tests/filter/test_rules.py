@@ -351,3 +351,17 @@ def test_rules_never_raise_on_garbage(tail: bytes) -> None:
 def test_body_rules_never_raise_on_any_html(body: str, host: str) -> None:
     page = f'<a href="http://{host}/">{body}</a><a href="https://xn--{host}">x</a>{body}'
     rules.text_rules([malware.TextPart("text/html", page)], ["example.org"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80), st.text(max_size=80), st.text(max_size=120), st.text(max_size=60))
+def test_bulk_rules_never_raise(author: str, msgid: str, unsubscribe: str, host: str) -> None:
+    """Any From, Message-ID and List-Unsubscribe (also with bracketed URIs
+    around the garbage) and any link host: an answer, never an exception."""
+    for listed in (unsubscribe, f"<mailto:{unsubscribe}>, <https://{host}/{unsubscribe}>"):
+        head = f"From: {author} <n@{host}>\r\nMessage-ID: <{msgid}@{host}>\r\n"
+        head += f"List-Unsubscribe: {listed}\r\n\r\n"
+        message = head.encode("utf-8", "surrogateescape")
+        page = f'<a href="http://{host}/">x</a><a href="https://{host}.test/">y</a>'
+        found = rules.bulk_rules(message, [malware.TextPart("text/html", page)], ())
+        assert found in ({}, {"BULK_SENDER_CONSISTENT": rules.BULK_SENDER_CONSISTENT})
