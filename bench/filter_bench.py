@@ -41,6 +41,11 @@ one-signature database, rspamd with its packaged rules, no redis, and the
 network rules off.
 
 Run:  .venv/bin/python bench/filter_bench.py [--messages 300] [--rounds 3] [--json FILE]
+      .venv/bin/python bench/filter_bench.py --ref 8928e7e [--messages 300] [--rounds 3]
+
+With --ref, instead: the filter alone (no clamd, no rspamd) of that commit
+beside this tree's, a trained and a new account each, with the resident
+memory each adds (bench/filter_ref.py).
 """
 
 from __future__ import annotations
@@ -669,10 +674,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=300, help="half ham, half spam (300)")
     parser.add_argument("--rounds", type=int, default=3, help="passes over the messages (3)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument(
+        "--ref", metavar="REV",
+        help="instead: pimail's own filter at REV (e.g. 8928e7e) beside this tree's, "
+        "in processes of their own (bench/filter_ref.py)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.messages < 2 or args.rounds < 1:
         parser.error("--messages must be at least 2, --rounds at least 1")
     exit_on_sigterm()
+    if args.ref:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import filter_ref
+
+        return filter_ref.run(args.ref, args.messages, args.rounds)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     report = run(args)
     print(render(report))

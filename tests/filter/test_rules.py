@@ -187,6 +187,78 @@ def test_seen_domains_are_bounded() -> None:
     assert "c.test" not in seen and "b.test" in seen
 
 
+def newsletter(
+    *,
+    from_: str = "Shop News <news@shop.test>",
+    msgid: str = "<n1.20261207@mail.shop.test>",
+    unsubscribe: str | None = "<mailto:leave@lists.shop.test>, <https://shop.test/u?id=7>",
+    links: tuple[str, ...] = ("https://www.shop.test/sale", "https://click.shop.test/a"),
+    extra: str = "",
+) -> bytes:
+    """An HTML newsletter that names its sender the same way throughout."""
+    head = extra + (f"List-Unsubscribe: {unsubscribe}\r\n" if unsubscribe is not None else "")
+    body = "".join(f'<p><a href="{url}">Our winter sale</a></p>' for url in links)
+    return mail(
+        from_=[from_], msgid=msgid, content_type="text/html; charset=utf-8",
+        body=f"<html><body>{body}</body></html>\r\n", extra=head,
+    )  # fmt: skip
+
+
+def bulk(message: bytes, fired: tuple[str, ...] = ()) -> bool:
+    found = symbols(message)
+    texts = malware.screen(message).texts
+    return "BULK_SENDER_CONSISTENT" in rules.bulk_rules(message, texts, {*found, *fired})
+
+
+def test_bulk_sender_consistent_fires_on_a_consistent_newsletter() -> None:
+    message = newsletter()
+    assert bulk(message)
+    found = rules.score(message, texts=malware.screen(message).texts, own_domains=["example.org"])
+    assert found["BULK_SENDER_CONSISTENT"] == -1.5 < 0
+    # Through a mailing service: Message-ID, unsubscribe and links at the service's domain.
+    assert bulk(
+        newsletter(
+            msgid="<x7.q@mta.esp.test>",
+            unsubscribe="<https://esp.test/unsub/93>",
+            links=("https://esp.test/c/1", "https://esp.test/c/2", "https://shop.test/"),
+        )
+    )
+    assert bulk(newsletter(links=()))  # no links: nothing to contradict
+    folded = newsletter(unsubscribe="<mailto:leave@shop.test>,\r\n\t<https://shop.test/u>")
+    assert bulk(folded)  # RFC 5322 2.2.3 folding inside the field
+
+
+BULK_MISSES = {
+    "no-unsubscribe": newsletter(unsubscribe=None),
+    "unsubscribe-without-brackets": newsletter(unsubscribe="mailto:leave@shop.test"),
+    "unsubscribe-other-scheme": newsletter(unsubscribe="<ftp://shop.test/leave>"),
+    "unsubscribe-garbage": newsletter(unsubscribe="<>,<"),
+    "two-unsubscribe-fields": newsletter(extra="List-Unsubscribe: <mailto:x@other.test>\r\n"),
+    "msgid-elsewhere": newsletter(msgid="<n1@random-host.test>"),
+    "from-unrelated": newsletter(from_="Bank <service@bank.test>"),
+    "links-elsewhere": newsletter(links=("http://pills.test/a", "http://pills.test/b")),
+    "trick-ip-link": newsletter(links=("http://192.0.2.7/x",)),
+    "trick-bad-date": mail(
+        date="yesterday",
+        from_=["News <news@shop.test>"],
+        msgid="<n1@shop.test>",
+        extra="List-Unsubscribe: <mailto:leave@shop.test>\r\n",
+    ),
+    "two-addresses-in-from": newsletter(from_='"news@shop.test" <news@other.test>'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BULK_MISSES))
+def test_bulk_sender_consistent_near_misses(case: str) -> None:
+    assert not bulk(BULK_MISSES[case])
+
+
+@pytest.mark.parametrize("failure", ["SPF_FAIL", "DKIM_FAIL", "DMARC_POLICY_NONE", "URIBL_LISTED"])
+def test_bulk_sender_consistent_never_with_failed_authentication(failure: str) -> None:
+    assert failure in rules.TRICKS
+    assert not bulk(newsletter(), (failure,))
+
+
 # -- over SMTP -------------------------------------------------------------------------
 
 
@@ -234,6 +306,40 @@ def test_gtube_is_refused_for_every_account(
     assert [m for a in ACCOUNTS for f in ("", ".Junk") for m in server.messages(a, f)] == []
 
 
+def test_bulk_sender_consistent_over_smtp(make_server: Any) -> None:
+    """Through the whole pipeline, sender authentication included (its DNS
+    unreachable: nothing fails, nothing passes): a consistent newsletter gets
+    the symbol in its stored X-Spam-Status, the same newsletter with an IP
+    link or its Message-ID at another domain does not."""
+    server: PimailServer = make_server("b", sections={
+        "filter": {"skip_networks": [], "greylist": False, "starter_model": "off"},
+        "dns": {"nameservers": ["127.0.0.1:9"], "timeout": 1.0},
+    })  # fmt: skip
+    server.cli("domain", "add", "example.org")
+    server.add_user("alice@example.org")
+    server.start()
+    sent = {
+        "consistent": newsletter(),
+        "ip-link": newsletter(links=("https://www.shop.test/", "http://192.0.2.7/x")),
+        "msgid-elsewhere": BULK_MISSES["msgid-elsewhere"],
+    }
+    for name, message in sent.items():
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as s:
+            s.sendmail("news@shop.test", ["alice@example.org"], message.replace(
+                b"Subject: hello", f"Subject: {name}".encode()
+            ))  # fmt: skip
+    stored = {}
+    for path in server.messages("alice@example.org"):
+        data = path.read_bytes()
+        subject = data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+        stored[subject] = data.split(b"\r\n\r\n", 1)[0]
+    assert sorted(stored) == sorted(sent)
+    assert b"BULK_SENDER_CONSISTENT" in stored["consistent"]
+    assert b"BULK_SENDER_CONSISTENT" not in stored["ip-link"]
+    assert b"URI_IP" in stored["ip-link"]
+    assert b"BULK_SENDER_CONSISTENT" not in stored["msgid-elsewhere"]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=600))
 def test_rules_never_raise_on_garbage(tail: bytes) -> None:
@@ -245,3 +351,17 @@ def test_rules_never_raise_on_garbage(tail: bytes) -> None:
 def test_body_rules_never_raise_on_any_html(body: str, host: str) -> None:
     page = f'<a href="http://{host}/">{body}</a><a href="https://xn--{host}">x</a>{body}'
     rules.text_rules([malware.TextPart("text/html", page)], ["example.org"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80), st.text(max_size=80), st.text(max_size=120), st.text(max_size=60))
+def test_bulk_rules_never_raise(author: str, msgid: str, unsubscribe: str, host: str) -> None:
+    """Any From, Message-ID and List-Unsubscribe (also with bracketed URIs
+    around the garbage) and any link host: an answer, never an exception."""
+    for listed in (unsubscribe, f"<mailto:{unsubscribe}>, <https://{host}/{unsubscribe}>"):
+        head = f"From: {author} <n@{host}>\r\nMessage-ID: <{msgid}@{host}>\r\n"
+        head += f"List-Unsubscribe: {listed}\r\n\r\n"
+        message = head.encode("utf-8", "surrogateescape")
+        page = f'<a href="http://{host}/">x</a><a href="https://{host}.test/">y</a>'
+        found = rules.bulk_rules(message, [malware.TextPart("text/html", page)], ())
+        assert found in ({}, {"BULK_SENDER_CONSISTENT": rules.BULK_SENDER_CONSISTENT})

@@ -180,11 +180,29 @@ def link_domains(links: Iterable[Link], limit: int) -> list[str]:
     """The distinct registrable domains of the links (no IP addresses), at most `limit`."""
     domains: dict[str, None] = {}
     for link in links:
-        if link.host and not _is_ip(link.host) and "." in link.host:
-            domains[organizational_domain(_ascii(link.host))] = None
+        domain = _link_domain(link)
+        if domain is not None:
+            domains[domain] = None
             if len(domains) >= limit:
                 break
     return list(domains)
+
+
+def main_link_domain(links: Iterable[Link]) -> str | None:
+    """The registrable domain most of the links go to (the first of a tie);
+    None without a link to a named host."""
+    counts: dict[str, int] = {}
+    for link in links:
+        domain = _link_domain(link)
+        if domain is not None:
+            counts[domain] = counts.get(domain, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def _link_domain(link: Link) -> str | None:
+    if link.host and not _is_ip(link.host) and "." in link.host:
+        return organizational_domain(_ascii(link.host))
+    return None
 
 
 def _is_ip(host: str) -> bool:

@@ -396,6 +396,8 @@ class Pipeline:
         async def static_rules() -> dict[str, float]:
             symbols = rules.header_rules(message, own, now=time.time())
             symbols.update(rules.text_rules(run.texts, own))
+            # After authentication: its failures disqualify BULK_SENDER_CONSISTENT.
+            symbols.update(rules.bulk_rules(message, run.texts, {**run.symbols, **symbols}))
             return symbols
 
         run.symbols.update(await run.stage("rules", static_rules, {}))

@@ -33,7 +33,7 @@ easy-ham-1 only (figures in the commit that set them).
     SUBJECT_EXCESS_BASE64 +0.5 a Subject base64-encoded though it is plain ASCII
     FROM_EXCESS_BASE64 +0.5  the same for the From display name
     ENCODED_WORD_BAD_CHARSET +1.0 an encoded-word whose text is not in its stated charset
-    HTML_ONLY          +1.0  text/html without a text/plain alternative
+    HTML_ONLY          +0.2  text/html without a text/plain alternative (see below)
     EXECUTABLE_ATTACH  +4.0  an attachment named as a program (malware.py's list;
                              with the malware screen on, refused before this)
     SPF_FAIL           +3.0  RFC 7208 2.6.4: the domain says this host may not send for it
@@ -48,7 +48,35 @@ easy-ham-1 only (figures in the commit that set them).
     RCVD_IN_DNSWL      -3.0  per point of weight over the allowlist zones
     URIBL_LISTED       +2.5  per point of weight: a link's domain on a domain list
     RHSBL_SENDER       +2.0  per point of weight: the sender's domain on a domain list
+    BULK_SENDER_CONSISTENT -1.5 a bulk sender that names itself one way throughout
+                             (`bulk_rules`, below)
     URI_*, HTML_*            body_rules.py
+
+HTML_ONLY was +1.0 (tuned on spam-1/easy-ham-1, where it fires on 42 % of
+spam and no ham). It is +0.2 (rspamd's MIME_HTML_ONLY) for the reason the
+starter model leaves out the tokens that only say "this is HTML"
+(starter.py): easy-ham-1 is mailing-list mail of 2002, 0.8 % HTML, so the
+corpus teaches "HTML is spam", which is false of today's mail (newsletters,
+receipts, mail from phones). What HTML hides or forges keeps its points.
+
+BULK_SENDER_CONSISTENT (issue 15) is the one rule that speaks for a message:
+a legitimate newsletter says who it is the same way everywhere, a spammer
+seldom bothers. It fires when all of these hold:
+- a well-formed List-Unsubscribe (RFC 2369 3.2: one or more angle-bracketed
+  mailto:, http: or https: URIs, comma-separated);
+- one From address; its organizational domain F (RFC 7489 3.2);
+- the Message-ID's domain (RFC 5322 3.6.4 id-right) is F or one of the
+  List-Unsubscribe URIs' domains (the sender's mailing service);
+- if the message has links, the most frequent link domain is one of them;
+- F is tied to the rest: it is the Message-ID's domain, an unsubscribe
+  domain, or a link domain;
+- no rule that detects a trick or a forgery fired (`TRICKS`), and sender
+  authentication failed nowhere (SPF fail, DKIM fail, DMARC fail, a listed
+  sender or link): all of that is cheap to forge, so it may only confirm a
+  message nothing speaks against.
+On spam-1/easy-ham-1 it fires on 0 of 500 spam and 577 of 2,500 ham
+(bench/rule_stats.py). It is worth -1.5, no more than one trick rule's
+points: any trick disqualifies it, and two ordinary signs outweigh it.
 
 The MIME shape is read by a light scan, not a full parse: every
 `Content-Type`/`Content-Disposition` field at the start of a line anywhere in
@@ -76,9 +104,11 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ..store.headers import fields
 from . import body_rules, malware
+from .dmarc import organizational_domain
 from .malware import TextPart
 
 GTUBE_SCORE = 1000.0
@@ -96,7 +126,7 @@ FROM_NAME_MIXED_SCRIPT = 2.0
 SUBJECT_EXCESS_BASE64 = 0.5
 FROM_EXCESS_BASE64 = 0.5
 ENCODED_WORD_BAD_CHARSET = 1.0
-HTML_ONLY = 1.0
+HTML_ONLY = 0.2  # was 1.0: see the module docstring
 EXECUTABLE_ATTACH = 4.0
 SPF_FAIL = 3.0
 SPF_SOFTFAIL = 1.0
@@ -108,6 +138,20 @@ DNSBL_WEIGHT = 3.0
 DNSWL_WEIGHT = -3.0
 URIBL_WEIGHT = 2.5
 RHSBL_WEIGHT = 2.0
+BULK_SENDER_CONSISTENT = -1.5
+# Symbols that disqualify BULK_SENDER_CONSISTENT: tricks, forgeries, failed
+# authentication, listings (the module docstring).
+TRICKS = frozenset(
+    (
+        "MISSING_DATE", "INVALID_DATE", "DATE_IN_FUTURE", "DATE_IN_PAST",
+        "MISSING_MESSAGE_ID", "INVALID_MSGID", "MISSING_FROM", "MULTIPLE_FROM",
+        "INVALID_FROM", "FROM_NAME_OWN_DOMAIN", "FROM_NAME_MIXED_SCRIPT",
+        "ENCODED_WORD_BAD_CHARSET", "EXECUTABLE_ATTACH", "SPF_FAIL", "SPF_SOFTFAIL",
+        "DKIM_FAIL", "DMARC_POLICY_REJECT", "DMARC_POLICY_QUARANTINE", "DMARC_POLICY_NONE",
+        "RCVD_IN_DNSBL", "URIBL_LISTED", "RHSBL_SENDER", "URI_IP", "URI_USERINFO",
+        "URI_PUNYCODE_OWN", "URI_HOMOGRAPH", "HTML_HIDDEN_TEXT", "HTML_TINY_FONT",
+    )
+)  # fmt: skip
 
 FUTURE_SECONDS = 12 * 3600
 PAST_SECONDS = 365 * 86400
@@ -134,6 +178,9 @@ _ANGLE_ADDR = re.compile(r"<[^<>]*>\s*$")
 _RECEIVED_DATE = re.compile(rb";\s*([^;]+)$")
 _ADDRESS_IN_TEXT = re.compile(r"[\w.+-]+@([a-z0-9.-]+\.[a-z]{2,})", re.IGNORECASE)
 _SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
+# RFC 2369 3.2: List-Unsubscribe is a comma-separated list of <URI>s (folding allowed).
+_LIST_URIS = re.compile(r"^\s*<[^<>\s]+>(?:\s*,\s*<[^<>\s]+>)*\s*$")
+_LIST_URI = re.compile(r"<([^<>\s]+)>")
 
 
 @dataclass
@@ -340,6 +387,62 @@ def text_rules(texts: Sequence[TextPart], own_domains: Iterable[str] = ()) -> di
     return symbols
 
 
+def bulk_rules(message: bytes, texts: Sequence[TextPart], fired: Iterable[str]) -> dict[str, float]:
+    """BULK_SENDER_CONSISTENT (module docstring); `fired`: the symbols of the
+    other rules and of sender authentication so far."""
+    if TRICKS.intersection(fired):
+        return {}
+    values: dict[bytes, list[str]] = {}
+    for name, value in fields(message):
+        values.setdefault(name, []).append(_FOLD.sub(" ", value.decode("latin-1")))
+    unsubscribe = values.get(b"list-unsubscribe", [])
+    ids = values.get(b"message-id", [])
+    if len(unsubscribe) != 1 or len(ids) != 1 or not _LIST_URIS.match(unsubscribe[0]):
+        return {}
+    services: set[str] = set()
+    for uri in _LIST_URI.findall(unsubscribe[0]):
+        domain = _uri_domain(uri)
+        if domain is None:
+            return {}  # RFC 2369 3.2 allows other schemes; we vouch only for these
+        services.add(domain)
+    froms = values.get(b"from", [])
+    author = _address_domain(froms[0]) if len(froms) == 1 else None
+    msgid = _address_domain(ids[0])
+    if author is None or msgid is None:
+        return {}
+    known = services | {author}
+    links = body_rules.uris(texts)
+    main = body_rules.main_link_domain(links)
+    if msgid not in known or (main is not None and main not in known):
+        return {}
+    tied = author in services or msgid == author
+    if not tied and author not in body_rules.link_domains(links, body_rules.MAX_LINKS):
+        return {}
+    return {"BULK_SENDER_CONSISTENT": BULK_SENDER_CONSISTENT}
+
+
+def _address_domain(value: str) -> str | None:
+    """The organizational domain of the one address in a From or Message-ID value."""
+    found = _ADDRESS_IN_TEXT.findall(value)
+    if len(found) != 1:
+        return None
+    return organizational_domain(found[0].lower().rstrip("."))
+
+
+def _uri_domain(uri: str) -> str | None:
+    """The organizational domain of a mailto:, http: or https: URI; None for others."""
+    lowered = uri.lower()
+    if lowered.startswith("mailto:"):
+        return _address_domain(uri[7:].split("?", 1)[0])
+    if lowered.startswith(("http://", "https://")):
+        try:
+            host = (urlsplit(uri).hostname or "").rstrip(".")
+        except ValueError:
+            return None
+        return organizational_domain(host) if "." in host else None
+    return None
+
+
 def auth_rules(auth: AuthOutcome) -> dict[str, float]:
     """The rules over the sender authentication results and the DNS lists."""
     symbols: dict[str, float] = {}
@@ -380,6 +483,7 @@ def score(
     symbols.update(text_rules(texts, own))
     if auth is not None:
         symbols.update(auth_rules(auth))
+    symbols.update(bulk_rules(message, texts, symbols))
     if gtube(message, texts):
         symbols["GTUBE"] = GTUBE_SCORE
     return symbols

@@ -27,7 +27,7 @@ site, URLs) and the words it shows are kept. An account's own model learns
 format tokens from its own mail, as it should.
 
 Tokens seen in fewer than `min_count` messages (2 by default) are left out:
-a token seen once is a weak clue (Robinson's f(w) stays within 0.16 of 0.5
+a token seen once is a weak clue (Robinson's f(w) stays within 0.35 of 0.5
 from one message) and such tokens are most of the vocabulary, so the file
 is about a third the size. A model built with another tokenizer version is
 of no use (its hashes are of other tokens): `StarterModel.open` refuses it,
