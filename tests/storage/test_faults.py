@@ -509,3 +509,60 @@ def test_every_acknowledged_message_is_there_once_after_a_fault_under_load(
     assert typ == "OK"
     assert len(data[0].split()) == len(found) == len(acknowledged)
     m.logout()
+
+
+# -- the outbound queue ---------------------------------------------------------------
+
+
+def test_outbound_queue_pauses_while_the_disk_is_gone_and_resumes(
+    tmp_path: Path, make_server: object
+) -> None:
+    """No attempt while the disk is unavailable (its result could not be
+    recorded), no bounce, no delay notice; delivered once it is back."""
+    from outbound.queue_env import Outbound, wait_for
+
+    disk = Disk(tmp_path / "sender.img", tmp_path / "sender")
+    env = Outbound(tmp_path, make_server)
+    try:
+        disk.create()
+        env.mx("remote.test", (10, "mx1.remote.test", "127.0.0.2"))
+        reply: dict[str, str | None] = {"data": "421 4.3.2 busy"}
+        sink = env.sink("127.0.0.2", data_reply=lambda n: reply["data"])
+        sections = {
+            "dns": {"nameservers": [env.zone.address], "timeout": 3.0},
+            "outbound": {"port": env.port, "retry_min": 0.3, "retry_max": 0.3,
+                         "poll_interval": 0.2, "ca_file": str(env.ca.ca_file),
+                         "mta_sts_port": env.mta_sts_port, "delay_notice": 3600.0},
+            "storage": {"reserve_percent": 0.0, "reserve_mib": float(RESERVE_MIB),
+                        "check_interval": CHECK},
+        }  # fmt: skip
+        sender: PimailServer = make_server("sender", sections)  # type: ignore[operator]
+        sender.cli("domain", "add", "example.org")
+        sender.add_user(ALICE)
+        sender.start()
+        env.sender = sender
+        outgoing = f"From: {ALICE}\r\nTo: carol@remote.test\r\nSubject: out\r\n\r\nHi.\r\n"
+        env.submit(["carol@remote.test"], outgoing.encode(), sender=ALICE)
+        wait_for(lambda: sink.state.attempts >= 2, what="retries")
+
+        disk.unplug()
+        wait_until_refused(sender)
+        time.sleep(0.5)  # an attempt in flight when the disk went ends
+        attempts = sink.state.attempts
+        time.sleep(10 * 0.3)  # ten retry intervals
+        assert sink.state.attempts == attempts  # paused
+
+        reply["data"] = None  # the remote accepts now
+        disk.plug()
+        wait_for(lambda: len(sink.state.messages) == 1, timeout=RECOVERY, what="delivery")
+        wait_for(lambda: env.queue_rows() == 0, what="an empty queue")
+        assert sender.messages(ALICE) == []  # no bounce, no delay notice
+        log = sender.log.read_text()
+        assert "bounced" not in log
+    finally:
+        env.close()
+        if not disk.mounted() and disk.loop:
+            disk.plug()
+        if env.sender is not None:
+            env.sender.stop()
+        disk.teardown()
