@@ -359,6 +359,37 @@ def test_read_only_disk_refuses_every_change_and_keeps_the_messages(
     assert sorted(subjects(server)) == ["after", "before 1", "before 2"]
 
 
+@pytest.mark.parametrize("fault", ["read-only", "unplugged"])
+def test_disk_failing_during_a_large_message_gets_452_at_the_end_of_data(
+    disk: Disk, server: PimailServer, fault: str
+) -> None:
+    """The message is past memory (spooled to the data disk) when the disk
+    fails: the rest is read, the answer is 452 and the session stays in step."""
+    lines = b"".join(b"%06d " % i + b"x" * 70 + b"\r\n" for i in range(3000))  # ~230 KB
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as s:
+        s.ehlo()
+        assert s.mail("ann@remote.test")[0] == 250
+        assert s.rcpt(ALICE)[0] == 250
+        assert s.docmd("DATA")[0] == 354
+        s.send(message("big").rstrip(b"\r\n") + b"\r\n" + lines)
+        time.sleep(0.5)  # read and spooled meanwhile (not asserted: only the answer is)
+        disk.fail() if fault == "read-only" else disk.unplug()
+        s.send(lines + b".\r\n")
+        code, reply = s.getreply()
+        assert (code, reply[:6]) == (452, b"4.3.1 "), reply
+        assert s.noop()[0] == 250  # nothing of the message was taken for commands
+    if fault == "read-only":
+        server.stop()
+        disk.repair()
+        server.start()
+    else:
+        disk.plug()
+        wait_until_accepting(server)
+    assert "big" not in subjects(server)
+    send(server, "after")
+    assert subjects(server) == ["after"]
+
+
 def test_unplugged_disk_refuses_mail_and_resumes_when_plugged_back(
     disk: Disk, server: PimailServer
 ) -> None:

@@ -196,7 +196,11 @@ class InboundHandler:
         junk: set[int] = set()
         # Authenticated mail was screened by the Submitter before it got here.
         if self.pipeline is not None and not session.authenticated:
-            refusal = await self._filter(server, session, envelope, accounts, junk)
+            try:
+                refusal = await self._filter(server, session, envelope, accounts, junk)
+            except OSError as e:  # the spool file went with the data disk
+                log.warning("filtering failed id=%s error=%r", envelope.queue_id, str(e))
+                return self.failure_reply(e, "451 4.3.0 Could not read the message, try again")
             if refusal is not None:
                 return refusal
         if envelope.forwards:

@@ -192,7 +192,11 @@ class Submitter:
         message: Incoming = envelope.incoming
         # Screened before anything is queued or delivered: malware from a
         # stolen password goes nowhere (filter/pipeline.py Pipeline.screen).
-        refusal = await self.local.screen(session, envelope)
+        try:
+            refusal = await self.local.screen(session, envelope)
+        except OSError as e:  # the spool file went with the data disk (store/health.py)
+            log.warning("screening failed id=%s error=%r", envelope.queue_id, str(e))
+            return self.local.failure_reply(e, "451 4.3.0 Could not read the message, try again")
         if refusal is not None:
             message.discard()
             return refusal

@@ -276,6 +276,8 @@ class DataGuard:
                 self._failed = (reason, f"a write failed: {os.strerror(error.errno)}")
             self.check()
             return True
+        if isinstance(error, OSError):  # ENOENT: a path that went with the disk
+            return not self.check().ok
         if type(error).__name__ == "OperationalError":  # sqlite3: disk I/O, full, read-only
             text = str(error).lower()
             if "readonly" in text or "read-only" in text:
