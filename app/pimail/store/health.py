@@ -142,6 +142,8 @@ class DataGuard:
         # Set by a write that failed with EROFS/EIO: (reason, detail), until a
         # probing write succeeds.
         self._failed: tuple[str, str] | None = None
+        self._parent = str(self.data_dir.parent)
+        self._marker_path = str(self.data_dir / MARKER)
 
     # -- at start ---------------------------------------------------------------
 
@@ -159,7 +161,9 @@ class DataGuard:
             self._write_marker()
             log.info("data directory claimed path=%s marker=%s", self.data_dir, MARKER)
         here = os.stat(self.data_dir)
-        parent = os.stat(self.data_dir.resolve().parent)
+        self._parent = str(self.data_dir.resolve().parent)
+        self._marker_path = str(self.data_dir / MARKER)
+        parent = os.stat(self._parent)
         self.device = here.st_dev if here.st_dev != parent.st_dev else None
         log.info(
             "data directory path=%s mount_point=%s reserve_percent=%g reserve_mib=%g",
@@ -190,13 +194,13 @@ class DataGuard:
         try:
             here = os.stat(self.data_dir)
             if self.device is not None:
-                parent = os.stat(self.data_dir.resolve().parent)
+                parent = os.stat(self._parent)
                 if here.st_dev == parent.st_dev:
                     return Health("missing", "not mounted", checked=now)
                 if here.st_dev != self.device:
                     return Health("missing", "another device is mounted", checked=now)
             try:
-                marker = (self.data_dir / MARKER).read_text().strip()
+                marker = _read_small(self._marker_path)
             except FileNotFoundError:
                 return Health("missing", f"no {MARKER} marker", checked=now)
             if marker != self.marker_id:
@@ -307,3 +311,11 @@ class DataGuard:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+def _read_small(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 256).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
