@@ -205,7 +205,7 @@ class Machine:
             "-drive", f"file={self.sd},format=raw,if=none,id=sd",
             "-device", "virtio-blk-pci,drive=sd",
             *(["-drive", f"file={self.data},format=raw,if=none,id=data",
-               "-device", "virtio-blk-pci,drive=data"] if self.data_disk else []),
+               "-device", "virtio-blk-pci,drive=data,id=datadisk"] if self.data_disk else []),
             "-netdev", f"user,id=n0,restrict=on,{fwd}",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-device", "virtio-rng-pci",

@@ -117,6 +117,8 @@ class Server:
         await loop.run_in_executor(None, self._ensure_certificates)
         if self.settings.filter.bayes:
             self._spam_model()  # Junk moves train it even with the filter off
+        if self.store.guard is not None:
+            self.store.guard.start()  # store/health.py: polls the data disk
         await self.queue.start()
         await self._start_smtp()
         self.store.start_analyser()
@@ -413,6 +415,8 @@ class Server:
             server.close()
         for runner in self._web_runners:
             await runner.cleanup()
+        if self.store.guard is not None:
+            self.store.guard.stop()
         await self.queue.stop()
         await self.store.aclose()
         if self._bayes is not None:

@@ -126,6 +126,19 @@ class Pop3Settings:
 
 
 @dataclass
+class StorageSettings:
+    """The data directory's health (store/health.py): below this much free
+    space, or read-only, or gone, pimail refuses new mail with temporary errors."""
+
+    # The reserve: this share of the filesystem's size, and at least reserve_mib.
+    reserve_percent: float = 2.0
+    reserve_mib: float = 64.0
+    # Seconds between looks while running: a disk that comes back is noticed
+    # within this time.
+    check_interval: float = 5.0
+
+
+@dataclass
 class WebSettings:
     listen_http: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     listen_https: list[str] = field(default_factory=lambda: ["127.0.0.1:8443"])
@@ -283,6 +296,7 @@ class Settings:
     imap: ImapSettings = field(default_factory=ImapSettings)
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
     web: WebSettings = field(default_factory=WebSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
     @property
     def db_path(self) -> Path:

@@ -26,6 +26,7 @@ from .. import __version__
 from ..auth.accounts import Account
 from ..auth.login import parse_sasl_plain
 from ..store import quota
+from ..store.health import StorageUnavailable
 from ..store.ops import StoreError
 from . import events as ev
 from . import fetch as fetching
@@ -205,7 +206,20 @@ class Session:
             self.send(f"{tag} NO {code}{e}\r\n")
         except StoreError as e:
             self.send(f"{tag} NO [{e.code}] {e}\r\n")
+        except StorageUnavailable as e:
+            # The data disk is gone, read-only or full (store/health.py): a
+            # temporary NO, and the connection stays (RFC 9051 7.1).
+            self.send(f"{tag} NO [{e.health.imap_code}] {e.health.describe()}\r\n")
         except (ValueError, sqlite3.Error, OSError) as e:
+            guard = self.ctx.store.guard
+            if guard is not None and guard.is_storage_error(e):
+                # It failed during the command: the disk's fault, not a bug.
+                log.warning("imap command failed command=%s error=%r",
+                            type(command).__name__, str(e))  # fmt: skip
+                health = guard.health
+                code = health.imap_code if not health.ok else "UNAVAILABLE"
+                self.send(f"{tag} NO [{code}] Storage failed, try again later\r\n")
+                return
             log.exception("imap command failed command=%s", type(command).__name__)
             self.send(f"{tag} NO [SERVERBUG] {type(e).__name__}\r\n")
 
@@ -447,6 +461,11 @@ class Session:
         again when the message is in (`cmd_append`)."""
         if event.command != "APPEND" or self.account is None:
             return None
+        guard = self.ctx.store.guard
+        if guard is not None:
+            health = await guard.current()
+            if not health.ok:  # the disk cannot take it: not uploaded for nothing
+                return f"{event.tag} NO [{health.imap_code}] {health.describe()}\r\n"
         limit = self._quota_limit()
         if limit <= 0:
             return None

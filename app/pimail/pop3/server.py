@@ -256,8 +256,14 @@ class Connection:
         store = self.server.store
         try:
             removed = await store.run(store.expunge, mailbox.id, list(event.uids))
-        except (StoreError, sqlite3.Error, OSError):
-            log.exception("pop3 update failed user=%s", account.address)
+        except (StoreError, sqlite3.Error, OSError) as e:
+            # RFC 1939 6: -ERR, and the messages stay (the data disk may be gone,
+            # read-only or full: store/health.py; expunge is allowed when only full).
+            guard = store.guard
+            if guard is not None and guard.is_storage_error(e):
+                log.warning("pop3 update refused user=%s error=%r", account.address, str(e))
+            else:
+                log.exception("pop3 update failed user=%s", account.address)
             self.conn.update_failed()
             return
         log.info("pop3 quit user=%s ip=%s deleted=%d", account.address, self.ip, len(removed))

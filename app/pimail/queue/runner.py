@@ -41,6 +41,7 @@ from ..auth.accounts import Directory
 from ..config import Settings
 from ..dns.resolver import DnsError, Resolver
 from ..store import headers
+from ..store.health import DataGuard, Health
 from ..store.spool import Incoming
 from . import dkim, dsn, mtasts
 from .client import Connection, ConnectionFailed, Reply, Tls, Transaction
@@ -119,6 +120,7 @@ class Queue:
         self._in_flight: set[int] = set()
         self._connections = 0
         self._wakeup: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._workers: set[asyncio.Task[None]] = set()
         self.delivered = 0
@@ -127,6 +129,16 @@ class Queue:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    @property
+    def _guard(self) -> DataGuard | None:
+        """The data directory's health (store/health.py), the store's."""
+        return getattr(self.local_store, "guard", None)
+
+    def _storage_changed(self, health: Health) -> None:
+        # Called on any thread: wake the scheduler on the loop.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.wake)
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -138,7 +150,10 @@ class Queue:
             counts.get("queued", 0), counts.get("deferred", 0), files, dropped,
         )  # fmt: skip
         self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._schedule(), name="queue")
+        self._loop = asyncio.get_running_loop()
+        if self._guard is not None:
+            self._guard.on_change.append(self._storage_changed)
+        self._task = self._loop.create_task(self._schedule(), name="queue")
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._workers) if t is not None]
@@ -159,7 +174,11 @@ class Queue:
     async def enqueue(
         self, message: Incoming, sender: str, recipients: list[str], account: str = ""
     ) -> str:
-        """Durable before it returns: the caller may answer 250."""
+        """Durable before it returns: the caller may answer 250. Refused
+        (StorageUnavailable) while the data disk is gone, read-only or full."""
+        guard = self._guard
+        if guard is not None:
+            await asyncio.to_thread(guard.require)
         message_id = await self.run(
             lambda: self.store.enqueue(message, sender, recipients, account=account)
         )
@@ -180,6 +199,13 @@ class Queue:
         poll = self.settings.outbound.poll_interval
         while True:
             self._wakeup.clear()  # before looking: a wake() from now on counts
+            guard = self._guard
+            if guard is not None and not guard.health.ok:
+                # Paused while the data disk is unavailable: no attempt (its
+                # result could not be recorded), no bounce, no retry counted.
+                # The guard's poll wakes us when it is back.
+                await self._wakeup.wait()
+                continue
             try:
                 dispatched, full = await self._dispatch()
                 next_due = await self.run(self.store.next_due)

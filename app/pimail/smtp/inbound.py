@@ -34,6 +34,10 @@ _UNSAFE_HELO = re.compile(r"[^\x21-\x7e]")
 MAX_ADDRESS = 320
 
 
+# RFC 5321 4.2.5 (452), RFC 3463 3.4 (X.3.1): the disk failed while the
+# message was stored; the state looked at since says it is fine again.
+STORAGE_FAILED = "452 4.3.1 Insufficient system storage, try again later"
+
 # RFC 5321 6.3: a message that has passed this many hosts is looping.
 MAX_HOPS = 50
 
@@ -71,6 +75,9 @@ class InboundHandler:
         # envelope.mail_from: aiosmtpd takes an empty one for "no MAIL yet".
         if address != "<>" and (len(address) > MAX_ADDRESS or "@" not in address):
             return "553 5.1.7 Sender address malformed"
+        refusal = await self.storage_refusal()
+        if refusal is not None:
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.accounts = {}
@@ -86,6 +93,9 @@ class InboundHandler:
             return "452 4.5.3 Too many recipients"
         if len(address) > MAX_ADDRESS:
             return "553 5.1.3 Recipient address too long"
+        refusal = await self.storage_refusal()
+        if refusal is not None:
+            return refusal
         localpart = address.rpartition("@")[0]
         if _ROUTING.search(localpart.replace('"', "")):
             log.warning("routing trick refused peer=%r rcpt=%r", session.peer, address)
@@ -115,6 +125,24 @@ class InboundHandler:
             if target not in envelope.forwards:
                 envelope.forwards.append(target)
         return "250 2.1.5 Ok"
+
+    async def storage_refusal(self) -> str | None:
+        """452 4.3.1 while the data disk is gone, read-only or full
+        (store/health.py): at MAIL and RCPT, so nothing is acknowledged that
+        cannot be stored, and the sender keeps the message and retries."""
+        guard = self.store.guard
+        if guard is None:
+            return None
+        health = await guard.current()
+        return None if health.ok else health.smtp_reply
+
+    def failure_reply(self, error: Exception, fallback: str) -> str:
+        """The reply for a delivery or queueing that failed: 452 4.3.1 when the
+        disk was the cause (it failed during the transfer), else `fallback`."""
+        guard = self.store.guard
+        if guard is not None and guard.is_storage_error(error):
+            return guard.health.smtp_reply if not guard.health.ok else STORAGE_FAILED
+        return fallback
 
     def _envelope(self, session: Any, envelope: Any) -> Any:
         from ..filter.pipeline import Envelope
@@ -168,7 +196,11 @@ class InboundHandler:
         junk: set[int] = set()
         # Authenticated mail was screened by the Submitter before it got here.
         if self.pipeline is not None and not session.authenticated:
-            refusal = await self._filter(server, session, envelope, accounts, junk)
+            try:
+                refusal = await self._filter(server, session, envelope, accounts, junk)
+            except OSError as e:  # the spool file went with the data disk
+                log.warning("filtering failed id=%s error=%r", envelope.queue_id, str(e))
+                return self.failure_reply(e, "451 4.3.0 Could not read the message, try again")
             if refusal is not None:
                 return refusal
         if envelope.forwards:
@@ -178,9 +210,11 @@ class InboundHandler:
                 queued = await self.queue.enqueue(
                     message, reverse_path(envelope), envelope.forwards
                 )
-            except Exception:
-                log.exception("forwarding failed id=%s", envelope.queue_id)
-                return "451 4.3.0 Could not forward the message, try again later"
+            except Exception as e:
+                log.warning("forwarding failed id=%s error=%r", envelope.queue_id, str(e))
+                return self.failure_reply(
+                    e, "451 4.3.0 Could not forward the message, try again later"
+                )
             log.info("forwarded id=%s queue_id=%s targets=%d",
                      envelope.queue_id, queued, len(envelope.forwards))  # fmt: skip
             if not accounts:
@@ -188,9 +222,13 @@ class InboundHandler:
                 return f"250 2.0.0 Ok: queued as {queued}"
         try:
             placements = await self.store.deliver(message, accounts, junk)
-        except Exception:
-            log.exception("delivery failed id=%s", envelope.queue_id)
-            return "451 4.3.0 Local delivery failed, try again later"
+        except Exception as e:
+            reply = self.failure_reply(e, "451 4.3.0 Local delivery failed, try again later")
+            if reply.startswith("452"):
+                log.warning("delivery refused id=%s error=%r", envelope.queue_id, str(e))
+            else:
+                log.exception("delivery failed id=%s", envelope.queue_id)
+            return reply
         self.delivered += 1
         log.info(
             "delivered id=%s from=<%s> rcpts=%d mailboxes=%d size=%d",

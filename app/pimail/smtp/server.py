@@ -336,6 +336,7 @@ class PimailSMTP(SMTP):
         decoder = DataDecoder()
         limit = self.data_size_limit
         too_big = False
+        spool_error: OSError | None = None
         started = time.monotonic()
         received = 0
         pending, self._pushback = self._pushback, b""
@@ -356,15 +357,23 @@ class PimailSMTP(SMTP):
             data, after = decoder.feed(chunk)
             if decoder.done:
                 self._pushback = after
-            if too_big:
+            if too_big or spool_error is not None:
                 continue
             if limit and message.size + len(data) > limit:
                 too_big = True  # keep reading to the end, store nothing more
                 message.discard()
                 continue
-            message.write(data)
+            try:
+                message.write(data)
+            except OSError as e:  # the spool is on the data disk: it failed (store/health.py)
+                spool_error = e  # read to the end all the same, then refuse
+                message.discard()
         if too_big:
             return "552 5.3.4 Message size exceeds fixed maximum message size"
+        if spool_error is not None:
+            log.warning("spooling failed peer=%r error=%r", self.session.peer, str(spool_error))
+            # RFC 5321 4.2.5 452, RFC 3463 X.3.1: temporary; the sender retries.
+            return "452 4.3.1 Insufficient system storage, try again later"
         if decoder.bare_line_end:
             log.warning("bare CR/LF in DATA refused peer=%r", self.session.peer)
             return "550 5.5.2 Message contains bare CR or LF, refused (RFC 5321 2.3.8)"

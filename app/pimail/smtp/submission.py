@@ -132,6 +132,9 @@ class Submitter:
             return "452 4.5.3 Too many recipients"
         if len(address) > MAX_ADDRESS or "@" not in address.strip("@"):
             return "553 5.1.3 Recipient address malformed"
+        refusal = await self.local.storage_refusal()
+        if refusal is not None:
+            return refusal
         forwards: list[str] = []
         resolution, accounts = self.directory.resolve(address, forwards)
         if resolution is Resolution.RELAY_DENIED:
@@ -189,7 +192,11 @@ class Submitter:
         message: Incoming = envelope.incoming
         # Screened before anything is queued or delivered: malware from a
         # stolen password goes nowhere (filter/pipeline.py Pipeline.screen).
-        refusal = await self.local.screen(session, envelope)
+        try:
+            refusal = await self.local.screen(session, envelope)
+        except OSError as e:  # the spool file went with the data disk (store/health.py)
+            log.warning("screening failed id=%s error=%r", envelope.queue_id, str(e))
+            return self.local.failure_reply(e, "451 4.3.0 Could not read the message, try again")
         if refusal is not None:
             message.discard()
             return refusal
@@ -199,9 +206,11 @@ class Submitter:
                 queued = await self.queue.enqueue(
                     message, envelope.mail_from, routing.remote, account.address
                 )
-            except Exception:
-                log.exception("queueing failed id=%s", envelope.queue_id)
-                return "451 4.3.0 Could not queue the message, try again later"
+            except Exception as e:
+                log.warning("queueing failed id=%s error=%r", envelope.queue_id, str(e))
+                return self.local.failure_reply(
+                    e, "451 4.3.0 Could not queue the message, try again later"
+                )
         if routing.accounts:
             envelope.accounts = dict(routing.accounts)
             envelope.forwards = []  # the Routing queued them already

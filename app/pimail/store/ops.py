@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..db import transaction
 from . import headers, maildir, quota
 from .analyze import analyze, fallback_text
+from .health import DataGuard, StorageUnavailable
 
 if TYPE_CHECKING:
     from ..auth.accounts import Account
@@ -56,6 +57,7 @@ class MailboxOps:
     notify: Callable[[int], None] | None
     _to_notify: set[int]
     on_junk_verdict: Callable[[int, list[Path], bool], None] | None
+    guard: DataGuard | None
 
     def _mailbox(self, account: Account, name: str, special_use: str | None = None) -> Mailbox:
         raise NotImplementedError
@@ -70,6 +72,18 @@ class MailboxOps:
         raise NotImplementedError
 
     # -- helpers -----------------------------------------------------------------
+
+    def _writable(self, freeing: bool = False) -> None:
+        """Refuse a change while the data disk is gone, read-only or full
+        (health.py: StorageUnavailable, NO [LIMIT] or [UNAVAILABLE] in IMAP).
+        A change that frees space or takes none (flags, expunge, move: hard
+        links) still goes ahead on a disk that is only full: the reserve is
+        there for it, and it is how the user makes room."""
+        if self.guard is None:
+            return
+        health = self.guard.check()
+        if not health.ok and not (freeing and health.reason == "full"):
+            raise StorageUnavailable(health)
 
     def _by_id(self, mailbox_id: int) -> Mailbox:
         for mbox in self._mailboxes.values():
@@ -109,6 +123,7 @@ class MailboxOps:
 
     def create_mailbox(self, account: Account, name: str, special_use: str | None = None) -> int:
         """RFC 9051 6.3.4: missing superior names are created too."""
+        self._writable()
         self.ensure_account(account)
         if name.upper() == "INBOX" or self._exists(account, name):
             raise StoreError("ALREADYEXISTS", "Mailbox already exists")
@@ -128,6 +143,7 @@ class MailboxOps:
         return self._mailbox(account, name, special_use)
 
     def delete_mailbox(self, account: Account, name: str) -> None:
+        self._writable(freeing=True)
         mbox = self.open_mailbox(account, name)
         if mbox.name == "INBOX":
             raise StoreError("CANNOT", "INBOX cannot be deleted")
@@ -149,6 +165,7 @@ class MailboxOps:
         self._to_notify.add(mbox.id)
 
     def rename_mailbox(self, account: Account, old: str, new: str) -> None:
+        self._writable()
         source = self.open_mailbox(account, old)
         if new.upper() == "INBOX" or self._exists(account, new):
             raise StoreError("ALREADYEXISTS", "Mailbox already exists")
@@ -218,6 +235,7 @@ class MailboxOps:
         """STORE: mode '+', '-' or '=' (RFC 9051 6.4.6), with CONDSTORE's
         UNCHANGEDSINCE (RFC 7162 3.1.3). Returns (changes, uids that failed the
         UNCHANGEDSINCE test). All messages changed by one call share one MODSEQ."""
+        self._writable(freeing=True)
         mbox = self._by_id(mailbox_id)
         rows = self._rows(mailbox_id, uids, "uid, subdir, filename, flags, modseq")
         mbox.highestmodseq += 1
@@ -273,7 +291,10 @@ class MailboxOps:
 
     def claim_new(self, mailbox_id: int) -> list[int]:
         """Move messages from new/ to cur/ (a session has seen them arrive);
-        returns their UIDs: the IMAP4rev1 \\Recent messages of that session."""
+        returns their UIDs: the IMAP4rev1 \\Recent messages of that session.
+        Nothing while the disk is unavailable (SELECT still works; they stay new)."""
+        if self.guard is not None and not self.guard.check().ok:
+            return []
         mbox = self._by_id(mailbox_id)
         rows = self.wcon.execute(
             "SELECT uid, filename FROM messages WHERE mailbox_id = ? AND subdir = 'new'",
@@ -299,6 +320,7 @@ class MailboxOps:
 
     def expunge(self, mailbox_id: int, uids: list[int]) -> list[int]:
         """Remove messages for good. Returns the UIDs removed."""
+        self._writable(freeing=True)
         mbox = self._by_id(mailbox_id)
         # RFC 9051 2.3.1.1: a UID is never reused. The index may be lost, so
         # the Maildir's state file must know UIDNEXT before the files go.
@@ -336,6 +358,12 @@ class MailboxOps:
         target's UIDVALIDITY and (source UID, new UID) pairs for COPYUID (RFC 4315).
         With `quota_bytes` (the account's limit), nothing is copied if the copies
         would take the account over it (StoreError OVERQUOTA, quota.py)."""
+        self._writable()
+        return self._copy(mailbox_id, uids, target_id, quota_bytes)
+
+    def _copy(
+        self, mailbox_id: int, uids: list[int], target_id: int, quota_bytes: int = 0
+    ) -> tuple[int, list[tuple[int, int]]]:
         source, target = self._by_id(mailbox_id), self._by_id(target_id)
         rows = self._rows(
             mailbox_id,
@@ -412,8 +440,10 @@ class MailboxOps:
         self, mailbox_id: int, uids: list[int], target_id: int
     ) -> tuple[int, list[tuple[int, int]]]:
         """MOVE (RFC 6851): copy, then expunge the originals. Never refused for
-        quota: the account's usage does not change (quota.py)."""
-        uidvalidity, pairs = self.copy(mailbox_id, uids, target_id)
+        quota: the account's usage does not change (quota.py), nor for a full
+        disk: hard links take no room (and a delete is a MOVE to Trash)."""
+        self._writable(freeing=True)
+        uidvalidity, pairs = self._copy(mailbox_id, uids, target_id)
         self.expunge(mailbox_id, [src for src, _ in pairs])
         return uidvalidity, pairs
 
@@ -429,6 +459,7 @@ class MailboxOps:
         (UIDVALIDITY, UID) for APPENDUID (RFC 4315). With `quota_bytes` (the
         account's limit): StoreError OVERQUOTA if the message would take the
         account over it."""
+        self._writable()
         mbox = self._by_id(mailbox_id)
         self._check_quota(mbox.account_id, quota_bytes, len(data))
         base = maildir.unique_base()

@@ -11,11 +11,14 @@ there after a crash was never answered 250, and the next start removes it.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from .headers import MAX_HEADER
 from .maildir import unique_base
+
+log = logging.getLogger(__name__)
 
 SPILL_THRESHOLD = 512 * 1024
 
@@ -126,6 +129,8 @@ class Incoming:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+            except OSError as e:  # a read-only or vanished disk: clean_spool at start
+                log.info("spool file not removed path=%s error=%s", self.path, e.strerror)
             self.path = None
 
     def content(self) -> bytes:

@@ -36,6 +36,7 @@ from ..auth.accounts import Account, Directory
 from ..config import Settings
 from ..db import transaction
 from . import headers, maildir
+from .health import DataGuard, Health, StorageUnavailable
 from .ops import MailboxOps
 from .quota import QuotaReader
 from .spool import Incoming, clean_spool
@@ -161,6 +162,13 @@ class Store(MailboxOps):
         # Usage reads for the SMTP policy (quota.py); APPEND/COPY check on the writer.
         self.quota = QuotaReader(settings.index_path)
         self.batches = 0  # statistics: how many group commits
+        # The data directory's health (health.py): checked before each batch.
+        st = settings.storage
+        self.guard: DataGuard | None = DataGuard(
+            settings.data_dir, reserve_percent=st.reserve_percent, reserve_mib=st.reserve_mib,
+            check_interval=st.check_interval,
+        )  # fmt: skip
+        self.guard.on_change.append(self._storage_changed)
         self.batched = 0  # and how many messages they carried
 
     # -- opening, closing ---------------------------------------------------
@@ -168,6 +176,8 @@ class Store(MailboxOps):
     def open(self) -> ReconcileReport:
         """Open the index (rebuilding it if missing or corrupt), clean the spool,
         and bring the index in line with every account's Maildir."""
+        if self.guard is not None:
+            self.guard.claim()
         self.mail_dir.mkdir(parents=True, exist_ok=True)
         removed = clean_spool(self.incoming_dir)
         if removed:
@@ -204,7 +214,12 @@ class Store(MailboxOps):
         for task in (self._committer, self._analyser):
             if task is not None:
                 task.cancel()
-        self._writer.submit(self._save_states).result()
+        try:
+            self._writer.submit(self._save_states).result()
+        except OSError as e:
+            # The disk is gone or read-only: the index and the file names keep
+            # the bounds (the state file is only a lower bound, store/maildir.py).
+            log.warning("uid bounds not saved error=%r", str(e))
         self._writer.shutdown(wait=True)
         self.quota.close()
         if self._wcon is not None:
@@ -216,6 +231,15 @@ class Store(MailboxOps):
         while self._pending:
             await asyncio.sleep(0.01)
         await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def _storage_changed(self, health: Health) -> None:
+        """The disk came back: look at every account again before the next
+        change, in case something was written that the index missed."""
+        if health.ok and self._wcon is not None:
+            try:
+                self._writer.submit(self._ready_accounts.clear)
+            except RuntimeError:
+                pass  # shutting down
 
     def _save_states(self) -> None:
         for mbox in self._mailboxes.values():
@@ -461,6 +485,11 @@ class Store(MailboxOps):
                 self._last_commit = loop.time()
                 try:
                     await loop.run_in_executor(self._writer, self._commit, batch)
+                except StorageUnavailable as e:  # refused before anything was written
+                    log.info("delivery batch refused messages=%d reason=%r",
+                             len(batch), e.health.reason)  # fmt: skip
+                    for d in batch:
+                        d.error = d.error or e
                 except Exception as e:  # a bug or a dead disk: fail the batch, keep serving
                     log.exception("delivery batch failed")
                     for d in batch:
@@ -504,6 +533,9 @@ class Store(MailboxOps):
                 log.exception("analysis failed")
 
     def _commit(self, batch: list[_Delivery]) -> None:
+        # Only to the data disk pimail started on, writable, with room (health.py).
+        if self.guard is not None:
+            self.guard.require()
         self.batches += 1
         self.batched += len(batch)
         # 1. message data durable in the spool
@@ -524,8 +556,18 @@ class Store(MailboxOps):
                     maildir.unlink_quietly(p.path)
                 d.placements = []
         # 3. the directory entries durable: from here on, the message is delivered
-        for path in new_dirs:
-            maildir.fsync_dir(path)
+        try:
+            for path in new_dirs:
+                maildir.fsync_dir(path)
+        except OSError as e:
+            # The disk failed under us: nobody hears 250, so no copy may stay
+            # (the sender retries; a copy left here would arrive twice).
+            for d in batch:
+                for p in d.placements:
+                    maildir.unlink_quietly(p.path)
+                d.placements = []
+                d.error = d.error or e
+            raise
         # 4. the index, in one transaction; a failure here loses nothing
         live = [d for d in batch if d.error is None]
         try:

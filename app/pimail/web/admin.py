@@ -32,6 +32,8 @@ import asyncio
 import collections
 import json
 import logging
+import sqlite3
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -220,7 +222,7 @@ class Admin:
         return self.render(
             request, "index.html", domains=self.directory.domains(),
             accounts=self.directory.accounts(), queue_counts=counts,
-            certificates=certificates, space=space, mib=MIB,
+            certificates=certificates, space=space, mib=MIB, health=self._storage_health(),
         )  # fmt: skip
 
     async def welcome(self, request: aioweb.Request) -> aioweb.Response:
@@ -504,16 +506,29 @@ class Admin:
 
     # -- storage, log, spam -------------------------------------------------------------------
 
+    def _storage_health(self) -> dict[str, Any] | None:
+        """Whether pimail may write to the data disk now (store/health.py)."""
+        guard = self.server.store.guard
+        if guard is None:
+            return None
+        health = guard.health
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(guard.since))
+        return {"ok": health.ok, "text": health.describe(), "since": since}
+
     async def storage(self, request: aioweb.Request) -> aioweb.Response:
         loop = asyncio.get_running_loop()
         space = await loop.run_in_executor(None, admin_ops.filesystem, self.settings.data_dir)
-        usage = await self.server.imap_reader.run(admin_ops.mail_usage)
         queue = self.server.queue
-        queued = await queue.run(admin_ops.queue_usage, queue.store.con)
+        try:
+            usage = await self.server.imap_reader.run(admin_ops.mail_usage)
+            queued = await queue.run(admin_ops.queue_usage, queue.store.con)
+        except (sqlite3.Error, OSError) as e:  # the data disk is gone: say so, not 500
+            log.warning("storage figures unreadable error=%r", str(e))
+            usage, queued = {}, (0, 0)
         rows = [(a, *usage.get(a.id, (0, 0))) for a in self.directory.accounts()]
         return self.render(
             request, "storage.html", space=space, rows=rows, queued=queued, mib=MIB,
-            data_dir=self.settings.data_dir,
+            data_dir=self.settings.data_dir, health=self._storage_health(),
         )  # fmt: skip
 
     async def log_page(self, request: aioweb.Request) -> aioweb.Response:
