@@ -143,7 +143,7 @@ def test_restore_gives_clients_the_same_mailboxes(make_server: object, repo: Pat
     deliver(new, USERS[1], "after the restore")
     m = login(new, USERS[1])
     m.select("INBOX")
-    typ, data = m.uid("SEARCH", "SUBJECT", "after")
+    _typ, data = m.uid("SEARCH", "SUBJECT", "after")
     assert int(data[0]) == max(expected[USERS[1]]["INBOX"].messages) + 1
     m.logout()
     # The restored box backs up into the same repository; the history keeps one

@@ -18,6 +18,8 @@ the data directory itself but a tree built in <data>/backup/stage:
   renamed between listing its folder and linking it is looked up again by the
   unique part of its name (before ":2,"), so a rename during the backup loses
   nothing; a file gone for good was expunged;
+- index.db goes in without its text index and MIME cache (derived from the
+  messages, as big as they are, rebuilt after a restore);
 - other small files (certificates and keys, the ACME account, Maildir state
   and keyword files, the wizard's marker) are copied.
 
@@ -49,6 +51,7 @@ SKIP_TOP = {"pimail.lock", "spool", "backup", "starter-bayes.db"}
 SKIP_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")
 LINKED_TOP = {"mail", "queue"}  # their message files are immutable: hard links
 RETRIES = 5
+INDEX = "index.db"
 
 
 @dataclass
@@ -80,6 +83,8 @@ def build(data_dir: Path, hostname: str) -> tuple[Path, StageReport]:
         shutil.copymode(path, target)
     for path in databases:  # first: see the module's docstring
         _copy_database(path, stage / path.relative_to(data_dir), report)
+    if (stage / INDEX).exists():
+        _slim_index(stage / INDEX)
     for path in files:
         relative = path.relative_to(data_dir)
         target = stage / relative
@@ -146,6 +151,25 @@ def _copy_database(source: Path, target: Path, report: StageReport) -> None:
         src.close()
     report.databases += 1
     report.octets += target.stat().st_size
+
+
+def _slim_index(path: Path) -> None:
+    """Keep the index's state (mailboxes, UIDs, flags, MODSEQ), not what it learnt
+    from the messages: the text index and the MIME cache are as big as the mail
+    and change with every delivery. After a restore the store analyses every
+    message again in the background, as after the index's migration 5."""
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("BEGIN")
+        con.execute("DELETE FROM message_text")
+        con.execute("DELETE FROM message_cache")
+        con.execute("UPDATE messages SET analysed = 0")
+        con.execute("COMMIT")
+        con.execute("VACUUM")
+    except sqlite3.Error as e:  # an index of another version: kept whole
+        log.warning("backup keeps the whole index error=%s", e)
+    finally:
+        con.close()
 
 
 def _copy_file(source: Path, target: Path, report: StageReport) -> None:
