@@ -100,6 +100,7 @@ class Server:
         self._web_runners: list[Any] = []  # aiohttp AppRunners
         self.web: Any = None
         self._bayes: Any = None  # filter/bayes.py's models: _spam_model()
+        self.backups: Any = None  # backup/schedule.py's Nightly
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -123,6 +124,16 @@ class Server:
         await self._start_imap()
         await self._start_pop3()
         await self._start_http()
+        self._start_backups()
+
+    def _start_backups(self) -> None:
+        """The nightly backup (backup/schedule.py), when a repository is set."""
+        from .backup.schedule import Nightly, postmaster_of
+
+        self.backups = Nightly(
+            self.settings, self.queue.deliver_notice, lambda: postmaster_of(self.directory)
+        )
+        self.backups.start()
 
     def _ensure_certificates(self) -> None:
         """The internal CA and a server certificate for our names, made in a
@@ -406,6 +417,8 @@ class Server:
         log.info("listening service=%s address=%s", name, address)
 
     async def stop(self) -> None:
+        if self.backups is not None:
+            self.backups.stop()
         for task in (self._acme_task, self._alpn_task):
             if task is not None:
                 task.cancel()

@@ -278,6 +278,8 @@ class BackupSettings:
     # The nightly run, by the server's own scheduler, at this hour (local time).
     nightly: bool = True
     hour: int = 3
+    # Seconds between runs instead of nightly at `hour` (0: nightly); for tests.
+    every: float = 0.0
     # History kept (restic forget --keep-daily/--keep-weekly --prune after each run).
     keep_daily: int = 7
     keep_weekly: int = 8
