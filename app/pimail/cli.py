@@ -212,6 +212,8 @@ def _backup_parsers(sub: Any) -> None:
     x = sub.add_parser("restore", help="restore a backup onto an empty data directory")
     x.add_argument("repository", help="a path, sftp:user@host:/path or s3:https://host/bucket")
     x.add_argument("--snapshot", default="latest", help="default: the latest")
+    x.add_argument("--s3-access-key-id", default="", help="for s3: repositories (the secret"
+                   " key is asked after the password, or read from stdin's second line)")
     x.set_defaults(func=cmd_restore)
 
 
@@ -796,6 +798,9 @@ def cmd_restore(settings: config.Settings, args: argparse.Namespace) -> int:
         return 1
     try:
         password = _read_secret("Backup password: ")
+        if args.repository.startswith("s3:"):
+            settings.backup.s3_access_key_id = args.s3_access_key_id
+            settings.backup.s3_secret_access_key = _read_secret("S3 secret key: ")
         snapshot = job.restore(settings, args.repository, password, args.snapshot)
     except restic.BackupError as e:
         print(f"pimail: restore failed: {e}", file=sys.stderr)
