@@ -101,6 +101,7 @@ class Server:
         self.web: Any = None
         self._bayes: Any = None  # filter/bayes.py's models: _spam_model()
         self.backups: Any = None  # backup/schedule.py's Nightly
+        self.exit_code = 0  # the wizard's restore asks for a restart (non-zero)
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -521,7 +522,8 @@ def tune_memory() -> None:
             log.debug("mallopt not available")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT (or a restart is asked for); the exit code."""
     tune_memory()
     server = Server(settings)
     loop = asyncio.get_running_loop()
@@ -543,3 +545,4 @@ async def serve(settings: Settings) -> None:
     if watchdog is not None:
         watchdog.cancel()
     await server.stop()
+    return server.exit_code

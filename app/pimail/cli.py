@@ -212,8 +212,12 @@ def _backup_parsers(sub: Any) -> None:
     x = sub.add_parser("restore", help="restore a backup onto an empty data directory")
     x.add_argument("repository", help="a path, sftp:user@host:/path or s3:https://host/bucket")
     x.add_argument("--snapshot", default="latest", help="default: the latest")
-    x.add_argument("--s3-access-key-id", default="", help="for s3: repositories (the secret"
-                   " key is asked after the password, or read from stdin's second line)")
+    x.add_argument(
+        "--s3-access-key-id",
+        default="",
+        help="for s3: repositories (the secret"
+        " key is asked after the password, or read from stdin's second line)",
+    )
     x.set_defaults(func=cmd_restore)
 
 
@@ -226,11 +230,10 @@ def cmd_serve(settings: config.Settings, args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        return asyncio.run(serve(settings))
     except AlreadyRunning as e:
         print(f"pimail: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 def cmd_domain_add(settings: config.Settings, args: argparse.Namespace) -> None:
