@@ -248,5 +248,19 @@ def restore(settings: Settings, repository: str, password: str, snapshot: str = 
                     os.replace(stale, aside / stale.name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    _give_to_owner(data_dir)
     log.info("restore done snapshot=%s kind=%s", snapshot, target.kind)
     return snapshot
+
+
+def _give_to_owner(data_dir: Path) -> None:
+    """Run as root (`pimail restore` on the box), files made now would be root's:
+    hand everything to the data directory's owner, the user pimail runs as."""
+    if os.geteuid() != 0:
+        return
+    owner = data_dir.stat()
+    if owner.st_uid == 0:
+        return
+    for root, dirs, files in os.walk(data_dir):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), owner.st_uid, owner.st_gid)
