@@ -146,6 +146,8 @@ def _copy_database(source: Path, target: Path, report: StageReport) -> None:
     try:
         # pages=0: one step, under one read transaction: a consistent copy.
         src.backup(dst, pages=0)
+        # A copy that is one file: no -wal beside it for restic to miss or take.
+        dst.execute("PRAGMA journal_mode=DELETE")
     finally:
         dst.close()
         src.close()
