@@ -11,8 +11,9 @@ IMAP, then:
 
 While each backup runs it samples, every 50 ms, the resident memory of the
 server, of the `pimail backup` process (staging: SQLite copies, hard links) and
-of restic (VmHWM, its own peak). "Written" is what the repository grew by on
-disk (du), beside restic's own "data added". Prints figures; never passes or
+of restic (VmHWM, its own peak). "Written" is the size of the files a run added
+to the repository (prune's repacks included), beside restic's own "data added"
+(new chunks before compression). Prints figures; never passes or
 fails.
 
     .venv/bin/python bench/backup_bench.py [--messages 10000] [--keep]
@@ -132,6 +133,16 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def files(path: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_size for p in path.rglob("*") if p.is_file()}
+
+
+def written(before: dict[str, int], after: dict[str, int]) -> int:
+    """Octets of the files a run added to the repository (packs, indexes, snapshot;
+    prune's repacked packs too): what it wrote, whatever it deleted."""
+    return sum(size for name, size in after.items() if name not in before)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
@@ -150,14 +161,14 @@ def main() -> None:
         mail_bytes = du(server.data_dir / "mail")
         repo = base / "repo"
         server.cli("backup", "init", "--repository", str(repo), input=REPO_PASSWORD + "\n")
-        empty = du(repo)
+        empty = files(repo)
         first = measured(server, ["backup", "now"])
-        after_first = du(repo)
+        after_first = files(repo)
         extra = max(1, args.messages // 100)
         deliver(server, extra, args.messages)
         flag(server, 100, 5)
         second = measured(server, ["backup", "now"])
-        after_second = du(repo)
+        after_second = files(repo)
         server.stop()
         fresh = PimailServer(base / "restored")
         restored = measured(fresh, ["restore", str(repo)], REPO_PASSWORD + "\n")
@@ -165,14 +176,16 @@ def main() -> None:
     finally:
         server.stop()
     mib = 1024 * 1024
-    grown_first = (after_first - empty) / mib
-    grown_second = (after_second - after_first) / mib
+    grown_first = written(empty, after_first) / mib
+    grown_second = written(after_first, after_second) / mib
+    size = sum(after_second.values()) / mib
     print(f"mail: {args.messages} messages, {mail_bytes / mib:.1f} MiB in the Maildirs")
-    print(f"first backup:       {first['seconds']:6.1f} s, repository +{grown_first:.1f} MiB")
+    print(f"first backup:       {first['seconds']:6.1f} s, {grown_first:.1f} MiB written")
     print(f"  ({first['out'].strip()})")
-    print(f"incremental backup: {second['seconds']:6.1f} s, repository +{grown_second:.2f} MiB"
+    print(f"incremental backup: {second['seconds']:6.1f} s, {grown_second:.2f} MiB written"
           f" ({extra} new messages, {args.messages // 200} flag changes)")  # fmt: skip
     print(f"  ({second['out'].strip()})")
+    print(f"repository: {size:.1f} MiB after both")
     print(f"restore:            {restored['seconds']:6.1f} s"
           f" ({restored_bytes / mib:.1f} MiB of mail back)")  # fmt: skip
     for name, r in (("first", first), ("incremental", second)):

@@ -735,6 +735,8 @@ def cmd_backup_now(settings: config.Settings, args: argparse.Namespace) -> int:
     print(f"snapshot {status.snapshot}: {status.files_new} new, {status.files_changed} changed,"
           f" {status.files_unmodified} unchanged files; {status.bytes_added} bytes added"
           f" in {status.seconds:.1f} s")  # fmt: skip
+    print(f"(staging {status.seconds_stage:.1f} s, restic backup {status.seconds_restic:.1f} s,"
+          f" forget and prune {status.seconds_forget:.1f} s)")  # fmt: skip
     for warning in status.warnings:
         print(f"warning: {warning}")
     return 0

@@ -3,6 +3,7 @@ incremental run writes little."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -70,6 +71,13 @@ def test_restore_refuses_a_box_in_use(make_server: object, repo: Path) -> None:
     # A data directory with accounts is never overwritten.
     done = box.cli("restore", str(repo), input=REPO_PASSWORD + "\n", check=False)
     assert done.returncode == 1 and "already holds mail or accounts" in done.stderr
+    # One backup at a time: the others are told, and the staging tree is not touched.
+    with open(box.data_dir / "backup" / "lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (box.data_dir / "backup" / "stage").mkdir()
+        done = box.cli("backup", "now", check=False)
+        assert done.returncode == 1 and "a backup is running already" in done.stderr
+        assert (box.data_dir / "backup" / "stage").is_dir()
     # Nor one a running server uses.
     other = make_server("other")  # type: ignore[operator]
     other.start()

@@ -7,12 +7,15 @@ in a row failed (the nightly run mails the postmaster at two).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,10 @@ class Status:
     files_changed: int = 0
     files_unmodified: int = 0
     bytes_processed: int = 0
-    bytes_added: int = 0  # what this run wrote to the repository (compressed)
+    bytes_added: int = 0  # restic's "data added": new chunks, before compression
+    seconds_stage: float = 0.0  # building the staging tree
+    seconds_restic: float = 0.0  # restic backup
+    seconds_forget: float = 0.0  # restic forget --prune
     failures_in_a_row: int = 0
     last_ok: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -72,8 +78,30 @@ def init(settings: Settings, repository: str | None = None) -> str:
     return target.repository
 
 
+@contextlib.contextmanager
+def _one_at_a_time(data_dir: Path) -> Iterator[None]:
+    """One backup per data directory at a time (the nightly run, the admin page
+    and `pimail backup now` share the staging tree): <data>/backup/lock."""
+    path = backup_dir(data_dir) / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise BackupError("a backup is running already") from e
+        yield
+
+
 def backup_now(settings: Settings, scheduled: bool = False) -> Status:
     """Stage, back up, forget what the history no longer keeps; record the result."""
+    try:
+        with _one_at_a_time(settings.data_dir):
+            return _backup_now(settings, scheduled)
+    except BackupError as e:  # another one runs: it records its own result
+        return Status(finished=time.time(), scheduled=scheduled, error=str(e))
+
+
+def _backup_now(settings: Settings, scheduled: bool) -> Status:
     previous = read_status(settings.data_dir) or Status()
     started = time.monotonic()
     status = Status(scheduled=scheduled, last_ok=previous.last_ok)
@@ -102,7 +130,9 @@ def backup_now(settings: Settings, scheduled: bool = False) -> Status:
 
 def _backup(settings: Settings, status: Status) -> None:
     target = Target.from_settings(settings)
+    started = time.monotonic()
     staged, report = stage.build(settings.data_dir, settings.hostname)
+    status.seconds_stage = round(time.monotonic() - started, 2)
     if report.renamed_meanwhile:
         status.warnings.append(f"{report.renamed_meanwhile} files renamed during the backup")
     # The staging tree's path is the same at every run, so restic finds the parent
@@ -125,7 +155,11 @@ def _backup(settings: Settings, status: Status) -> None:
     status.bytes_added = int(summary.get("data_added", 0))
     if done.returncode != 0:
         status.warnings.append("restic could not read some files: " + done.stderr[-300:])
+    status.seconds_restic = round(time.monotonic() - started - status.seconds_stage, 2)
     forget(settings, target)
+    status.seconds_forget = round(
+        time.monotonic() - started - status.seconds_stage - status.seconds_restic, 2
+    )
 
 
 def forget(settings: Settings, target: Target | None = None) -> None:

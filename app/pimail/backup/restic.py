@@ -236,6 +236,8 @@ def explain(stderr: str, target: Target) -> str:
     where = target.repository
     if "wrong password" in low or "no key found" in low:
         return f"wrong password for the backup repository {where}"
+    if "repository is already locked" in low:
+        return f"the repository {where} is locked by another restic (restic unlock, if none runs)"
     if "config file already exists" in low:
         return f"{where} is already a restic repository (use it, or choose another place)"
     if (
