@@ -47,9 +47,14 @@ def test_build_copies_databases_and_slims_the_index(tmp_path: Path) -> None:
     main.execute("INSERT INTO settings (key, value) VALUES ('hostname', '\"mx.test\"')")
     index = db.open_index(data / "index.db")
     index.execute("INSERT INTO message_text (headers, body) VALUES ('h', 'a body')")
+    index.execute(
+        "INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext, highestmodseq)"
+        " VALUES (1, 'INBOX', 1234, 8, 99)"
+    )
     (data / "pimail.lock").write_text("1\n")
     (data / "spool").mkdir()
     (data / "spool" / "x").write_bytes(b"not acknowledged")
+    index_version = tuple(index.execute("PRAGMA user_version").fetchone())
     staged, report = stage.build(data, "mx.test")
     main.close()
     index.close()
@@ -58,6 +63,10 @@ def test_build_copies_databases_and_slims_the_index(tmp_path: Path) -> None:
     assert copy.execute("SELECT value FROM settings").fetchall() == [('"mx.test"',)]
     slim = sqlite3.connect(staged / "index.db")
     assert slim.execute("SELECT count(*) FROM message_text").fetchone() == (0,)
+    assert slim.execute("SELECT uidvalidity, uidnext, highestmodseq FROM mailboxes").fetchall() == [
+        (1234, 8, 99)
+    ]
+    assert slim.execute("PRAGMA user_version").fetchone() == index_version
     copy.close()
     slim.close()
     names = {p.relative_to(staged).as_posix() for p in staged.rglob("*")}

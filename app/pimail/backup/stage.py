@@ -19,7 +19,8 @@ the data directory itself but a tree built in <data>/backup/stage:
   unique part of its name (before ":2,"), so a rename during the backup loses
   nothing; a file gone for good was expunged;
 - index.db goes in without its text index and MIME cache (derived from the
-  messages, as big as they are, rebuilt after a restore);
+  messages, as big as they are, rebuilt after a restore): a new database of
+  the same schema filled from the live one in one read transaction;
 - other small files (certificates and keys, the ACME account, Maildir state
   and keyword files, the wizard's marker) are copied.
 
@@ -82,9 +83,10 @@ def build(data_dir: Path, hostname: str) -> tuple[Path, StageReport]:
         target.mkdir(parents=True, exist_ok=True)
         shutil.copymode(path, target)
     for path in databases:  # first: see the module's docstring
-        _copy_database(path, stage / path.relative_to(data_dir), report)
-    if (stage / INDEX).exists():
-        _slim_index(stage / INDEX)
+        if path == data_dir / INDEX:
+            _copy_index(path, stage / INDEX, report)
+        else:
+            _copy_database(path, stage / path.relative_to(data_dir), report)
     for path in files:
         relative = path.relative_to(data_dir)
         target = stage / relative
@@ -155,23 +157,43 @@ def _copy_database(source: Path, target: Path, report: StageReport) -> None:
     report.octets += target.stat().st_size
 
 
-def _slim_index(path: Path) -> None:
-    """Keep the index's state (mailboxes, UIDs, flags, MODSEQ), not what it learnt
-    from the messages: the text index and the MIME cache are as big as the mail
-    and change with every delivery. After a restore the store analyses every
-    message again in the background, as after the index's migration 5."""
-    con = sqlite3.connect(path, isolation_level=None)
+def _copy_index(source: Path, target: Path, report: StageReport) -> None:
+    """The index's state (mailboxes, UIDs, flags, MODSEQ, expunged UIDs,
+    subscriptions), not what it learnt from the messages: the text index and
+    the MIME cache are as big as the mail, change with every delivery, and are
+    rebuilt after a restore (every message analysed again in the background,
+    as after the index's migration 5). A new database with the same schema
+    (db.open_index), filled from the live one in one read transaction."""
+    from .. import db
+
+    con = db.open_index(target)
     try:
+        con.execute("ATTACH DATABASE ? AS live", (f"file:{source}?mode=ro",))
         con.execute("BEGIN")
-        con.execute("DELETE FROM message_text")
-        con.execute("DELETE FROM message_cache")
-        con.execute("UPDATE messages SET analysed = 0")
+        tables = [
+            name
+            for (name,) in con.execute(
+                "SELECT name FROM live.sqlite_schema WHERE type = 'table'"
+                " AND name NOT LIKE 'sqlite%' AND name NOT LIKE 'message_text%'"
+                " AND name != 'message_cache'"
+            )
+        ]
+        for name in tables:
+            con.execute(f'INSERT INTO main."{name}" SELECT * FROM live."{name}"')
+        con.execute("UPDATE main.messages SET analysed = 0")
         con.execute("COMMIT")
-        con.execute("VACUUM")
-    except sqlite3.Error as e:  # an index of another version: kept whole
-        log.warning("backup keeps the whole index error=%s", e)
+        con.execute("DETACH DATABASE live")
+        con.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.Error as e:  # an index this pimail does not know: copied whole
+        log.warning("backup copies the whole index error=%s", e)
+        con.close()
+        target.unlink()
+        _copy_database(source, target, report)
+        return
     finally:
         con.close()
+    report.databases += 1
+    report.octets += target.stat().st_size
 
 
 def _copy_file(source: Path, target: Path, report: StageReport) -> None:
