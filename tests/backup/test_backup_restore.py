@@ -16,6 +16,9 @@ import threading
 from pathlib import Path
 
 from conftest import PASSWORD, PimailServer, free_port
+from outbound.queue_env import Sink
+from testca import TestCA
+from web.browser import wait_for
 
 from .conftest import REPO_PASSWORD, USERS, deliver, login, mailbox_state, restic_env
 
@@ -46,8 +49,11 @@ def _queue_one(server: PimailServer) -> None:
         s.sendmail(USERS[0], ["carol@remote.test"], b"Subject: waiting\r\n\r\nStill here?\r\n")
 
 
-def _server(make_server: object, name: str, relay_port: int) -> PimailServer:
-    outbound = {"relay_host": "127.0.0.1", "relay_port": relay_port, "retry_min": 3600.0}
+def _server(make_server: object, name: str, relay_port: int, ca: TestCA) -> PimailServer:
+    outbound = {
+        "relay_host": "127.0.0.1", "relay_port": relay_port, "relay_security": "starttls",
+        "retry_min": 3600.0, "ca_file": str(ca.ca_file), "connect_timeout": 5.0,
+    }  # fmt: skip
     return make_server(name, sections={"outbound": outbound})  # type: ignore[operator]
 
 
@@ -64,9 +70,12 @@ def _dkim(server: PimailServer) -> list[tuple[str, str, str]]:
         con.close()
 
 
-def test_restore_gives_clients_the_same_mailboxes(make_server: object, repo: Path) -> None:
-    relay_port = free_port()  # nothing listens: the queued message waits
-    old = _server(make_server, "old", relay_port)
+def test_restore_gives_clients_the_same_mailboxes(
+    make_server: object, repo: Path, tmp_path: Path
+) -> None:
+    ca = TestCA(tmp_path / "ca")
+    relay_port = free_port()  # nothing listens yet: the queued message waits
+    old = _server(make_server, "old", relay_port, ca)
     old.cli("domain", "add", "example.org")
     for user in USERS:
         old.add_user(user)
@@ -123,7 +132,7 @@ def test_restore_gives_clients_the_same_mailboxes(make_server: object, repo: Pat
     dkim_before = _dkim(old)
     old.stop()
 
-    new = _server(make_server, "new", relay_port)
+    new = _server(make_server, "new", relay_port, ca)
     listed = new.cli("--data", str(new.data_dir), "restore", str(repo), input=REPO_PASSWORD + "\n")
     assert "restored snapshot latest" in listed.stdout
     new.start()
@@ -139,6 +148,16 @@ def test_restore_gives_clients_the_same_mailboxes(make_server: object, repo: Pat
     assert new.cli("queue", "list").stdout.split("\n")[1:] == queue_before.split("\n")[1:]
     assert "carol@remote.test" in queue_before
     login(new, USERS[1]).logout()  # the password is the same
+    # The queue resumes: the relay is up now, and the message leaves.
+    relay = Sink("127.0.0.1", relay_port, tls_context=ca.server_context("127.0.0.1"))
+    try:
+        new.cli("queue", "retry")
+        [sent] = wait_for(lambda: relay.messages, timeout=60)
+        assert (
+            sent.rcpt_tos == ["carol@remote.test"] and b"Still here?" in sent.content and sent.tls
+        )
+    finally:
+        relay.stop()
     # ...and new mail goes on from the same UIDs.
     deliver(new, USERS[1], "after the restore")
     m = login(new, USERS[1])
