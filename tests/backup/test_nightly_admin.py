@@ -4,12 +4,13 @@ the admin page (settings, create, back up now), over real sockets."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from conftest import PimailServer
 from web.browser import Browser, wait_for
 
-from .conftest import REPO_PASSWORD, USERS
+from .conftest import REPO_PASSWORD, USERS, deliver
 
 ADMIN_PASSWORD = "admin-password-1"
 
@@ -87,3 +88,41 @@ def _notices_for_admin(server: PimailServer) -> list[bytes]:
 def _worked(b: Browser) -> str | None:
     text = b.get("/admin/backup").text
     return text if "<strong>worked</strong>" in text else None
+
+
+def _restic_children(pid: int) -> list[int]:
+    """restic processes whose parent chain reaches `pid` (nice/ionice exec into it)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if (p / "comm").read_text().strip() != "restic":
+                continue
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            found.append(int(p.name))
+    return found
+
+
+def test_stopping_the_server_ends_a_backup_in_flight(make_server: object, repo: Path) -> None:
+    server = make_server(sections={"backup": {"every": 0.2}})  # type: ignore[operator]
+    server.cli("domain", "add", "example.org")
+    server.add_user(USERS[0])
+    server.start()
+    for i in range(200):
+        deliver(server, USERS[0], f"stop {i}", body_lines=500)
+    server.stop()
+    server.cli("backup", "init", "--repository", str(repo), input=REPO_PASSWORD + "\n")
+    server.start()  # the first backup starts at once, with 5 MB to read
+    caught = wait_for(lambda: _restic_children(server.pid), timeout=120)
+    server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert server.proc.wait(60) == 0  # type: ignore[union-attr]
+    assert not [pid for pid in caught if Path(f"/proc/{pid}").exists()]
+    status = _status(server)
+    assert not status["ok"] and status["error"] == "interrupted: pimail is stopping", status
+    # restic left the repository as it was (its lock removed), and the next run works.
+    server.cli("backup", "check")
+    server.cli("backup", "now")

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,21 @@ def ssh_public_key(data_dir: Path) -> str:
     return key.with_suffix(".pub").read_text().strip()
 
 
+# restic processes running now, so that a stopping server can end them (stop_all).
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def stop_all() -> None:
+    """The server stops: end the restic runs in flight (SIGTERM: restic removes
+    its lock and leaves the repository as it was), and start no more."""
+    _stopping.set()
+    with _running_lock:
+        for proc in _running:
+            proc.terminate()
+
+
 def _low_priority() -> list[str]:
     prefix = []
     if shutil.which("nice"):
@@ -207,16 +223,25 @@ def run(
         )
     argv = [*_low_priority(), RESTIC, *target.options(), *args]
     log.info("restic command=%s repository_kind=%s", args[0], target.kind)
-    proc = subprocess.Popen(
-        argv, env=target.environment(), cwd=cwd, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    with _running_lock:
+        if _stopping.is_set():
+            raise BackupError("interrupted: pimail is stopping")
+        proc = subprocess.Popen(
+            argv, env=target.environment(), cwd=cwd, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        _running.add(proc)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as e:
         proc.kill()
         proc.communicate()
         raise BackupError(f"restic {args[0]} took longer than {timeout:.0f} s") from e
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+    if _stopping.is_set() and proc.returncode != 0:
+        raise BackupError("interrupted: pimail is stopping")
     result = Run(proc.returncode, out, err, _children_peak_rss())
     if result.returncode not in (0, EXIT_INCOMPLETE):
         raise BackupError(explain(result.stderr, target))

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import Settings
-from . import job
+from . import job, restic
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,11 @@ class Nightly:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="backup")
 
     def stop(self) -> None:
+        """The server stops: no more runs, and a run in flight ends now (its
+        worker thread would otherwise hold the exit until restic is done)."""
         if self._task is not None:
             self._task.cancel()
+        restic.stop_all()
 
     async def _loop(self) -> None:
         b = self.settings.backup
