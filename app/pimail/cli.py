@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("ids", nargs="+")
     x.set_defaults(func=cmd_queue_delete)
 
+    _backup_parsers(sub)
+
     c = sub.add_parser("config", help="settings").add_subparsers(metavar="ACTION")
     x = c.add_parser("show", help="print the settings in force")
     x.set_defaults(func=cmd_config_show)
@@ -191,6 +193,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _backup_parsers(sub: Any) -> None:
+    b = sub.add_parser("backup", help="backups with restic").add_subparsers(metavar="ACTION")
+    x = b.add_parser("init", help="create the repository (password from a prompt or stdin)")
+    x.add_argument("--repository", help="default: backup.repository; stored as it when given")
+    x.set_defaults(func=cmd_backup_init)
+    x = b.add_parser("now", help="back up now")
+    x.set_defaults(func=cmd_backup_now)
+    x = b.add_parser("list", help="the snapshots in the repository")
+    x.set_defaults(func=cmd_backup_list)
+    x = b.add_parser("check", help="check the repository (--read-data: every pack too)")
+    x.add_argument("--read-data", action="store_true")
+    x.set_defaults(func=cmd_backup_check)
+    x = b.add_parser("status", help="the last backup's result")
+    x.set_defaults(func=cmd_backup_status)
+    x = b.add_parser("ssh-key", help="the public key to authorize on an SFTP server")
+    x.set_defaults(func=cmd_backup_ssh_key)
+    x = sub.add_parser("restore", help="restore a backup onto an empty data directory")
+    x.add_argument("repository", help="a path, sftp:user@host:/path or s3:https://host/bucket")
+    x.add_argument("--snapshot", default="latest", help="default: the latest")
+    x.add_argument(
+        "--s3-access-key-id",
+        default="",
+        help="for s3: repositories (the secret"
+        " key is asked after the password, or read from stdin's second line)",
+    )
+    x.set_defaults(func=cmd_restore)
+
+
 def _directory(settings: config.Settings) -> Directory:
     return Directory(db.open_main(settings.db_path))
 
@@ -200,11 +230,10 @@ def cmd_serve(settings: config.Settings, args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        return asyncio.run(serve(settings))
     except AlreadyRunning as e:
         print(f"pimail: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 def cmd_domain_add(settings: config.Settings, args: argparse.Namespace) -> None:
@@ -664,6 +693,127 @@ def cmd_queue_delete(settings: config.Settings, args: argparse.Namespace) -> int
             print(f"pimail: no message {message_id} in the queue", file=sys.stderr)
             missing += 1
     return 1 if missing else 0
+
+
+def _read_secret(prompt: str) -> str:
+    """A secret from a prompt on a terminal, else the first line of stdin."""
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_backup_init(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .backup import job, restic
+
+    if args.repository:
+        settings.backup.repository = args.repository
+    if not settings.backup.repository:
+        print("pimail: give --repository (a path, sftp:... or s3:...)", file=sys.stderr)
+        return 2
+    password_file = restic.password_file(settings.data_dir)
+    if not password_file.exists():
+        restic.write_password(settings.data_dir, _read_secret("Backup password: "))
+    try:
+        where = job.init(settings)
+    except restic.BackupError as e:
+        print(f"pimail: {e}", file=sys.stderr)
+        return 1
+    if args.repository:
+        admin_ops.store_setting(db.open_main(settings.db_path), "backup.repository", where)
+    print(f"backup repository created: {where}")
+    print(f"keep the password ({password_file}) somewhere safe: without it the backup is lost")
+    return 0
+
+
+def cmd_backup_now(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .backup import job
+
+    status = job.backup_now(settings)
+    if not status.ok:
+        print(f"pimail: backup failed: {status.error}", file=sys.stderr)
+        return 1
+    print(f"snapshot {status.snapshot}: {status.files_new} new, {status.files_changed} changed,"
+          f" {status.files_unmodified} unchanged files; {status.bytes_added} bytes added"
+          f" in {status.seconds:.1f} s")  # fmt: skip
+    print(f"(staging {status.seconds_stage:.1f} s, restic backup {status.seconds_restic:.1f} s,"
+          f" forget and prune {status.seconds_forget:.1f} s)")  # fmt: skip
+    for warning in status.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_backup_list(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .backup import job, restic
+
+    try:
+        found = job.snapshots(settings)
+    except restic.BackupError as e:
+        print(f"pimail: {e}", file=sys.stderr)
+        return 1
+    for snap in found:
+        print(f"{snap.id}  {snap.time.replace('T', ' ')}  {snap.hostname}")
+    print(f"-- {len(found)} snapshots")
+    return 0
+
+
+def cmd_backup_check(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .backup import job, restic
+
+    try:
+        print(job.check(settings, args.read_data))
+    except restic.BackupError as e:
+        print(f"pimail: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_backup_status(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .backup import job
+
+    status = job.read_status(settings.data_dir)
+    if status is None:
+        print("no backup yet")
+        return 1
+    state = "ok" if status.ok else f"failed ({status.failures_in_a_row} in a row): {status.error}"
+    print(f"last backup: {_when(status.finished)} {state}")
+    if status.ok:
+        print(f"snapshot {status.snapshot}, {status.bytes_added} bytes added")
+    return 0 if status.ok else 1
+
+
+def cmd_backup_ssh_key(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .backup import restic
+
+    try:
+        print(restic.ssh_public_key(settings.data_dir))
+    except restic.BackupError as e:
+        print(f"pimail: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_restore(settings: config.Settings, args: argparse.Namespace) -> int:
+    from .app import AlreadyRunning, lock_data_dir
+    from .backup import job, restic
+
+    try:
+        lock = lock_data_dir(settings)  # no server may run on the data directory meanwhile
+    except AlreadyRunning as e:
+        print(f"pimail: {e}: stop it first", file=sys.stderr)
+        return 1
+    try:
+        password = _read_secret("Backup password: ")
+        if args.repository.startswith("s3:"):
+            settings.backup.s3_access_key_id = args.s3_access_key_id
+            settings.backup.s3_secret_access_key = _read_secret("S3 secret key: ")
+        snapshot = job.restore(settings, args.repository, password, args.snapshot)
+    except restic.BackupError as e:
+        print(f"pimail: restore failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        lock.close()
+    print(f"restored snapshot {snapshot} into {settings.data_dir}")
+    return 0
 
 
 def cmd_config_show(settings: config.Settings, args: argparse.Namespace) -> None:

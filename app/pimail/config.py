@@ -280,6 +280,32 @@ class AuthSettings:
 
 
 @dataclass
+class BackupSettings:
+    """Backups with restic (backup/): what `pimail backup` and the nightly run use.
+    The repository password is in <data_dir>/backup/password (mode 0600)."""
+
+    # A restic repository: a local path (a second USB disk: "/media/backup/pimail"),
+    # "sftp:user@host:/path" (or "sftp://user@host:port//path"), or
+    # "s3:https://host/bucket/path". Empty: no backups.
+    repository: str = ""
+    # The nightly run, by the server's own scheduler, at this hour (local time).
+    nightly: bool = True
+    hour: int = 3
+    # Seconds between runs instead of nightly at `hour` (0: nightly); for tests.
+    every: float = 0.0
+    # History kept (restic forget --keep-daily/--keep-weekly --prune after each run).
+    keep_daily: int = 7
+    keep_weekly: int = 8
+    # S3-compatible stores: the access key (the secret is a secret setting).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    # restic's memory on a 512 MB board: a soft limit for Go's heap (GOMEMLIMIT,
+    # MiB) and the target pack size (MiB; restic's smallest is 4).
+    memory_limit: int = 160
+    pack_size: int = 4
+
+
+@dataclass
 class Settings:
     profile: str = DEV
     data_dir: Path = Path("./var")
@@ -297,6 +323,7 @@ class Settings:
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
     web: WebSettings = field(default_factory=WebSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
     @property
     def db_path(self) -> Path:
@@ -475,7 +502,7 @@ def validate_override(key: str, value: Any) -> None:
     _apply(Settings(), _nest({key: value}), "setting")
 
 
-SECRET_KEYS = {"outbound.relay_password"}
+SECRET_KEYS = {"outbound.relay_password", "backup.s3_secret_access_key"}
 
 
 def as_flat_dict(settings: Settings, reveal: bool = False) -> dict[str, Any]:

@@ -16,6 +16,7 @@ accounts), and every change goes through the functions the CLI uses
     /admin/spam                 the Bayes filter's figures per account
     /admin/dns[/{domain}]       the DNS records to publish, checked live (web/dnscheck.py)
     /admin/throttle             addresses and accounts the login throttle holds back; lift one
+    /admin/backup               the last backup, its settings, "back up now" (admin_backup.py)
     /admin/welcome              after the setup wizard: what to do next
 
 A POST answers with the page it came from, with what was done or what was
@@ -67,6 +68,7 @@ SECTIONS = (
     ("/admin/spam", "Spam filter"),
     ("/admin/log", "Log"),
     ("/admin/throttle", "Login throttle"),
+    ("/admin/backup", "Backups"),
 )
 
 
@@ -154,6 +156,9 @@ class Admin:
         ]
         for method, path, handler in routes:
             self.web.page(method, path, handler, admin=True)
+        from . import admin_backup
+
+        admin_backup.register(self)
 
     def render(
         self, request: aioweb.Request, template: str, status: int = 200, **context: Any

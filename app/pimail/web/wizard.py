@@ -11,6 +11,7 @@ The steps collect what the box needs, then one "Apply" does it all:
     /setup/outbound      direct delivery or a smarthost
     /setup/review        what will be done; POST /setup/apply does it
     /setup/ca.pem        the internal CA certificate, to trust on this device
+    /setup/restore       or: restore this box from a backup (web/wizard_restore.py)
 
 Applying does what `pimail setup apply` does (admin_ops.apply_setup: domain,
 DKIM keys, host name, administrator), adds the mailbox and a postmaster alias,
@@ -213,6 +214,9 @@ class Wizard:
                 page("POST", f"/setup/{step}", self._open(self.post_step), login=False)
         page("POST", "/setup/apply", self._open(self.apply), login=False)
         self.web.https.middlewares.append(self._home_to_wizard)
+        from . import wizard_restore
+
+        wizard_restore.register(self)  # the first page's other way: restore a backup
 
     # -- guards ------------------------------------------------------------------------
 
@@ -275,25 +279,35 @@ class Wizard:
             steps=STEPS, titles=STEP_TITLES, current="", wizard=None,
         )  # fmt: skip
 
+    async def token_refused(self, request: aioweb.Request, form: Any) -> Any:
+        """None when no setup token is needed or the form has it; else the
+        welcome page with the error (403)."""
+        tokens = setup_tokens(self.settings.data_dir)
+        if not tokens:
+            return None
+        given = str(form.get("token", ""))[:1024]
+        ip = request.remote or "unknown"
+
+        async def check() -> bool:
+            return token_matches(given, tokens)
+
+        # The login throttle, with the token as the account it guards.
+        outcome = await self.web.authenticator.guard(ip, TOKEN_ACCOUNT, "setup", check)
+        if outcome is Outcome.OK:
+            return None
+        log.warning("setup token refused ip=%s", ip)
+        return self._welcome(
+            request,
+            "That is not the setup token (or too many attempts: wait a few minutes).",
+            403,
+        )
+
     async def start(self, request: aioweb.Request) -> aioweb.StreamResponse:
         form = await request.post()
-        tokens = setup_tokens(self.settings.data_dir)
         ip = request.remote or "unknown"
-        if tokens:
-            given = str(form.get("token", ""))[:1024]
-
-            async def check() -> bool:
-                return token_matches(given, tokens)
-
-            # The login throttle, with the token as the account it guards.
-            outcome = await self.web.authenticator.guard(ip, TOKEN_ACCOUNT, "setup", check)
-            if outcome is not Outcome.OK:
-                log.warning("setup token refused ip=%s", ip)
-                return self._welcome(
-                    request,
-                    "That is not the setup token (or too many attempts: wait a few minutes).",
-                    403,
-                )
+        refused = await self.token_refused(request, form)
+        if refused is not None:
+            return refused  # type: ignore[no-any-return]
         token = secrets.token_urlsafe(32)
         while len(self._states) >= MAX_WIZARDS:
             self._states.popitem(last=False)
