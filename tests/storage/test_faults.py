@@ -533,7 +533,16 @@ def test_every_acknowledged_message_is_there_once_after_a_fault_under_load(
     for subject in acknowledged:
         assert found.count(subject) == 1, subject
     refused_subjects = {subject for subject, _code in refused}
-    assert not refused_subjects & set(found), sorted(refused_subjects & set(found))[:5]
+    if fault == "read-only":
+        # ext4's abort can land after the journal committed a message's rename but
+        # before pimail's fsync returned: the fsync fails (EROFS), the sender is told
+        # 452 and will send again, yet the message is on disk after fsck. A 4xx when
+        # the outcome is unknown is SMTP's rule (RFC 5321 6.1: a duplicate, never a
+        # loss); such a message is there at most once.
+        for subject in refused_subjects:
+            assert found.count(subject) <= 1, subject
+    else:
+        assert not refused_subjects & set(found), sorted(refused_subjects & set(found))[:5]
     # The index agrees with the Maildir (a fresh look over IMAP).
     m = imap(server)
     typ, data = m.search(None, "ALL")
