@@ -1428,15 +1428,20 @@ def commands(draw: st.DrawFn, utf8: bool) -> tuple[bytes, Command]:
         mailbox_wire, mailbox = draw(mailboxes(utf8))
         message = draw(st.binary(max_size=50))
         flags = draw(st.lists(_flags(), max_size=3))
-        wire = b"%s APPEND %s (%s) {%d%s}\r\n%s" % (
+        # A literal's octets are CHAR8 (no NUL, RFC 9051 9); a message with NUL
+        # goes as literal8 (RFC 3516 4.2).
+        binary = b"\0" in message
+        wire = b"%s APPEND %s (%s) %s{%d%s}\r\n%s" % (
             t,
             mailbox_wire,
             b" ".join(w for w, _ in flags),
+            b"~" if binary else b"",
             len(message),
             draw(st.sampled_from([b"", b"+"])),
             message,
         )
-        return wire, Append(tag, inbox(mailbox), message, tuple(f for _, f in flags))
+        append = Append(tag, inbox(mailbox), message, tuple(f for _, f in flags), binary=binary)
+        return wire, append
     if kind == 8:
         mailbox_wire, mailbox = draw(mailboxes(utf8))
         items = draw(
