@@ -167,6 +167,20 @@ overlay_stage() {
     "${ch[@]}" passwd -l root >/dev/null
 }
 
+# --- 4b (issue 16) ------------------------------------------------------------
+# Time before trust and Wi-Fi (overlay/: pimail-clock, pimail-bootconf,
+# pimail-bootpart, the wpa_supplicant@wlan0 drop-in and .wants link).
+boot_time_wifi_stage() {
+    # systemd moves a clock that is earlier than this file's time up to it at
+    # boot: a Pi without network time starts at the image's build date, not 2023.
+    touch "$ROOT/usr/lib/clock-epoch"
+    systemctl --root="$ROOT" enable pimail-bootconf.service pimail-bootpart.service >/dev/null 2>&1
+    # Only wlan0's own supplicant, started when wlan0 appears and a network is
+    # stored; the D-Bus one (for NetworkManager) would idle in 4 MB of RAM.
+    systemctl --root="$ROOT" disable wpa_supplicant.service >/dev/null 2>&1 || true
+    rm -f "$ROOT/etc/systemd/system/dbus-fi.w1.wpa_supplicant1.service"
+}
+
 # --- 5 -----------------------------------------------------------------------
 trim_stage() {
     step 5/9 "trim"
@@ -297,6 +311,7 @@ main() {
     root_stage
     python_stage
     overlay_stage
+    boot_time_wifi_stage
     trim_stage
     squashfs_stage
     boot_stage

@@ -366,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in lines:
         print(f"pimail-bootconf: {line}")
     if args.timesyncd_dropin == TIMESYNCD_DROPIN and any(line.startswith("ntp ") for line in lines):
-        subprocess.run(["systemctl", "try-restart", "systemd-timesyncd.service"], check=False)
+        subprocess.run(
+            ["systemctl", "--no-block", "try-restart", "systemd-timesyncd.service"], check=False
+        )
     return 0
 
 

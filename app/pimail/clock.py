@@ -27,6 +27,7 @@ CLOCK_EPOCH = Path("/usr/lib/clock-epoch")
 # adjtimex(2): the clock state returned, and the status bit an NTP client clears.
 TIME_ERROR = 5
 STA_UNSYNC = 0x0040
+MAXERROR_UNSYNC = 16_000_000  # microseconds
 # struct timex is 208 bytes on 64-bit Linux (and less on 32-bit); a larger zeroed
 # buffer with modes = 0 asks for nothing to change.
 _TIMEX_SIZE = 256
@@ -47,10 +48,15 @@ def synchronized() -> bool | None:
         return None
     if state < 0:
         return None
-    offset = _STATUS_OFFSET.get(ctypes.sizeof(ctypes.c_long))
+    long_size = ctypes.sizeof(ctypes.c_long)
+    offset = _STATUS_OFFSET.get(long_size)
     if offset is not None:
         status = int.from_bytes(buf.raw[offset : offset + 4], "little", signed=True)
-        if status & STA_UNSYNC:
+        # maxerror, the third long after modes: systemd's rule (timedatectl's
+        # NTPSynchronized) counts 16 s or more as not synchronized.
+        at = long_size * 3
+        maxerror = int.from_bytes(buf.raw[at : at + long_size], "little", signed=True)
+        if status & STA_UNSYNC or maxerror >= MAXERROR_UNSYNC:
             return False
     return state != TIME_ERROR
 
