@@ -179,6 +179,22 @@ boot_time_wifi_stage() {
     # stored; the D-Bus one (for NetworkManager) would idle in 4 MB of RAM.
     systemctl --root="$ROOT" disable wpa_supplicant.service >/dev/null 2>&1 || true
     rm -f "$ROOT/etc/systemd/system/dbus-fi.w1.wpa_supplicant1.service"
+    # Wi-Fi firmware: only the Pis' chips (43430: 3 B, Zero W; 43455/43456: 3 B+,
+    # 4 B, 400, CM4; 43436, the Zero 2 W's, if the package ever ships it), and
+    # the cypress/ files their links point to: 18 MB -> 1.6 MB.
+    local fw="$ROOT/lib/firmware" f n keep
+    if [ -d "$fw/brcm" ]; then
+        for f in "$fw"/brcm/*; do
+            n=$(basename "$f")
+            [[ $n =~ ^brcmfmac(4343[06]|4345[56])- ]] || rm -f "$f"
+        done
+        keep=$(for f in "$fw"/brcm/*; do [ -L "$f" ] && basename "$(readlink "$f")"; done | sort -u)
+        for f in "$fw"/cypress/*; do
+            grep -qxF "$(basename "$f")" <<<"$keep" || rm -f "$f"
+        done
+        find "$fw/brcm" -xtype l -delete
+        du -sh "$fw/brcm" "$fw/cypress" | sed 's/^/    wifi firmware: /'
+    fi
 }
 
 # --- 5 -----------------------------------------------------------------------

@@ -109,9 +109,9 @@ def split_boot_partition(sd: Path, boot_disk: Path | None = None) -> None:
         first = partitions(sd)[0]
         end = (first["start"] + first["size"]) * 512
         subprocess.run(["cp", "--sparse=always", str(sd), str(boot_disk)], check=True)
-        os.truncate(boot_disk, end)
         # sfdisk keeps the other entries' numbers: p1 stays p1 (PARTUUID ...-01).
         subprocess.run(["sfdisk", "-q", "--delete", str(boot_disk), "2", "3"], check=True)
+        os.truncate(boot_disk, end)
     subprocess.run(["sfdisk", "-q", "--delete", str(sd), "1"], check=True)
 
 
