@@ -188,7 +188,9 @@ boot_time_wifi_stage() {
             n=$(basename "$f")
             [[ $n =~ ^brcmfmac(4343[06]|4345[56])- ]] || rm -f "$f"
         done
-        keep=$(for f in "$fw"/brcm/*; do [ -L "$f" ] && basename "$(readlink "$f")"; done | sort -u)
+        keep=$(for f in "$fw"/brcm/*; do
+            if [ -L "$f" ]; then basename "$(readlink "$f")"; fi
+        done | sort -u)
         for f in "$fw"/cypress/*; do
             grep -qxF "$(basename "$f")" <<<"$keep" || rm -f "$f"
         done
