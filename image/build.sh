@@ -167,6 +167,38 @@ overlay_stage() {
     "${ch[@]}" passwd -l root >/dev/null
 }
 
+# --- 4b (issue 16) ------------------------------------------------------------
+# Time before trust and Wi-Fi (overlay/: pimail-clock, pimail-bootconf,
+# pimail-bootpart, the wpa_supplicant@wlan0 drop-in and .wants link).
+boot_time_wifi_stage() {
+    # systemd moves a clock that is earlier than this file's time up to it at
+    # boot: a Pi without network time starts at the image's build date, not 2023.
+    touch "$ROOT/usr/lib/clock-epoch"
+    systemctl --root="$ROOT" enable pimail-bootconf.service pimail-bootpart.service >/dev/null 2>&1
+    # Only wlan0's own supplicant, started when wlan0 appears and a network is
+    # stored; the D-Bus one (for NetworkManager) would idle in 4 MB of RAM.
+    systemctl --root="$ROOT" disable wpa_supplicant.service >/dev/null 2>&1 || true
+    rm -f "$ROOT/etc/systemd/system/dbus-fi.w1.wpa_supplicant1.service"
+    # Wi-Fi firmware: only the Pis' chips (43430: 3 B, Zero W; 43455/43456: 3 B+,
+    # 4 B, 400, CM4; 43436, the Zero 2 W's, if the package ever ships it), and
+    # the cypress/ files their links point to: 18 MB -> 1.6 MB.
+    local fw="$ROOT/lib/firmware" f n keep
+    if [ -d "$fw/brcm" ]; then
+        for f in "$fw"/brcm/*; do
+            n=$(basename "$f")
+            [[ $n =~ ^brcmfmac(4343[06]|4345[56])- ]] || rm -f "$f"
+        done
+        keep=$(for f in "$fw"/brcm/*; do
+            if [ -L "$f" ]; then basename "$(readlink "$f")"; fi
+        done | sort -u)
+        for f in "$fw"/cypress/*; do
+            grep -qxF "$(basename "$f")" <<<"$keep" || rm -f "$f"
+        done
+        find "$fw/brcm" -xtype l -delete
+        du -sh "$fw/brcm" "$fw/cypress" | sed 's/^/    wifi firmware: /'
+    fi
+}
+
 # --- 5 -----------------------------------------------------------------------
 trim_stage() {
     step 5/9 "trim"
@@ -297,6 +329,7 @@ main() {
     root_stage
     python_stage
     overlay_stage
+    boot_time_wifi_stage
     trim_stage
     squashfs_stage
     boot_stage

@@ -100,6 +100,21 @@ def boot_write(image: Path, name: str, content: bytes) -> None:
         )
 
 
+def split_boot_partition(sd: Path, boot_disk: Path | None = None) -> None:
+    """Take the boot partition out of an SD image's partition table (the disk
+    has no PARTUUID 706d6169-01 then: a card whose boot partition is lost);
+    with `boot_disk`, first copy it there as a disk of its own (same disk id:
+    hot-added later, it is the boot partition arriving late)."""
+    if boot_disk is not None:
+        first = partitions(sd)[0]
+        end = (first["start"] + first["size"]) * 512
+        subprocess.run(["cp", "--sparse=always", str(sd), str(boot_disk)], check=True)
+        # sfdisk keeps the other entries' numbers: p1 stays p1 (PARTUUID ...-01).
+        subprocess.run(["sfdisk", "-q", "--delete", str(boot_disk), "2", "3"], check=True)
+        os.truncate(boot_disk, end)
+    subprocess.run(["sfdisk", "-q", "--delete", str(sd), "1"], check=True)
+
+
 def make_data_disk(path: Path, size_mb: int = 1024) -> None:
     path.unlink(missing_ok=True)
     with open(path, "wb") as f:
@@ -155,6 +170,14 @@ class Machine:
     data_disk: bool = True
     # Make the SD card this much larger than the image (its data partition grows).
     grow_sd_mb: int = 0
+    # False: the guest may reach the host (10.0.2.2 is the host's 127.0.0.1), e.g. an NTP server.
+    restrict: bool = True
+    # The guest's clock at power-on (QEMU -rtc base=), e.g. "2001-01-01"; None: the host's.
+    rtc_base: str | None = None
+    # More kernel command line (e.g. "pimail.selftest", "modules-load=...").
+    extra_append: str = ""
+    # A USB (xHCI) controller, to hot-add disks to (hotplug_usb_disk).
+    usb: bool = False
 
     @property
     def sd(self) -> Path:
@@ -191,8 +214,9 @@ class Machine:
         )
         append = (
             f"root=PARTUUID={ROOT_PARTUUID} rootfstype=squashfs ro rootwait "
-            "console=ttyAMA0 net.ifnames=0"
-        )
+            f"console=ttyAMA0 net.ifnames=0 {self.extra_append}"
+        ).strip()
+        restrict = "on" if self.restrict else "off"
         return [
             "qemu-system-aarch64",
             "-M", "virt",
@@ -206,9 +230,11 @@ class Machine:
             "-device", "virtio-blk-pci,drive=sd",
             *(["-drive", f"file={self.data},format=raw,if=none,id=data",
                "-device", "virtio-blk-pci,drive=data,id=datadisk"] if self.data_disk else []),
-            "-netdev", f"user,id=n0,restrict=on,{fwd}",
+            "-netdev", f"user,id=n0,restrict={restrict},{fwd}",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-device", "virtio-rng-pci",
+            *(["-rtc", f"base={self.rtc_base}"] if self.rtc_base else []),
+            *(["-device", "qemu-xhci,id=xhci"] if self.usb else []),
             "-display", "none",
             "-monitor", "none",
             "-serial", f"file:{self.console}",
@@ -259,19 +285,47 @@ class Machine:
             time.sleep(1)
         raise TimeoutError(f"no {port} greeting in time; see {self.console}")
 
-    def qmp(self, command: str) -> None:
+    def qmp(self, command: str, arguments: dict | None = None) -> dict:
+        """One QMP command; its reply ({"return": ...} or {"error": ...})."""
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(10)
             s.connect(str(self.workdir / "qmp.sock"))
             f = s.makefile("rwb")
             f.readline()  # greeting
-            for cmd in ("qmp_capabilities", command):
-                f.write(json.dumps({"execute": cmd}).encode() + b"\r\n")
+            for cmd, args in (("qmp_capabilities", None), (command, arguments)):
+                message: dict = {"execute": cmd}
+                if args is not None:
+                    message["arguments"] = args
+                f.write(json.dumps(message).encode() + b"\r\n")
                 f.flush()
                 while True:  # skip events until the reply
                     reply = json.loads(f.readline())
                     if "return" in reply or "error" in reply:
                         break
+            return reply
+
+    def hotplug_usb_disk(self, path: Path, name: str) -> None:
+        """Plug a raw disk image in as a USB stick (needs usb=True)."""
+        for command, arguments in (
+            ("blockdev-add", {"driver": "raw", "node-name": name,
+                              "file": {"driver": "file", "filename": str(path)}}),
+            ("device_add", {"driver": "usb-storage", "bus": "xhci.0", "drive": name,
+                            "id": f"{name}-dev"}),
+        ):  # fmt: skip
+            reply = self.qmp(command, arguments)
+            if "error" in reply:
+                raise RuntimeError(f"QMP {command}: {reply['error']}")
+
+    def wait_console(self, text: str, timeout: float = 600.0) -> float:
+        """Seconds from QEMU's start until `text` is on this boot's console."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.console.exists() and text in self.console.read_text(errors="replace"):
+                return time.monotonic() - self.started_at
+            if not self.running():
+                raise RuntimeError(f"QEMU exited; see {self.console}")
+            time.sleep(1)
+        raise TimeoutError(f"{text!r} not on the console in time; see {self.console}")
 
     def powerdown(self, timeout: float = 180.0) -> float:
         """A clean shutdown (the power button); returns the seconds it took."""

@@ -47,6 +47,10 @@ from .tls.context import CertificateStore, make_server_context
 # login anyway). 8 KiB: a client that pipelines and does not read what comes
 # back holds 16 KiB here, not 128 KiB (issue 13, bench/preauth_memory.py).
 STREAM_LIMIT = 8 * 1024
+# How often to look whether the clock is synchronized while certificates made
+# before it are in use (clock.py), and the pause after a failed reissue.
+CLOCK_POLL = 15.0
+CLOCK_RETRY = 300.0
 
 log = logging.getLogger("pimail")
 
@@ -97,6 +101,7 @@ class Server:
         self.certs: CertificateStore | None = None
         self._acme_task: asyncio.Task[None] | None = None
         self._alpn_task: asyncio.Task[None] | None = None
+        self._clock_task: asyncio.Task[None] | None = None
         self._web_runners: list[Any] = []  # aiohttp AppRunners
         self.web: Any = None
         self._bayes: Any = None  # filter/bayes.py's models: _spam_model()
@@ -127,6 +132,7 @@ class Server:
         await self._start_imap()
         await self._start_pop3()
         await self._start_http()
+        self._clock_task = loop.create_task(self._reissue_when_clock_set())
         self._start_backups()
 
     def _start_backups(self) -> None:
@@ -138,6 +144,23 @@ class Server:
         )
         self.backups.start()
 
+    async def _reissue_when_clock_set(self) -> None:
+        """Certificates made before the clock was synchronized (a Pi's first
+        boot: tls/ca.py marks them) are made again as soon as it is (clock.py)."""
+        from . import clock
+        from .tls.ca import unsynced
+
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, unsynced, self.settings.data_dir):
+            if clock.synchronized():
+                log.info("clock synchronized: reissuing certificates made before")
+                await loop.run_in_executor(None, self._ensure_certificates)
+                if self.certs is not None:
+                    self.certs.reload()
+                if unsynced(self.settings.data_dir):
+                    await asyncio.sleep(CLOCK_RETRY)  # the child failed: not in a busy loop
+            await asyncio.sleep(CLOCK_POLL)
+
     def _ensure_certificates(self) -> None:
         """The internal CA and a server certificate for our names, made in a
         child process (tls/ensure.py) so `cryptography` stays out of this one."""
@@ -147,18 +170,20 @@ class Server:
             "hostname": s.hostname,
             "domains": self.directory.domains(),
             "extra_names": s.tls.extra_names,
+            "time_wait": s.tls.time_wait,
         }
         done = subprocess.run(
             [sys.executable, "-m", "pimail.tls.ensure", json.dumps(request)],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=120 + s.tls.time_wait,
         )  # fmt: skip
         if done.returncode != 0:
             log.error("certificate setup failed: %s", done.stderr.strip()[-2000:])
         else:
             result = json.loads(done.stdout.strip().splitlines()[-1])
             log.info(
-                "certificate name=%s serial=%s not_after=%s issued=%s",
+                "certificate name=%s serial=%s not_after=%s issued=%s reason=%s clock_synced=%s",
                 result["name"], result["serial"], result["not_after"], result["issued"],
+                result["reason"], result.get("clock_synced"),
             )  # fmt: skip
         # An ACME certificate wins for the names it covers; the internal one
         # serves everything else (and all names until ACME has succeeded).
@@ -422,7 +447,7 @@ class Server:
     async def stop(self) -> None:
         if self.backups is not None:
             self.backups.stop()
-        for task in (self._acme_task, self._alpn_task):
+        for task in (self._acme_task, self._alpn_task, self._clock_task):
             if task is not None:
                 task.cancel()
         for server in self.listeners:

@@ -423,7 +423,12 @@ def cmd_setup_apply(settings: config.Settings, args: argparse.Namespace) -> int:
     import tomllib
 
     with open(args.file, "rb") as f:
-        setup = tomllib.load(f).get("setup", {})
+        document = tomllib.load(f)
+    setup = document.get("setup", {})
+    if not setup and ("wifi" in document or "time" in document):
+        # Only the system's settings (pimail-bootconf.service takes them).
+        print(f"pimail: {args.file} has no [setup] table: nothing to apply")
+        return 0
     if not isinstance(setup, dict) or not setup:
         print(f"pimail: {args.file} has no [setup] table", file=sys.stderr)
         return 1

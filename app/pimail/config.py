@@ -188,6 +188,11 @@ class TlsSettings:
     acme_ca_bundle: str = ""
     # How often to check whether renewal is due (the client backs off by itself).
     acme_check_interval: float = 3600.0
+    # Seconds to wait for network time (clock.py) before making the internal CA
+    # when the clock was only set from the image's build date at this boot (a Pi
+    # has no battery clock); 0: never wait. Certificates made before the clock is
+    # synchronized are reissued once it is (tls/ca.py).
+    time_wait: float = 0.0
 
 
 @dataclass
@@ -312,6 +317,9 @@ class Settings:
     # The name this server gives itself in banners and Received: headers.
     hostname: str = field(default_factory=socket.getfqdn)
     log_level: str = "INFO"
+    # The Raspberry Pi boot partition's mount point (pimail.toml, pimail-setup-token);
+    # empty: none. When set and not mounted, the setup wizard answers only loopback.
+    boot_dir: str = ""
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
@@ -378,7 +386,8 @@ def device_defaults() -> Settings:
         imap=ImapSettings(listen=both(143), listen_tls=both(993), max_connections_per_ip=100),
         pop3=Pop3Settings(listen=both(110), listen_tls=both(995)),
         web=WebSettings(listen_http=both(80), listen_https=both(443)),
-        tls=TlsSettings(extra_names=[]),
+        tls=TlsSettings(extra_names=[], time_wait=60.0),
+        boot_dir="/boot/firmware",
         # Built into the image (image/build.sh) from the SpamAssassin corpus. The DNS
         # lists (DEVICE_DNSBL_*) are not on by default yet: the public lists answer only
         # a resolver that recurses itself, and the image ships none yet (issue 15 item 4:
@@ -449,7 +458,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 # Settings that the database may not override: they say where the database is.
-_FILE_ONLY = {"profile", "data_dir"}
+_FILE_ONLY = {"profile", "data_dir", "boot_dir"}
 
 
 def load(

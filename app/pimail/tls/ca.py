@@ -67,8 +67,12 @@ CA_LIFETIME = dt.timedelta(days=3650)
 # CA/Browser Forum BR 6.3.2 caps public server certificates at 398 days; Apple
 # platforms enforce the same for any CA. Stay a day under.
 SERVER_LIFETIME = dt.timedelta(days=397)
-# Backdate notBefore a little, for clients whose clocks run behind.
-CLOCK_SKEW = dt.timedelta(hours=1)
+# Backdate notBefore a day, for clients whose clocks run behind and for a box
+# whose own clock was set a little late (issue 16: time before trust).
+CLOCK_SKEW = dt.timedelta(days=1)
+# tls/<name>.unsynced: the certificate (or "ca") was made before the clock was
+# synchronized; it is made again once it is (clock.py).
+UNSYNCED_SUFFIX = ".unsynced"
 # Renew the CA certificate (same key, so issued certificates stay valid) when
 # less than this is left.
 CA_RENEW_BEFORE = dt.timedelta(days=365)
@@ -200,14 +204,47 @@ class CertificateAuthority:
 
 
 def ensure_ca(
-    data_dir: Path, hostname: str, *, now: dt.datetime | None = None
+    data_dir: Path,
+    hostname: str,
+    *,
+    now: dt.datetime | None = None,
+    clock_synced: bool | None = True,
 ) -> CertificateAuthority:
     """Load the internal CA, creating it (or renewing its certificate) when needed."""
     with _locked(data_dir):
-        return _ensure_ca(data_dir, hostname, now or _utcnow())
+        return _ensure_ca(data_dir, hostname, now or _utcnow(), clock_synced)
 
 
-def _ensure_ca(data_dir: Path, hostname: str, now: dt.datetime) -> CertificateAuthority:
+def _unsynced_marker(data_dir: Path, name: str) -> Path:
+    return tls_dir(data_dir) / f"{name}{UNSYNCED_SUFFIX}"
+
+
+def _clock_reason(
+    data_dir: Path, name: str, not_before: dt.datetime, now: dt.datetime, clock_synced: bool | None
+) -> str | None:
+    """Why a certificate's dates cannot stand: the clock is now before its start
+    (it was made with a clock ahead), or it was made before the clock was
+    synchronized and the clock is synchronized now (a Pi's first boot)."""
+    if now < not_before:
+        return "not yet valid"
+    if clock_synced and _unsynced_marker(data_dir, name).exists():
+        return "made before the clock was set"
+    return None
+
+
+def _note_clock(data_dir: Path, name: str, clock_synced: bool | None) -> None:
+    """Remember whether `name` was made with a synchronized clock (None: cannot
+    tell, taken as synchronized: nothing would ever clear the mark)."""
+    marker = _unsynced_marker(data_dir, name)
+    if clock_synced is False:
+        _write_atomic(marker, b"", 0o644)
+    else:
+        marker.unlink(missing_ok=True)
+
+
+def _ensure_ca(
+    data_dir: Path, hostname: str, now: dt.datetime, clock_synced: bool | None = True
+) -> CertificateAuthority:
     directory = ca_dir(data_dir)
     _mkdir(directory, 0o700)
     keyfile, certfile = directory / CA_KEY, directory / CA_CERT
@@ -223,13 +260,19 @@ def _ensure_ca(data_dir: Path, hostname: str, now: dt.datetime) -> CertificateAu
         cert = _load_chain(certfile)[0]
         if _public_der(cert.public_key()) != _public_der(key.public_key()):
             raise CertificateError(f"{certfile} does not belong to {keyfile}")
+        clock = _clock_reason(data_dir, "ca", cert.not_valid_before_utc, now, clock_synced)
         if cert.not_valid_after_utc - now < CA_RENEW_BEFORE:
             log.warning("renewing internal CA certificate (same key); devices must re-import it")
+            cert = None
+        elif clock is not None:
+            # Same key and subject: devices that trust the old one keep working.
+            log.warning("renewing internal CA certificate (same key) reason=%s", clock)
             cert = None
     if cert is None:
         # Same key and subject: certificates the old one signed still chain to it.
         cert = _build_ca_certificate(key, _ca_subject(hostname), now)
         _write_atomic(certfile, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        _note_clock(data_dir, "ca", clock_synced)
         log.info(
             "internal CA certificate written subject=%s serial=%x",
             cert.subject.rfc4514_string(),
@@ -370,24 +413,32 @@ def ensure_certificates(
     name: str = INTERNAL,
     now: dt.datetime | None = None,
     lifetime: dt.timedelta = SERVER_LIFETIME,
+    clock_synced: bool | None = True,
 ) -> EnsureResult:
     """Make sure the internal CA and a current server certificate exist.
 
     Creates the CA when missing; issues the server certificate when it is
     missing, unreadable, not from this CA, for another set of names, or within
-    a third of its lifetime of expiry. Safe to call at every start and daily.
+    a third of its lifetime of expiry; and both when the clock is before their
+    start, or when they were made with a clock not yet synchronized
+    (`clock_synced` False then) and it is synchronized now. Safe to call at
+    every start and daily.
     """
     now = now or _utcnow()
     names = server_names(hostname, domains, extra_names)
     with _locked(data_dir):
-        ca = _ensure_ca(data_dir, hostname, now)
+        ca = _ensure_ca(data_dir, hostname, now, clock_synced)
         live = live_dir(data_dir) / name
         reason = _reissue_reason(live, ca, frozenset(names), now)
+        if reason is None:
+            info = read_certificate(resolve_live(live)[0])
+            reason = _clock_reason(data_dir, name, info.not_before, now, clock_synced)
         if reason is not None:
             key, cert = issue_server_certificate(ca, names, now=now, lifetime=lifetime)
             _write_pair(
                 data_dir, name, _key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
             )
+            _note_clock(data_dir, name, clock_synced)
             log.info(
                 "server certificate issued name=%s serial=%x reason=%s names=%s",
                 name,
@@ -404,6 +455,14 @@ def ensure_certificates(
         issued=reason is not None,
         reason=reason,
     )
+
+
+def unsynced(data_dir: Path) -> list[str]:
+    """The internal certificates made before the clock was synchronized."""
+    try:
+        return sorted(p.name[: -len(UNSYNCED_SUFFIX)] for p in tls_dir(data_dir).glob("*.unsynced"))
+    except OSError:
+        return []
 
 
 def _reissue_reason(
@@ -427,8 +486,10 @@ def _reissue_reason(
     info = certificate_info(cert)
     if info.names != names:
         return "names changed"
-    # Renew when a third of the lifetime is left (the rule Let's Encrypt advises).
-    if info.not_after - now < (info.not_after - info.not_before) / 3:
+    # Renew when a third of the lifetime is left (the rule Let's Encrypt advises);
+    # the lifetime from issue, not from the backdated notBefore.
+    lifetime = info.not_after - info.not_before - CLOCK_SKEW
+    if info.not_after - now < max(lifetime, dt.timedelta(0)) / 3:
         return "expiring"
     return None
 

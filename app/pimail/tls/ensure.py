@@ -12,16 +12,24 @@ import json
 import sys
 from pathlib import Path
 
-from .ca import ensure_certificates
+from .. import clock
+from .ca import CA_KEY, ca_dir, ensure_certificates
 
 
 def main(argv: list[str]) -> int:
     request = json.loads(argv[0])
+    data_dir = Path(request["data_dir"])
+    time_wait = float(request.get("time_wait", 0))
+    if time_wait > 0 and not (ca_dir(data_dir) / CA_KEY).exists():
+        # The first CA: worth waiting a little for network time (clock.py).
+        clock.wait_for_sync(time_wait)
+    synced = clock.synchronized()
     result = ensure_certificates(
-        Path(request["data_dir"]),
+        data_dir,
         request["hostname"],
         request.get("domains", []),
         request.get("extra_names", []),
+        clock_synced=synced is not False,
     )
     print(
         json.dumps(
@@ -31,6 +39,7 @@ def main(argv: list[str]) -> int:
                 "not_after": result.info.not_after.isoformat(),
                 "issued": result.issued,
                 "reason": result.reason,
+                "clock_synced": synced,
             }
         )
     )

@@ -24,9 +24,13 @@ Who may use it:
 - only clients with loopback, private or link-local source addresses (the
   LAN): the box may already be reachable from the internet (403 otherwise);
 - when a setup token file exists (<data>/setup-token, written by `pimail
-  setup apply`, or BOOT_TOKEN_FILE on the boot partition), only who types it;
+  setup apply`, or BOOT_TOKEN_NAME on the boot partition), only who types it;
   its failures count in the login throttle (auth/throttle.py), per client
-  address and against the token as if it were an account.
+  address and against the token as if it were an account;
+- on the appliance (settings.boot_dir set), only while the boot partition is
+  mounted: without it neither pimail.toml's setup_token nor the token file
+  could have been read, and the wizard would open unprotected to the LAN
+  (issue 16). Then it answers loopback only, and the LAN a page saying why.
 
 State: what the steps collected lives in memory, per browser (a cookie), until
 applied; a restart of the server starts the wizard over. Passwords are kept
@@ -67,7 +71,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BOOT_TOKEN_FILE = Path("/boot/firmware/pimail-setup-token")
+BOOT_TOKEN_NAME = "pimail-setup-token"  # on the boot partition
+BOOT_TOKEN_FILE = Path("/boot/firmware") / BOOT_TOKEN_NAME  # where boot_dir is not set
 DATA_TOKEN_FILE = "setup-token"  # under the data directory (`pimail setup apply`)
 TOKEN_ACCOUNT = "(setup token)"  # what the login throttle counts token guesses against
 DONE_FILE = "setup-done"  # under the data directory
@@ -115,14 +120,34 @@ def is_lan(remote: str | None) -> bool:
     return any(address in network for network in LAN_NETWORKS)
 
 
-def token_files(data_dir: Path) -> list[Path]:
-    return [Path(data_dir) / DATA_TOKEN_FILE, BOOT_TOKEN_FILE]
+def is_loopback(remote: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address((remote or "").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
-def setup_tokens(data_dir: Path) -> list[str]:
+def boot_token_file(boot_dir: str = "") -> Path:
+    return Path(boot_dir) / BOOT_TOKEN_NAME if boot_dir else BOOT_TOKEN_FILE
+
+
+def boot_partition_missing(boot_dir: str) -> bool:
+    """On the appliance: whether the boot partition is not mounted (absent, or
+    not there yet: fstab waits 120 s for a slow card)."""
+    return bool(boot_dir) and not os.path.ismount(boot_dir)
+
+
+def token_files(data_dir: Path, boot_dir: str = "") -> list[Path]:
+    return [Path(data_dir) / DATA_TOKEN_FILE, boot_token_file(boot_dir)]
+
+
+def setup_tokens(data_dir: Path, boot_dir: str = "") -> list[str]:
     """The setup tokens in force (any of them opens the wizard); [] for none."""
     tokens = []
-    for path in token_files(data_dir):
+    for path in token_files(data_dir, boot_dir):
         try:
             token = path.read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
@@ -144,7 +169,7 @@ def token_matches(given: str, tokens: list[str]) -> bool:
 def setup_done(settings: config.Settings, directory: Directory) -> bool:
     if (settings.data_dir / DONE_FILE).exists():
         return True
-    if setup_tokens(settings.data_dir):
+    if setup_tokens(settings.data_dir, settings.boot_dir):
         return False  # prepared headlessly: the wizard finishes the job
     return directory.con.execute("SELECT 1 FROM accounts LIMIT 1").fetchone() is not None
 
@@ -217,6 +242,11 @@ class Wizard:
         from . import wizard_restore
 
         wizard_restore.register(self)  # the first page's other way: restore a backup
+        if boot_partition_missing(self.settings.boot_dir) and not self.done():
+            log.warning(
+                "boot partition not mounted path=%s: the setup wizard answers loopback only",
+                self.settings.boot_dir,
+            )
 
     # -- guards ------------------------------------------------------------------------
 
@@ -244,6 +274,16 @@ class Wizard:
                 raise aioweb.HTTPForbidden(
                     text="The setup wizard answers only in the local network."
                 )
+            boot_dir = self.settings.boot_dir
+            if boot_partition_missing(boot_dir) and not is_loopback(request.remote):
+                log.warning(
+                    "setup wizard refused: boot partition not mounted path=%s ip=%s",
+                    boot_dir, request.remote,
+                )  # fmt: skip
+                return self.web.render(
+                    request, "wizard/no_boot.html", status=503, boot_dir=boot_dir,
+                    steps=(), titles={}, current="", wizard=None, errors=[],
+                )  # fmt: skip
             if state and self._state(request) is None:
                 raise aioweb.HTTPSeeOther("/setup")
             return await handler(request)
@@ -272,8 +312,9 @@ class Wizard:
     def _welcome(self, request: aioweb.Request, error: str = "", status: int = 200) -> Any:
         return self.web.render(
             request, "wizard/welcome.html", status=status, errors=[error] if error else [],
-            token_needed=bool(setup_tokens(self.settings.data_dir)),
-            boot_token_file=str(BOOT_TOKEN_FILE),
+            token_needed=bool(setup_tokens(self.settings.data_dir, self.settings.boot_dir)),
+            boot_token_file=str(boot_token_file(self.settings.boot_dir)),
+            boot_missing=boot_partition_missing(self.settings.boot_dir),
             started=self._state(request) is not None,
             ca_available=admin_ops.ca_certificate_path(self.settings.data_dir).exists(),
             steps=STEPS, titles=STEP_TITLES, current="", wizard=None,
@@ -282,7 +323,7 @@ class Wizard:
     async def token_refused(self, request: aioweb.Request, form: Any) -> Any:
         """None when no setup token is needed or the form has it; else the
         welcome page with the error (403)."""
-        tokens = setup_tokens(self.settings.data_dir)
+        tokens = setup_tokens(self.settings.data_dir, self.settings.boot_dir)
         if not tokens:
             return None
         given = str(form.get("token", ""))[:1024]
