@@ -400,6 +400,14 @@ class Machine:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Boot the pimail image under QEMU (512 MB, virt).")
+    p.add_argument(
+        "--board", choices=("virt", "raspi3b"), default="virt",
+        help="virt (default), or raspi3b: the Pi's own boot path, 1 GB, SD card only (slow)",
+    )  # fmt: skip
+    p.add_argument(
+        "--selftest", action="store_true",
+        help="run the self-test at boot and print its report (memory, services, boot time)",
+    )  # fmt: skip
     p.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     p.add_argument("--workdir", type=Path, default=REPO / "var" / "qemu")
     p.add_argument("--fresh", action="store_true", help="a new, empty data disk")
@@ -407,12 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", type=int, default=512, help="MB (default 512, a Pi Zero 2 W)")
     args = p.parse_args(argv)
 
-    m = Machine(workdir=args.workdir, image=args.image, memory_mb=args.memory)
+    m = Machine(workdir=args.workdir, image=args.image, memory_mb=args.memory, board=args.board)
     files: dict[str, bytes] = {}
+    if args.selftest:
+        files["pimail-selftest"] = b"on\n"
     password = None
     if args.setup:
         files["pimail.toml"] = args.setup.read_bytes()
-    elif args.fresh or not m.data.exists():
+    elif args.fresh or args.board == "raspi3b" or not m.data.exists():
         password = os.urandom(9).hex()
         files["pimail.toml"] = setup_toml(
             "example.org", "admin@example.org", password_hash(password)
@@ -427,9 +437,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:12} guest {GUEST_PORTS[name]:>3} -> 127.0.0.1:{port}")
     if password:
         print(f"  account      admin@example.org, password {password}")
-    print(f"  data disk    {m.data} (kept; --fresh for a new one)")
+    if m.data_disk:
+        print(f"  data disk    {m.data} (kept; --fresh for a new one)")
+    else:
+        print(f"  data         the SD card's partition 3 ({m.sd}, a fresh copy each run)")
     try:
         print(f"SMTP banner after {m.wait_banner():.1f} s. Ctrl-C powers the machine down.")
+        if args.selftest:
+            print("self-test report (pimail-selftest.service):")
+            for key, value in m.selftest().items():
+                print(f"  {key:28} {value}")
         m.proc.wait()
     except KeyboardInterrupt:
         print("powering down...")
