@@ -104,6 +104,11 @@ class Server:
     async def start(self) -> None:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
+        # The certificate child (a fresh interpreter that imports cryptography:
+        # the longest step of a start on a Pi, issue 16) runs while the index
+        # is brought in line with the Maildirs; both finish before any listener.
+        domains = self.directory.domains()
+        certificates = loop.run_in_executor(None, self._ensure_certificates, domains)
         report = await loop.run_in_executor(None, self.store.open)
         log.info(
             "index ready rebuilt=%s mailboxes=%d added=%d removed=%d updated=%d seconds=%.2f",
@@ -114,7 +119,7 @@ class Server:
             report.updated,
             time.monotonic() - started,
         )
-        await loop.run_in_executor(None, self._ensure_certificates)
+        await certificates
         if self.settings.filter.bayes:
             self._spam_model()  # Junk moves train it even with the filter off
         await self.queue.start()
@@ -124,14 +129,14 @@ class Server:
         await self._start_pop3()
         await self._start_http()
 
-    def _ensure_certificates(self) -> None:
+    def _ensure_certificates(self, domains: list[str]) -> None:
         """The internal CA and a server certificate for our names, made in a
         child process (tls/ensure.py) so `cryptography` stays out of this one."""
         s = self.settings
         request = {
             "data_dir": str(s.data_dir),
             "hostname": s.hostname,
-            "domains": self.directory.domains(),
+            "domains": domains,
             "extra_names": s.tls.extra_names,
         }
         done = subprocess.run(
