@@ -22,8 +22,11 @@ apt_install() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "==> apt-get install ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # A fresh cloud machine runs unattended upgrades at first boot: wait for
+    # dpkg's lock (up to 10 minutes) rather than failing at once.
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends "${missing[@]}"
 }
 
 ensure_venv() {

@@ -56,8 +56,10 @@ host_tools() {
     command -v npm >/dev/null || missing+=(npm)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "    apt-get install ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        # Wait for dpkg's lock (unattended upgrades on a fresh machine) rather than fail.
+        apt-get -o DPkg::Lock::Timeout=600 update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+            --no-install-recommends "${missing[@]}"
     fi
     if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
         mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
@@ -199,6 +201,33 @@ boot_time_wifi_stage() {
     fi
 }
 
+# --- 4c: boot time (issue 16 item 6) ------------------------------------------
+# Nothing before the SMTP banner that mail does not need. Under QEMU's TCG (and
+# on a Pi Zero 2 W) every process started at boot costs: the units and
+# generators below do nothing on this appliance.
+boot_time_stage() {
+    echo "    boot time: multi-user.target, no binfmt, no unused generators"
+    # No display: multi-user, not graphical (one target fewer to reach).
+    systemctl --root="$ROOT" set-default multi-user.target >/dev/null 2>&1
+    # binfmt_misc: the appliance runs no foreign binaries. dpkg-db-backup: the
+    # root is read-only (the backup would go to the tmpfs overlay).
+    systemctl --root="$ROOT" mask systemd-binfmt.service proc-sys-fs-binfmt_misc.automount \
+        proc-sys-fs-binfmt_misc.mount dpkg-db-backup.timer dpkg-db-backup.service >/dev/null 2>&1
+    # Generators run before any unit, one process each. Kept: fstab, getty,
+    # run, debug (systemd.mask= on the kernel command line). Gone: SysV scripts
+    # (every one left has a native unit), rc.local (none), and disk encryption,
+    # integrity, verity, GPT auto-discovery, hibernation, offline updates (an
+    # MBR card with none of those).
+    mkdir -p "$ROOT/etc/systemd/system-generators"
+    local g
+    for g in systemd-sysv-generator systemd-rc-local-generator systemd-cryptsetup-generator \
+             systemd-integritysetup-generator systemd-veritysetup-generator \
+             systemd-gpt-auto-generator systemd-hibernate-resume-generator \
+             systemd-system-update-generator; do
+        ln -sf /dev/null "$ROOT/etc/systemd/system-generators/$g"
+    done
+}
+
 # --- 5 -----------------------------------------------------------------------
 trim_stage() {
     step 5/9 "trim"
@@ -324,12 +353,15 @@ main() {
     fi
     host_tools
     mkdir -p "$CACHE"
-    WORK="$CACHE/work"
+    # One work directory per checkout: builds from two checkouts at once (CI
+    # and a developer, or several worktrees) must not delete each other's.
+    WORK="$CACHE/work-$(echo "$REPO" | sha256sum | cut -c1-8)"
     rm -rf "$WORK"; mkdir -p "$WORK"
     root_stage
     python_stage
     overlay_stage
     boot_time_wifi_stage
+    boot_time_stage
     trim_stage
     squashfs_stage
     boot_stage

@@ -1,6 +1,18 @@
-"""Boot the pimail SD image under qemu-system-aarch64 (-M virt), for trying
-pimail without a Pi (`./build.sh qemu`) and for the end-to-end tests
-(tests/qemu/).
+"""Boot the pimail SD image under qemu-system-aarch64, for trying pimail
+without a Pi (`./build.sh qemu`) and for the end-to-end tests (tests/qemu/).
+
+Two boards:
+  virt      (default) the kernel and initrd passed directly, virtio disks and
+            network: quick, and any memory size (512 MB: a Pi Zero 2 W)
+  raspi3b   the Pi's own boot path as far as QEMU has one: QEMU's raspi3b has
+            no GPU firmware, so what the firmware would do is done here from
+            the boot partition (config.txt's kernel= and initramfs, the
+            board's device tree bcm2837-rpi-3-b.dtb, cmdline.txt as it is);
+            the image is the SD card (a copy grown to a power of two, which
+            QEMU's SD card needs), its partition 3 is /data, and the network
+            is a USB Ethernet adapter behind a USB hub (as the Pi 3 B's own
+            Ethernet sits behind its LAN9514 hub; QEMU's dwc2 does not
+            enumerate a device on its root port under the mainline driver)
 
 What a machine is made of, all under one work directory:
   sd.img        a sparse copy of out/pimail-arm64.img; files put on its boot
@@ -115,6 +127,31 @@ def split_boot_partition(sd: Path, boot_disk: Path | None = None) -> None:
     subprocess.run(["sfdisk", "-q", "--delete", str(sd), "1"], check=True)
 
 
+RASPI3B_DTB = "bcm2837-rpi-3-b.dtb"
+
+
+def raspi_boot_files(config_txt: str) -> tuple[str, str]:
+    """The kernel and initramfs a Pi 3's firmware loads, from config.txt's
+    `kernel=` and `initramfs NAME followkernel` lines in the sections that
+    apply to a Pi 3 ([all] and [pi3]; the file starts in [all])."""
+    kernel = initrd = ""
+    section = "all"
+    for raw in config_txt.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+            continue
+        if section not in ("all", "pi3") or not line:
+            continue
+        if line.startswith("kernel="):
+            kernel = line.partition("=")[2].strip()
+        elif line.startswith("initramfs "):
+            initrd = line.split()[1]
+    if not kernel or not initrd:
+        raise ValueError("config.txt names no kernel= or initramfs")
+    return kernel, initrd
+
+
 def make_data_disk(path: Path, size_mb: int = 1024) -> None:
     path.unlink(missing_ok=True)
     with open(path, "wb") as f:
@@ -178,6 +215,12 @@ class Machine:
     extra_append: str = ""
     # A USB (xHCI) controller, to hot-add disks to (hotplug_usb_disk).
     usb: bool = False
+    # Seconds from QEMU's start to the SMTP banner, one per wait_banner().
+    banners: list[float] = field(default_factory=list)
+    # "virt" or "raspi3b" (see the module's docstring).
+    board: str = "virt"
+    # raspi3b: what the GPU firmware would have read from the boot partition.
+    cmdline: str = ""
 
     @property
     def sd(self) -> Path:
@@ -199,19 +242,40 @@ class Machine:
             subprocess.run(["truncate", "-s", f"+{self.grow_sd_mb}M", str(self.sd)], check=True)
         for name, content in (boot_files or {}).items():
             boot_write(self.sd, name, content)
-        kver = boot_read(self.sd, "pimail-kernel-version.txt").decode().strip()
-        boot_copy_out(self.sd, f"vmlinuz-{kver}", self.workdir / "vmlinuz")
-        boot_copy_out(self.sd, f"initrd.img-{kver}", self.workdir / "initrd.img")
+        if self.board == "raspi3b":
+            self._prepare_raspi()
+        else:
+            kver = boot_read(self.sd, "pimail-kernel-version.txt").decode().strip()
+            boot_copy_out(self.sd, f"vmlinuz-{kver}", self.workdir / "vmlinuz")
+            boot_copy_out(self.sd, f"initrd.img-{kver}", self.workdir / "initrd.img")
         if self.data_disk and (fresh_data or not self.data.exists()):
             make_data_disk(self.data)
         if not self.ports:
             self.ports = dict(zip(GUEST_PORTS, free_ports(len(GUEST_PORTS)), strict=True))
+
+    def _prepare_raspi(self) -> None:
+        """Do what the Pi's GPU firmware does before the kernel runs: read
+        config.txt for the kernel and initramfs, take the board's device tree
+        and cmdline.txt from the boot partition. The SD card becomes a power
+        of two in size (QEMU's SD card model needs one); the data partition
+        grows into the rest at first boot, as on a real card."""
+        self.data_disk = False
+        size = self.sd.stat().st_size
+        card = 1 << (size - 1).bit_length()
+        subprocess.run(["truncate", "-s", str(card), str(self.sd)], check=True)
+        kernel, initrd = raspi_boot_files(boot_read(self.sd, "config.txt").decode())
+        boot_copy_out(self.sd, kernel, self.workdir / "vmlinuz")
+        boot_copy_out(self.sd, initrd, self.workdir / "initrd.img")
+        boot_copy_out(self.sd, RASPI3B_DTB, self.workdir / "board.dtb")
+        self.cmdline = boot_read(self.sd, "cmdline.txt").decode().strip()
 
     def command(self) -> list[str]:
         fwd = ",".join(
             f"hostfwd=tcp:127.0.0.1:{self.ports[name]}-:{guest}"
             for name, guest in GUEST_PORTS.items()
         )
+        if self.board == "raspi3b":
+            return self._raspi_command(fwd)
         append = (
             f"root=PARTUUID={ROOT_PARTUUID} rootfstype=squashfs ro rootwait "
             f"console=ttyAMA0 net.ifnames=0 {self.extra_append}"
@@ -237,6 +301,28 @@ class Machine:
             *(["-device", "qemu-xhci,id=xhci"] if self.usb else []),
             "-display", "none",
             "-monitor", "none",
+            "-serial", f"file:{self.console}",
+            "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
+        ]  # fmt: skip
+
+    def _raspi_command(self, fwd: str) -> list[str]:
+        # raspi3b: 1 GB and 4 Cortex-A53 cores, fixed by the board. The first
+        # -serial is the PL011 (Bluetooth's UART on a Pi 3), the second the mini
+        # UART, ttyS1: the console cmdline.txt names (enable_uart=1).
+        return [
+            "qemu-system-aarch64",
+            "-M", "raspi3b",
+            "-kernel", str(self.workdir / "vmlinuz"),
+            "-initrd", str(self.workdir / "initrd.img"),
+            "-dtb", str(self.workdir / "board.dtb"),
+            "-append", self.cmdline,
+            "-drive", f"file={self.sd},format=raw,if=sd",
+            "-netdev", f"user,id=n0,restrict=on,{fwd}",
+            "-device", "usb-hub,port=1",
+            "-device", "usb-net,netdev=n0,port=1.1",
+            "-display", "none",
+            "-monitor", "none",
+            "-serial", "null",
             "-serial", f"file:{self.console}",
             "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
         ]  # fmt: skip
@@ -267,6 +353,7 @@ class Machine:
         deadline = time.monotonic() + timeout
         banner = self._wait_greeting("smtp", b"220", deadline, b"QUIT\r\n")
         self._wait_greeting("imap", b"* OK", deadline, b"a LOGOUT\r\n")
+        self.banners.append(banner)
         return banner
 
     def _wait_greeting(self, port: str, greeting: bytes, deadline: float, bye: bytes) -> float:
@@ -367,6 +454,14 @@ class Machine:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Boot the pimail image under QEMU (512 MB, virt).")
+    p.add_argument(
+        "--board", choices=("virt", "raspi3b"), default="virt",
+        help="virt (default), or raspi3b: the Pi's own boot path, 1 GB, SD card only (slow)",
+    )  # fmt: skip
+    p.add_argument(
+        "--selftest", action="store_true",
+        help="run the self-test at boot and print its report (memory, services, boot time)",
+    )  # fmt: skip
     p.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     p.add_argument("--workdir", type=Path, default=REPO / "var" / "qemu")
     p.add_argument("--fresh", action="store_true", help="a new, empty data disk")
@@ -374,12 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", type=int, default=512, help="MB (default 512, a Pi Zero 2 W)")
     args = p.parse_args(argv)
 
-    m = Machine(workdir=args.workdir, image=args.image, memory_mb=args.memory)
+    m = Machine(workdir=args.workdir, image=args.image, memory_mb=args.memory, board=args.board)
     files: dict[str, bytes] = {}
+    if args.selftest:
+        files["pimail-selftest"] = b"on\n"
     password = None
     if args.setup:
         files["pimail.toml"] = args.setup.read_bytes()
-    elif args.fresh or not m.data.exists():
+    elif args.fresh or args.board == "raspi3b" or not m.data.exists():
         password = os.urandom(9).hex()
         files["pimail.toml"] = setup_toml(
             "example.org", "admin@example.org", password_hash(password)
@@ -394,9 +491,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:12} guest {GUEST_PORTS[name]:>3} -> 127.0.0.1:{port}")
     if password:
         print(f"  account      admin@example.org, password {password}")
-    print(f"  data disk    {m.data} (kept; --fresh for a new one)")
+    if m.data_disk:
+        print(f"  data disk    {m.data} (kept; --fresh for a new one)")
+    else:
+        print(f"  data         the SD card's partition 3 ({m.sd}, a fresh copy each run)")
     try:
         print(f"SMTP banner after {m.wait_banner():.1f} s. Ctrl-C powers the machine down.")
+        if args.selftest:
+            print("self-test report (pimail-selftest.service):")
+            for key, value in m.selftest().items():
+                print(f"  {key:28} {value}")
         m.proc.wait()
     except KeyboardInterrupt:
         print("powering down...")

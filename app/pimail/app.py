@@ -111,6 +111,11 @@ class Server:
     async def start(self) -> None:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
+        # The certificate child (a fresh interpreter that imports cryptography:
+        # the longest step of a start on a Pi, issue 16) runs while the index
+        # is brought in line with the Maildirs; both finish before any listener.
+        domains = self.directory.domains()
+        certificates = loop.run_in_executor(None, self._ensure_certificates, domains)
         report = await loop.run_in_executor(None, self.store.open)
         log.info(
             "index ready rebuilt=%s mailboxes=%d added=%d removed=%d updated=%d seconds=%.2f",
@@ -121,7 +126,7 @@ class Server:
             report.updated,
             time.monotonic() - started,
         )
-        await loop.run_in_executor(None, self._ensure_certificates)
+        await certificates
         if self.settings.filter.bayes:
             self._spam_model()  # Junk moves train it even with the filter off
         if self.store.guard is not None:
@@ -161,14 +166,14 @@ class Server:
                     await asyncio.sleep(CLOCK_RETRY)  # the child failed: not in a busy loop
             await asyncio.sleep(CLOCK_POLL)
 
-    def _ensure_certificates(self) -> None:
+    def _ensure_certificates(self, domains: list[str]) -> None:
         """The internal CA and a server certificate for our names, made in a
         child process (tls/ensure.py) so `cryptography` stays out of this one."""
         s = self.settings
         request = {
             "data_dir": str(s.data_dir),
             "hostname": s.hostname,
-            "domains": self.directory.domains(),
+            "domains": domains,
             "extra_names": s.tls.extra_names,
             "time_wait": s.tls.time_wait,
         }
