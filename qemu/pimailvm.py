@@ -194,6 +194,67 @@ def password_hash(password: str, python: str = sys.executable) -> str:
 
 
 @dataclass
+class Netns:
+    """A network namespace for a QEMU whose guest may reach "the host": its own
+    loopback and one end of a veth pair (10.213.N.2/30; the other end, .1, in
+    the tests' namespace), no other interface and no route anywhere else. What
+    the guest sends to 10.0.2.2 lands on this namespace's 127.0.0.1; anything
+    else it tries (an NTP pool, the root DNS servers) finds no route."""
+
+    name: str
+    inner: str
+    outer: str
+
+    @classmethod
+    def create(cls) -> Netns:
+        n = os.getpid() % 250 + 1
+        name, outer_if, inner_if = f"pimailvm{n}", f"pvm{n}h", f"pvm{n}n"
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        subprocess.run(["ip", "link", "delete", outer_if], capture_output=True)
+        ns = cls(name, f"10.213.{n}.2", f"10.213.{n}.1")
+        for cmd in (
+            ["ip", "netns", "add", name],
+            ["ip", "-n", name, "link", "set", "lo", "up"],
+            ["ip", "link", "add", outer_if, "type", "veth", "peer", "name", inner_if,
+             "netns", name],
+            ["ip", "addr", "add", f"{ns.outer}/30", "dev", outer_if],
+            ["ip", "link", "set", outer_if, "up"],
+            ["ip", "-n", name, "addr", "add", f"{ns.inner}/30", "dev", inner_if],
+            ["ip", "-n", name, "link", "set", inner_if, "up"],
+        ):  # fmt: skip
+            subprocess.run(cmd, check=True, capture_output=True)
+        return ns
+
+    def socket(self, family: int, kind: int) -> socket.socket:
+        """A socket made inside the namespace (setns(2) in a thread of its own: a
+        socket keeps the namespace it was made in)."""
+        import ctypes
+        import threading
+
+        made: list[socket.socket | BaseException] = []
+
+        def run() -> None:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                with open(f"/run/netns/{self.name}") as f:
+                    if libc.setns(f.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+                        raise OSError(ctypes.get_errno(), "setns")
+                made.append(socket.socket(family, kind))
+            except BaseException as e:  # handed to the caller
+                made.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+        if isinstance(made[0], BaseException):
+            raise made[0]
+        return made[0]
+
+    def delete(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+
+
+@dataclass
 class Machine:
     workdir: Path
     image: Path = DEFAULT_IMAGE
@@ -207,8 +268,12 @@ class Machine:
     data_disk: bool = True
     # Make the SD card this much larger than the image (its data partition grows).
     grow_sd_mb: int = 0
-    # False: the guest may reach the host (10.0.2.2 is the host's 127.0.0.1), e.g. an NTP server.
+    # False: the guest may reach the host (10.0.2.2 is the host's 127.0.0.1), e.g. an NTP
+    # server. Then QEMU runs in a network namespace of its own (Netns): the guest reaches
+    # that namespace's loopback and nothing else, never the internet; the tests reach
+    # the forwarded ports at `host`, the namespace's end of a veth pair.
     restrict: bool = True
+    netns: Netns | None = None
     # The guest's clock at power-on (QEMU -rtc base=), e.g. "2001-01-01"; None: the host's.
     rtc_base: str | None = None
     # More kernel command line (e.g. "pimail.selftest", "modules-load=...").
@@ -271,7 +336,7 @@ class Machine:
 
     def command(self) -> list[str]:
         fwd = ",".join(
-            f"hostfwd=tcp:127.0.0.1:{self.ports[name]}-:{guest}"
+            f"hostfwd=tcp:{self.host if self.netns else '127.0.0.1'}:{self.ports[name]}-:{guest}"
             for name, guest in GUEST_PORTS.items()
         )
         if self.board == "raspi3b":
@@ -331,15 +396,23 @@ class Machine:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.boots += 1
         (self.workdir / "qmp.sock").unlink(missing_ok=True)
+        if not self.restrict and self.netns is None:
+            self.netns = Netns.create()
+        prefix = ["ip", "netns", "exec", self.netns.name] if self.netns else []
         self.started_at = time.monotonic()
         with open(self.workdir / f"qemu-{self.boots}.log", "wb") as log:
             self.proc = subprocess.Popen(
-                self.command(),
+                prefix + self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    @property
+    def host(self) -> str:
+        """Where the tests reach the forwarded ports."""
+        return self.netns.inner if self.netns else "127.0.0.1"
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -361,7 +434,7 @@ class Machine:
             if not self.running():
                 raise RuntimeError(f"QEMU exited; see {self.console}")
             try:
-                with socket.create_connection(("127.0.0.1", self.ports[port]), timeout=5) as s:
+                with socket.create_connection((self.host, self.ports[port]), timeout=5) as s:
                     s.settimeout(10)
                     line = s.recv(512)
                     if line.startswith(greeting):
@@ -431,6 +504,13 @@ class Machine:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+    def close(self) -> None:
+        """Kill QEMU and remove its network namespace, if it has one."""
+        self.kill()
+        if self.netns is not None:
+            self.netns.delete()
+            self.netns = None
 
     def selftest(self, timeout: float = 300.0) -> dict[str, str]:
         """The self-test report of this boot (pimail-selftest.service, printed

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from .test_appliance import ADMIN, DOMAIN, HOST, IMAGE, PASSWORD, REPO, pimailvm, tls
+from .test_appliance import ADMIN, DOMAIN, IMAGE, PASSWORD, REPO, pimailvm, tls
 
 TOKEN = "qemu-setup-token-5"
 PSK = "qemu wifi passphrase 77"
@@ -51,11 +51,12 @@ ntp = ["10.0.2.2"]
 
 
 class SntpServer:
-    """RFC 4330 (SNTPv4) server mode, stratum 1, on 127.0.0.1:123; silent until
-    answering is set. QEMU's user network takes the guest's 10.0.2.2 here."""
+    """RFC 4330 (SNTPv4) server mode, stratum 1, on 127.0.0.1:123 of the guest's
+    network namespace (pimailvm.Netns); silent until answering is set. QEMU's
+    user network takes the guest's 10.0.2.2 there."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    def __init__(self, netns: pimailvm.Netns) -> None:
+        self.sock = netns.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", NTP_PORT))
         self.sock.settimeout(0.5)
         self.answering = threading.Event()
@@ -114,7 +115,7 @@ def served_certificate(vm: pimailvm.Machine, timeout: float = 300) -> x509.Certi
     while True:
         try:
             with (
-                socket.create_connection((HOST, vm.ports["https"]), timeout=30) as raw,
+                socket.create_connection((vm.host, vm.ports["https"]), timeout=30) as raw,
                 tls().wrap_socket(raw) as conn,
             ):
                 der = conn.getpeercert(binary_form=True)
@@ -127,7 +128,7 @@ def served_certificate(vm: pimailvm.Machine, timeout: float = 300) -> x509.Certi
 
 
 def https_get(vm: pimailvm.Machine, path: str) -> tuple[int, str]:
-    url = f"https://{HOST}:{vm.ports['https']}{path}"
+    url = f"https://{vm.host}:{vm.ports['https']}{path}"
     try:
         with urllib.request.urlopen(url, context=tls(), timeout=60) as response:
             return response.status, response.read().decode()
@@ -168,7 +169,9 @@ def test_boot_partition_late_time_from_ntp_and_wifi(figures: dict[str, object]) 
     m.prepare({"pimail.toml": setup + WIFI_TOML.encode(), "pimail-selftest": b"on\n"})
     boot_disk = workdir / "boot.img"
     pimailvm.split_boot_partition(m.sd, boot_disk)
-    ntp = SntpServer()
+    # The guest may reach "the host" (our SNTP server): in a namespace of its own.
+    m.netns = pimailvm.Netns.create()
+    ntp = SntpServer(m.netns)
     m.start()
     try:
         # systemd's greeting: its first transaction, with the wait for the
@@ -189,7 +192,7 @@ def test_boot_partition_late_time_from_ntp_and_wifi(figures: dict[str, object]) 
         ntp.answering.set()
         # pimail.toml was applied although the partition came late: the account
         # exists, and the wizard asks for the token (from the LAN: 10.0.2.2).
-        with imaplib.IMAP4_SSL(HOST, m.ports["imaps"], ssl_context=tls(), timeout=60) as imap:
+        with imaplib.IMAP4_SSL(m.host, m.ports["imaps"], ssl_context=tls(), timeout=60) as imap:
             imap.login(ADMIN, PASSWORD)
             imap.logout()
         status, page = https_get(m, "/setup")
@@ -215,8 +218,8 @@ def test_boot_partition_late_time_from_ntp_and_wifi(figures: dict[str, object]) 
         assert "pimail" not in report["failed_units"], report["failed_units"]
         m.powerdown()
     finally:
-        m.kill()
         ntp.close()
+        m.close()
 
     # The last known time is on /data (timesyncd's clock file), and recent.
     assert abs(data_mtime(m.data, "/timesync/clock") - time.time()) < 900
