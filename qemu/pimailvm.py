@@ -384,7 +384,7 @@ class Machine:
             "-drive", f"file={self.sd},format=raw,if=sd",
             "-netdev", f"user,id=n0,restrict=on,{fwd}",
             "-device", "usb-hub,port=1",
-            "-device", "usb-net,netdev=n0,port=1.1",
+            "-device", "usb-net,netdev=n0,port=1.1,id=usbnet",
             "-display", "none",
             "-monitor", "none",
             "-serial", "null",
@@ -463,6 +463,22 @@ class Machine:
                     if "return" in reply or "error" in reply:
                         break
             return reply
+
+    def replug_usb_net(self) -> None:
+        """raspi3b: pull the USB Ethernet adapter out of the hub and plug it in
+        again (QEMU's dwc2 under a loaded host sometimes leaves it unenumerated:
+        "dwc2 ... Not connected"); a user would do the same with a cable."""
+        reply = self.qmp("device_del", {"id": "usbnet"})
+        if "error" in reply:
+            raise RuntimeError(f"QMP device_del: {reply['error']}")
+        time.sleep(5)
+        arguments = {"driver": "usb-net", "netdev": "n0", "port": "1.1", "id": "usbnet"}
+        for _ in range(10):  # device_del completes when the guest lets go
+            reply = self.qmp("device_add", arguments)
+            if "error" not in reply:
+                return
+            time.sleep(3)
+        raise RuntimeError(f"QMP device_add: {reply['error']}")
 
     def hotplug_usb_disk(self, path: Path, name: str) -> None:
         """Plug a raw disk image in as a USB stick (needs usb=True)."""

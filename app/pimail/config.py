@@ -142,6 +142,10 @@ class StorageSettings:
 class WebSettings:
     listen_http: list[str] = field(default_factory=lambda: ["127.0.0.1:8080"])
     listen_https: list[str] = field(default_factory=lambda: ["127.0.0.1:8443"])
+    # The HTTPS port browsers reach, when it is not that of listen_https: behind a
+    # port forward (a router's, QEMU's in `./build.sh qemu`), the HTTP redirect
+    # must name the forwarded port. 0: the port of listen_https.
+    public_https_port: int = 0
     # Open connections (HTTP and HTTPS together); over them a new one is closed at once.
     # A browser opens ~6; 32 leave a shared office address room, and eight
     # addresses are needed to fill the total, which bench/web_attack_bench.py

@@ -148,6 +148,22 @@ def test_plain_http_redirects_and_serves_acme_challenges(site: PimailServer) -> 
     assert b.post("/login", {"x": "y"}, follow=False).status == 301  # nothing else over HTTP
 
 
+def test_redirect_names_the_forwarded_https_port(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Behind a port forward (QEMU's user network in `./build.sh qemu`, a
+    router's), the HTTPS port browsers reach is not the one pimail listens
+    on: web.public_https_port names it, and the redirect from HTTP uses it
+    (issue 16 item 7: the redirect dropped the forwarded port)."""
+    server = PimailServer(tmp_path / "data", {"web": {"public_https_port": 10443}})
+    server.start()
+    try:
+        b = Browser(f"http://127.0.0.1:{server.http_port}")
+        page = b.get("/mail/INBOX?page=2", follow=False)
+        assert page.status == 301
+        assert page.redirected_to == "https://127.0.0.1:10443/mail/INBOX?page=2"
+    finally:
+        server.stop()
+
+
 def test_mta_sts_policy_over_https(site: PimailServer) -> None:
     b = browser(site)
     page = b.get("/.well-known/mta-sts.txt", headers={"Host": f"mta-sts.{DOMAIN}"})

@@ -306,7 +306,7 @@ class Web:
         is one (a certificate name, or the address the client reached), else
         the configured host name; never a name the client made up."""
         host = self._our_host(request) or self.settings.hostname
-        port = _https_port(self.settings.web.listen_https)
+        port = self.settings.web.public_https_port or _https_port(self.settings.web.listen_https)
         netloc = host if port in (None, 443) else f"{host}:{port}"
         target = urllib.parse.urlunsplit(("https", netloc, request.path, request.query_string, ""))
         raise web.HTTPMovedPermanently(target)
