@@ -167,6 +167,57 @@ overlay_stage() {
     "${ch[@]}" passwd -l root >/dev/null
 }
 
+# --- 4b (issue 15: unbound, ClamAV) --------------------------------------------
+# unbound: pimail's recursive resolver on 127.0.0.1/::1 port 5335, DNSSEC-validating,
+# never in resolv.conf (overlay/etc/unbound, overlay/etc/default/unbound).
+# ClamAV: clamd and freshclam only where pimail-clamav.service finds the memory
+# (>= 3.5 GiB), their databases on /data (overlay/etc/systemd/system/clamav-*.d).
+resolver_av_stage() {
+    echo "    unbound on 127.0.0.1:5335, ClamAV where the memory is"
+    systemctl --root="$ROOT" enable unbound.service pimail-clamav.service \
+        clamav-daemon.service clamav-freshclam.service >/dev/null 2>&1
+    # No resolv.conf rewriting, no once-a-day freshclam beside its daemon, no on-access scan.
+    systemctl --root="$ROOT" mask unbound-resolvconf.service clamav-freshclam-once.timer \
+        clamav-freshclam-once.service clamav-clamonacc.service >/dev/null 2>&1
+    local ch=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT")
+    "${ch[@]}" unbound-checkconf >/dev/null
+    # Debian's root.key is kept in /var/lib/unbound; pimail's is on /data (bound there).
+    rm -f "$ROOT/var/lib/unbound/root.key"
+}
+
+# --- 5b (issue 15: what the new packages bring that no Pi and no QEMU uses) -----
+prune_stage() {
+    local before after fw="$ROOT/usr/lib/firmware"
+    before=$(du -sm "$ROOT" | cut -f1)
+    # firmware-brcm80211: only the Pis' Wi-Fi chips (3 B: 43430, Zero 2 W: 43436/43430,
+    # 3 B+/4 B/400/CM4: 43455/43456), with their .clm_blob/.txt and the cypress/
+    # files their brcm/ names link to.
+    if [ -d "$fw/brcm" ]; then
+        local keep=() f
+        for f in "$fw"/brcm/brcmfmac4343[06]* "$fw"/brcm/brcmfmac4345[56]*; do
+            [ -e "$f" ] || [ -L "$f" ] || continue
+            keep+=("$f")
+            [ -L "$f" ] && keep+=("$(readlink -f "$f")")
+        done
+        for f in "$fw"/brcm/* "$fw"/cypress/*; do
+            [ -e "$f" ] || [ -L "$f" ] || continue
+            case " ${keep[*]} " in *" $f "*) ;; *) rm -f "$f" ;; esac
+        done
+    fi
+    # The device trees of every other vendor (the boot partition takes broadcom's).
+    find "$ROOT"/usr/lib/linux-image-*/ -mindepth 1 -maxdepth 1 ! -name broadcom -exec rm -rf {} +
+    # Python's own test suite, docs, IDLE, turtle, tkinter, 2to3: never imported.
+    rm -rf "$ROOT"/usr/lib/python3.11/{test,idlelib,turtledemo,tkinter,lib2to3,pydoc_data,ensurepip} \
+           "$ROOT"/usr/lib/python3/dist-packages/*/tests
+    # ClamAV and unbound: the tools a box without a console never runs, docs.
+    rm -f "$ROOT"/usr/bin/clamdtop "$ROOT"/usr/sbin/clamonacc "$ROOT"/usr/bin/clamconf \
+          "$ROOT"/usr/share/munin/plugins/unbound_munin_
+    rm -rf "$ROOT"/usr/share/doc/clamav-* "$ROOT"/usr/share/doc/unbound/examples \
+           "$ROOT"/usr/share/lintian "$ROOT"/usr/share/bug "$ROOT"/usr/share/apport
+    after=$(du -sm "$ROOT" | cut -f1)
+    echo "    pruned $((before - after)) MiB: root now $after MiB"
+}
+
 # --- 5 -----------------------------------------------------------------------
 trim_stage() {
     step 5/9 "trim"
@@ -297,7 +348,9 @@ main() {
     root_stage
     python_stage
     overlay_stage
+    resolver_av_stage
     trim_stage
+    prune_stage
     squashfs_stage
     boot_stage
     assemble_stage
