@@ -155,6 +155,11 @@ class Machine:
     data_disk: bool = True
     # Make the SD card this much larger than the image (its data partition grows).
     grow_sd_mb: int = 0
+    # TCP services of the host the guest may reach despite restrict=on, as
+    # (guest address, guest port, host port on 127.0.0.1): QEMU's guestfwd.
+    guest_forwards: list[tuple[str, int, int]] = field(default_factory=list)
+    # More kernel command line (e.g. "pimail.overlay=0"), for the next start.
+    extra_append: str = ""
 
     @property
     def sd(self) -> Path:
@@ -189,10 +194,16 @@ class Machine:
             f"hostfwd=tcp:127.0.0.1:{self.ports[name]}-:{guest}"
             for name, guest in GUEST_PORTS.items()
         )
+        fwd += "".join(
+            f",guestfwd=tcp:{address}:{port}-tcp:127.0.0.1:{host_port}"
+            for address, port, host_port in self.guest_forwards
+        )
         append = (
             f"root=PARTUUID={ROOT_PARTUUID} rootfstype=squashfs ro rootwait "
             "console=ttyAMA0 net.ifnames=0"
         )
+        if self.extra_append:
+            append += " " + self.extra_append
         return [
             "qemu-system-aarch64",
             "-M", "virt",
