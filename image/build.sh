@@ -212,10 +212,26 @@ prune_stage() {
     # ClamAV and unbound: the tools a box without a console never runs, docs.
     rm -f "$ROOT"/usr/bin/clamdtop "$ROOT"/usr/sbin/clamonacc "$ROOT"/usr/bin/clamconf \
           "$ROOT"/usr/share/munin/plugins/unbound_munin_
-    rm -rf "$ROOT"/usr/share/doc/clamav-* "$ROOT"/usr/share/doc/unbound/examples \
-           "$ROOT"/usr/share/lintian "$ROOT"/usr/share/bug "$ROOT"/usr/share/apport
+    rm -rf "$ROOT"/usr/share/doc/unbound/examples "$ROOT"/usr/share/lintian \
+           "$ROOT"/usr/share/bug "$ROOT"/usr/share/apport
+    # The Pi firmware (start*.elf, fixup*.dat) goes to the boot partition; the copy in
+    # /usr/lib/raspi-firmware serves only raspi-firmware's kernel hooks, which never
+    # run on a read-only root. Kept out of the squashfs, back for the boot stage.
+    if [ -d "$ROOT/usr/lib/raspi-firmware" ]; then
+        rm -rf "$WORK/raspi-firmware"
+        mv "$ROOT/usr/lib/raspi-firmware" "$WORK/raspi-firmware"
+        mkdir "$ROOT/usr/lib/raspi-firmware"
+    fi
     after=$(du -sm "$ROOT" | cut -f1)
     echo "    pruned $((before - after)) MiB: root now $after MiB"
+}
+
+# After the squashfs: the boot stage copies the Pi firmware from the root.
+unprune_stage() {
+    if [ -d "$WORK/raspi-firmware" ]; then
+        rm -rf "$ROOT/usr/lib/raspi-firmware"
+        mv "$WORK/raspi-firmware" "$ROOT/usr/lib/raspi-firmware"
+    fi
 }
 
 # --- 5 -----------------------------------------------------------------------
@@ -352,6 +368,7 @@ main() {
     trim_stage
     prune_stage
     squashfs_stage
+    unprune_stage
     boot_stage
     assemble_stage
     compress_stage
