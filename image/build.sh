@@ -188,6 +188,7 @@ resolver_av_stage() {
 # --- 5b (issue 15: what the new packages bring that no Pi and no QEMU uses) -----
 prune_stage() {
     local before after fw="$ROOT/usr/lib/firmware"
+    local ch=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT")
     before=$(du -sm "$ROOT" | cut -f1)
     # firmware-brcm80211: only the Pis' Wi-Fi chips (3 B: 43430, Zero 2 W: 43436/43430,
     # 3 B+/4 B/400/CM4: 43455/43456), with their .clm_blob/.txt and the cypress/
@@ -209,6 +210,14 @@ prune_stage() {
     # Python's own test suite, docs, IDLE, turtle, tkinter, 2to3: never imported.
     rm -rf "$ROOT"/usr/lib/python3.11/{test,idlelib,turtledemo,tkinter,lib2to3,pydoc_data,ensurepip} \
            "$ROOT"/usr/lib/python3/dist-packages/*/tests
+    # Full Perl (~48 MiB) is there only for usrmerge, which ran when the root was made;
+    # perl-base (debconf's) stays. glibc's iconv modules: no program here converts
+    # charsets through iconv (Python has its own codecs); the Unicode ones stay.
+    rm -rf "$ROOT"/usr/share/perl "$ROOT"/usr/lib/aarch64-linux-gnu/perl
+    find "$ROOT"/usr/lib/aarch64-linux-gnu/gconv -maxdepth 1 -name '*.so' \
+        ! -name 'UTF-*' ! -name 'UNICODE.so' ! -name 'ISO8859-1.so' ! -name 'ISO8859-15.so' \
+        -delete
+    "${ch[@]}" iconvconfig 2>/dev/null || true
     # ClamAV and unbound: the tools a box without a console never runs, docs.
     rm -f "$ROOT"/usr/bin/clamdtop "$ROOT"/usr/sbin/clamonacc "$ROOT"/usr/bin/clamconf \
           "$ROOT"/usr/share/munin/plugins/unbound_munin_
