@@ -180,6 +180,9 @@ resolver_av_stage() {
     systemctl --root="$ROOT" mask unbound-resolvconf.service clamav-freshclam-once.timer \
         clamav-freshclam-once.service clamav-clamonacc.service >/dev/null 2>&1
     local ch=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT")
+    # unbound includes /run/pimail-unbound/*.conf: an empty directory is fine, none
+    # is an error (made at boot by tmpfiles, pimail-services.conf; here for the check).
+    mkdir -p "$ROOT/run/pimail-unbound"
     "${ch[@]}" unbound-checkconf >/dev/null
     # Debian's root.key is kept in /var/lib/unbound; pimail's is on /data (bound there).
     rm -f "$ROOT/var/lib/unbound/root.key"
