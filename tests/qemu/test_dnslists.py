@@ -191,7 +191,6 @@ def test_overlay_off_boots_the_bare_read_only_root(vm: pimailvm.Machine) -> None
     report = vm.selftest(timeout=900)
     console = vm.console.read_text(errors="replace")
     assert report["root_fstype"] == "squashfs", report
-    assert report["pimail_active"] == "active"
     assert report["overlay_mounts"] == "0"
     assert report["root_write"].startswith("failed") and "Read-only" in report["root_write"]
     # The old initramfs script called grep, which the initramfs does not have.
