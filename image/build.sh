@@ -184,7 +184,8 @@ resolver_av_stage() {
     # is an error (made at boot by tmpfiles, pimail-services.conf; here for the check).
     mkdir -p "$ROOT/run/pimail-unbound"
     "${ch[@]}" unbound-checkconf >/dev/null
-    # Debian's root.key is kept in /var/lib/unbound; pimail's is on /data (bound there).
+    # The root.key unbound's postinst put in /var/lib/unbound is never seen at run time:
+    # /data/unbound is bound over it (and gets dns-root-data's at the first start).
     rm -f "$ROOT/var/lib/unbound/root.key"
 }
 
