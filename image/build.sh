@@ -182,10 +182,11 @@ resolver_av_stage() {
     local ch=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT")
     # unbound includes /run/pimail-unbound/*.conf: an empty directory is fine, none
     # is an error (made at boot by tmpfiles, pimail-services.conf; here for the check).
+    # The check wants the trust anchor: dns-root-data's, for the check only (at run
+    # time /data/unbound is bound over /var/lib/unbound and gets it at the first start).
     mkdir -p "$ROOT/run/pimail-unbound"
+    cp "$ROOT/usr/share/dns/root.key" "$ROOT/var/lib/unbound/root.key"
     "${ch[@]}" unbound-checkconf >/dev/null
-    # The root.key unbound's postinst put in /var/lib/unbound is never seen at run time:
-    # /data/unbound is bound over it (and gets dns-root-data's at the first start).
     rm -f "$ROOT/var/lib/unbound/root.key"
 }
 
