@@ -223,6 +223,17 @@ prune_stage() {
         ! -name 'UTF-*' ! -name 'UNICODE.so' ! -name 'ISO8859-1.so' ! -name 'ISO8859-15.so' \
         -delete
     "${ch[@]}" iconvconfig 2>/dev/null || true
+    # udev's hardware database (vendor and model names, input quirks): nothing on the
+    # box reads it; udev works without it.
+    rm -f "$ROOT"/usr/lib/udev/hwdb.bin "$ROOT"/etc/udev/hwdb.bin
+    # PCI network cards of the PC world (a CM4 carrier's PCIe slot aside, no Pi has
+    # one); USB adapters (drivers/net/usb) and the Pi's own (smsc, microchip) stay.
+    local km
+    km=$(ls -d "$ROOT"/usr/lib/modules/*/kernel | head -n1)
+    rm -rf "$km"/drivers/net/ethernet/{3com,8390,adaptec,agere,alteon,apm,atheros,brocade,cadence,dec,dlink,myricom,natsemi,neterion,packetengines,rdc,silan,sis,socionext,sun,tehuti,via} \
+           "$km"/drivers/net/ethernet/{fealnx,jme}.ko "$km"/drivers/net/fddi "$km"/drivers/net/hamradio \
+           "$km"/drivers/net/wan "$km"/drivers/net/arcnet "$km"/drivers/net/can "$km"/drivers/net/ieee802154
+    "${ch[@]}" depmod "$(basename "$(dirname "$km")")"
     # ClamAV and unbound: the tools a box without a console never runs, docs.
     rm -f "$ROOT"/usr/bin/clamdtop "$ROOT"/usr/sbin/clamonacc "$ROOT"/usr/bin/clamconf \
           "$ROOT"/usr/share/munin/plugins/unbound_munin_
@@ -240,11 +251,15 @@ prune_stage() {
     echo "    pruned $((before - after)) MiB: root now $after MiB"
 }
 
-# After the squashfs: the boot stage copies the Pi firmware from the root.
+# After the squashfs: the boot stage copies the Pi firmware from the root, without
+# the variants config.txt never asks for (start_x: camera, start_db: debug, start_cd:
+# cut down; the same for the Pi 4's start4*): start.elf/fixup.dat and
+# start4.elf/fixup4.dat boot every supported board.
 unprune_stage() {
     if [ -d "$WORK/raspi-firmware" ]; then
         rm -rf "$ROOT/usr/lib/raspi-firmware"
         mv "$WORK/raspi-firmware" "$ROOT/usr/lib/raspi-firmware"
+        rm -f "$ROOT"/usr/lib/raspi-firmware/{start,fixup}{_x,_db,_cd,4x,4db,4cd}.{elf,dat}
     fi
 }
 
