@@ -232,7 +232,8 @@ prune_stage() {
     km=$(ls -d "$ROOT"/usr/lib/modules/*/kernel | head -n1)
     rm -rf "$km"/drivers/net/ethernet/{3com,8390,adaptec,agere,alteon,apm,atheros,brocade,cadence,dec,dlink,myricom,natsemi,neterion,packetengines,rdc,silan,sis,socionext,sun,tehuti,via} \
            "$km"/drivers/net/ethernet/{fealnx,jme}.ko "$km"/drivers/net/fddi "$km"/drivers/net/hamradio \
-           "$km"/drivers/net/wan "$km"/drivers/net/arcnet "$km"/drivers/net/can "$km"/drivers/net/ieee802154
+           "$km"/drivers/net/wan "$km"/drivers/net/arcnet "$km"/drivers/net/can "$km"/drivers/net/ieee802154 \
+           "$km"/drivers/ata "$km"/drivers/mtd "$km"/drivers/usb/serial "$km"/drivers/atm "$km"/net/atm
     "${ch[@]}" depmod "$(basename "$(dirname "$km")")"
     # ClamAV and unbound: the tools a box without a console never runs, docs.
     rm -f "$ROOT"/usr/bin/clamdtop "$ROOT"/usr/sbin/clamonacc "$ROOT"/usr/bin/clamconf \
