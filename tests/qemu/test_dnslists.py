@@ -46,6 +46,9 @@ greylist = false
 dnsbl_skip_private = false
 dnsbl_zones = ["bl.test", "refusing.test"]
 dnsbl_domain_zones = ["dbl.test", "refusing-dbl.test"]
+# Under TCG on a loaded host the first lookups (unbound -> TCP through QEMU's
+# guestfwd -> the host) took longer than the default 5 s and failed open.
+dnsbl_timeout = 30.0
 """
 
 
