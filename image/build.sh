@@ -228,6 +228,89 @@ boot_time_stage() {
     done
 }
 
+# --- 4d (issue 15: unbound, ClamAV) --------------------------------------------
+# unbound: pimail's recursive resolver on 127.0.0.1/::1 port 5335, DNSSEC-validating,
+# never in resolv.conf (overlay/etc/unbound, overlay/etc/default/unbound).
+# ClamAV: clamd and freshclam only where pimail-clamav.service finds the memory
+# (>= 3.5 GiB), their databases on /data (overlay/etc/systemd/system/clamav-*.d).
+resolver_av_stage() {
+    echo "    unbound on 127.0.0.1:5335, ClamAV where the memory is"
+    systemctl --root="$ROOT" enable unbound.service pimail-clamav.service \
+        clamav-daemon.service clamav-freshclam.service >/dev/null 2>&1
+    # No resolv.conf rewriting, no once-a-day freshclam beside its daemon, no on-access scan.
+    systemctl --root="$ROOT" mask unbound-resolvconf.service clamav-freshclam-once.timer \
+        clamav-freshclam-once.service clamav-clamonacc.service >/dev/null 2>&1
+    local ch=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT")
+    # unbound includes /run/pimail-unbound/*.conf: an empty directory is fine, none
+    # is an error (made at boot by tmpfiles, pimail-services.conf; here for the check).
+    # The check wants the trust anchor: dns-root-data's, for the check only (at run
+    # time /data/unbound is bound over /var/lib/unbound and gets it at the first start).
+    mkdir -p "$ROOT/run/pimail-unbound"
+    cp "$ROOT/usr/share/dns/root.key" "$ROOT/var/lib/unbound/root.key"
+    "${ch[@]}" unbound-checkconf >/dev/null
+    rm -f "$ROOT/var/lib/unbound/root.key"
+}
+
+# --- 5b (issue 15: what the new packages bring that no Pi and no QEMU uses) -----
+prune_stage() {
+    local before after
+    local ch=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT")
+    before=$(du -sm "$ROOT" | cut -f1)
+    # (firmware-brcm80211 is cut to the Pis' chips in boot_time_wifi_stage.)
+    # The device trees of every other vendor (the boot partition takes broadcom's).
+    find "$ROOT"/usr/lib/linux-image-*/ -mindepth 1 -maxdepth 1 ! -name broadcom -exec rm -rf {} +
+    # Python's own test suite, docs, IDLE, turtle, tkinter, 2to3: never imported.
+    rm -rf "$ROOT"/usr/lib/python3.11/{test,idlelib,turtledemo,tkinter,lib2to3,pydoc_data,ensurepip} \
+           "$ROOT"/usr/lib/python3/dist-packages/*/tests
+    # Full Perl (~48 MiB) is there only for usrmerge, which ran when the root was made;
+    # perl-base (debconf's) stays. glibc's iconv modules: no program here converts
+    # charsets through iconv (Python has its own codecs); the Unicode ones stay.
+    rm -rf "$ROOT"/usr/share/perl "$ROOT"/usr/lib/aarch64-linux-gnu/perl
+    find "$ROOT"/usr/lib/aarch64-linux-gnu/gconv -maxdepth 1 -name '*.so' \
+        ! -name 'UTF-*' ! -name 'UNICODE.so' ! -name 'ISO8859-1.so' ! -name 'ISO8859-15.so' \
+        -delete
+    "${ch[@]}" iconvconfig 2>/dev/null || true
+    # udev's hardware database (vendor and model names, input quirks): nothing on the
+    # box reads it; udev works without it.
+    rm -f "$ROOT"/usr/lib/udev/hwdb.bin "$ROOT"/etc/udev/hwdb.bin
+    # PCI network cards of the PC world (a CM4 carrier's PCIe slot aside, no Pi has
+    # one); USB adapters (drivers/net/usb) and the Pi's own (smsc, microchip) stay.
+    local km
+    km=$(ls -d "$ROOT"/usr/lib/modules/*/kernel | head -n1)
+    rm -rf "$km"/drivers/net/ethernet/{3com,8390,adaptec,agere,alteon,apm,atheros,brocade,cadence,dec,dlink,myricom,natsemi,neterion,packetengines,rdc,silan,sis,socionext,sun,tehuti,via} \
+           "$km"/drivers/net/ethernet/{fealnx,jme}.ko "$km"/drivers/net/fddi "$km"/drivers/net/hamradio \
+           "$km"/drivers/net/wan "$km"/drivers/net/arcnet "$km"/drivers/net/can "$km"/drivers/net/ieee802154 \
+           "$km"/drivers/ata "$km"/drivers/mtd "$km"/drivers/usb/serial "$km"/drivers/atm "$km"/net/atm
+    "${ch[@]}" depmod "$(basename "$(dirname "$km")")"
+    # ClamAV and unbound: the tools a box without a console never runs, docs.
+    rm -f "$ROOT"/usr/bin/clamdtop "$ROOT"/usr/sbin/clamonacc "$ROOT"/usr/bin/clamconf \
+          "$ROOT"/usr/share/munin/plugins/unbound_munin_
+    rm -rf "$ROOT"/usr/share/doc/unbound/examples "$ROOT"/usr/share/lintian \
+           "$ROOT"/usr/share/bug "$ROOT"/usr/share/apport
+    # The Pi firmware (start*.elf, fixup*.dat) goes to the boot partition; the copy in
+    # /usr/lib/raspi-firmware serves only raspi-firmware's kernel hooks, which never
+    # run on a read-only root. Kept out of the squashfs, back for the boot stage.
+    if [ -d "$ROOT/usr/lib/raspi-firmware" ]; then
+        rm -rf "$WORK/raspi-firmware"
+        mv "$ROOT/usr/lib/raspi-firmware" "$WORK/raspi-firmware"
+        mkdir "$ROOT/usr/lib/raspi-firmware"
+    fi
+    after=$(du -sm "$ROOT" | cut -f1)
+    echo "    pruned $((before - after)) MiB: root now $after MiB"
+}
+
+# After the squashfs: the boot stage copies the Pi firmware from the root, without
+# the variants config.txt never asks for (start_x: camera, start_db: debug, start_cd:
+# cut down; the same for the Pi 4's start4*): start.elf/fixup.dat and
+# start4.elf/fixup4.dat boot every supported board.
+unprune_stage() {
+    if [ -d "$WORK/raspi-firmware" ]; then
+        rm -rf "$ROOT/usr/lib/raspi-firmware"
+        mv "$WORK/raspi-firmware" "$ROOT/usr/lib/raspi-firmware"
+        rm -f "$ROOT"/usr/lib/raspi-firmware/{start,fixup}{_x,_db,_cd,4x,4db,4cd}.{elf,dat}
+    fi
+}
+
 # --- 5 -----------------------------------------------------------------------
 trim_stage() {
     step 5/9 "trim"
@@ -252,7 +335,9 @@ squashfs_stage() {
     step 6/9 "squashfs ($SQUASHFS_COMP)"
     rm -f "$WORK/root.sqfs"
     # shellcheck disable=SC2086
-    mksquashfs "$ROOT" "$WORK/root.sqfs" -comp $SQUASHFS_COMP -noappend -quiet -no-progress \
+    # 1 MiB blocks (default 128 KiB): zstd finds more to share in each, and the image
+    # must stay under 150 MiB (issue 16). Small files still share fragment blocks.
+    mksquashfs "$ROOT" "$WORK/root.sqfs" -comp $SQUASHFS_COMP -b 1M -noappend -quiet -no-progress \
         -processors 2 -wildcards -e 'boot/vmlinuz*' 'boot/initrd*' 'boot/System.map*' 'boot/config-*'
     ls -l "$WORK/root.sqfs" | awk '{printf "    %d MB\n", $5/1048576}'
 }
@@ -362,8 +447,11 @@ main() {
     overlay_stage
     boot_time_wifi_stage
     boot_time_stage
+    resolver_av_stage
     trim_stage
+    prune_stage
     squashfs_stage
+    unprune_stage
     boot_stage
     assemble_stage
     compress_stage

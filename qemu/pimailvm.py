@@ -276,8 +276,12 @@ class Machine:
     netns: Netns | None = None
     # The guest's clock at power-on (QEMU -rtc base=), e.g. "2001-01-01"; None: the host's.
     rtc_base: str | None = None
-    # More kernel command line (e.g. "pimail.selftest", "modules-load=...").
+    # More kernel command line (e.g. "pimail.selftest", "pimail.overlay=0"), for the next start.
     extra_append: str = ""
+    # TCP services of the host the guest may reach despite restrict=on, as
+    # (guest address, guest port, host port on 127.0.0.1): QEMU's guestfwd, one
+    # socat per connection (a chardev would carry one connection for the whole run).
+    guest_forwards: list[tuple[str, int, int]] = field(default_factory=list)
     # A USB (xHCI) controller, to hot-add disks to (hotplug_usb_disk).
     usb: bool = False
     # Seconds from QEMU's start to the SMTP banner, one per wait_banner().
@@ -338,6 +342,10 @@ class Machine:
         fwd = ",".join(
             f"hostfwd=tcp:{self.host if self.netns else '127.0.0.1'}:{self.ports[name]}-:{guest}"
             for name, guest in GUEST_PORTS.items()
+        )
+        fwd += "".join(
+            f",guestfwd=tcp:{address}:{port}-cmd:socat STDIO TCP:127.0.0.1:{host_port}"
+            for address, port, host_port in self.guest_forwards
         )
         if self.board == "raspi3b":
             return self._raspi_command(fwd)

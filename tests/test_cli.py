@@ -170,6 +170,33 @@ def test_headless_setup_apply(admin: PimailServer, tmp_path: Path) -> None:
     m.logout()
 
 
+def test_headless_setup_stores_settings(admin: PimailServer, tmp_path: Path) -> None:
+    """[setup.settings] in the boot partition's pimail.toml: settings kept in
+    pimail.db as `pimail config set` keeps them (dotted keys or tables); one bad
+    setting refuses the whole table, before anything is stored."""
+    toml = tmp_path / "pimail.toml"
+    toml.write_text(
+        '[setup]\ndomain = "box.example"\n'
+        '[setup.settings]\n"filter.greylist" = false\n'
+        '[setup.settings.dns]\nstub_zones = ["lan.example=192.168.1.5"]\n'
+    )
+    out = admin.cli("setup", "apply", str(toml)).stdout
+    assert "filter.greylist = false" in out and "dns.stub_zones" in out
+    loaded = config.load(admin.config)
+    assert loaded.filter.greylist is False
+    assert loaded.dns.stub_zones == ["lan.example=192.168.1.5"]
+    for bad in (
+        '[setup.settings]\n"smtp.max_recipients" = 3\n"smtp.nope" = 1\n',
+        '[setup.settings]\n"smtp.max_recipients" = 3\n"dns.timeout" = "soon"\n',
+        '[setup.settings]\n"smtp.max_recipients" = 3\n"data_dir" = "/elsewhere"\n',
+        '[setup]\nsettings = "filter.greylist=false"\n',
+    ):
+        toml.write_text(bad if bad.startswith("[setup]") else "[setup]\n" + bad)
+        done = admin.cli("setup", "apply", str(toml), check=False)
+        assert done.returncode == 1, bad
+        assert config.load(admin.config).smtp.max_recipients == 100, bad
+
+
 def test_a_secret_setting_comes_from_stdin_and_is_never_shown(admin: PimailServer) -> None:
     done = admin.cli("config", "set", "outbound.relay_password", "-", input="123456\n")
     assert config.load(admin.config).outbound.relay_password == "123456"

@@ -180,6 +180,11 @@ def apply_setup(
     admin = "admin@example.org"
     password_hash = "$scrypt$..."       # from `pimail user hash`
     setup_token = "..."                 # optional: the web wizard asks for it
+
+    [setup.settings]                    # optional: settings kept in pimail.db, as
+    "filter.greylist" = false           # `pimail config set` would (dotted keys, or
+    [setup.settings.dns]                # tables); read at pimail's next start
+    stub_zones = ["lan.example=192.168.1.5"]
     """
     from .queue import dkim
 
@@ -204,10 +209,31 @@ def apply_setup(
         if directory.account(setup["admin"]) is None:
             account = directory.add_account(setup["admin"], stored, is_admin=True)
             say(f"added account {account.address} (admin)")
+    if "settings" in setup:
+        values = setup["settings"]
+        if not isinstance(values, dict):
+            raise ValueError("[setup] settings must be a table of settings")
+        flat = _dotted(values)
+        for key, value in flat.items():  # all checked before any is stored
+            config.validate_override(key, value)
+        for key, value in flat.items():
+            store_setting(directory.con, key, value)
+            say(f"{key} = {json.dumps(value)}")
     if "setup_token" in setup:
         write_private(settings.data_dir / "setup-token", str(setup["setup_token"]) + "\n")
         say("setup token stored")
     return done
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"dns": {"stub_zones": [...]}} -> {"dns.stub_zones": [...]}."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def write_private(path: Path, text: str) -> None:

@@ -57,6 +57,11 @@ class DnsSettings:
     # DNS servers to ask, "host:port" (one port for all); empty: /etc/resolv.conf.
     nameservers: list[str] = field(default_factory=list)
     timeout: float = 10.0
+    # Zones the device's own resolver (unbound, dns/unbound.py) asks of the given servers
+    # instead of recursing from the root, unvalidated: "zone=host[:port]", or
+    # "zone=tcp:host[:port]" for a server reached over TCP only. A LAN's DNS server for
+    # its local names, or a DNS list served on the LAN. Read when unbound starts.
+    stub_zones: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -236,10 +241,15 @@ class FilterSettings:
     # the public lists refuse the big public resolvers); empty: the one of [dns].
     dnsbl_resolver: str = ""
     dnsbl_timeout: float = 5.0
+    # Client addresses that are not global (RFC 1918, CGNAT, ...) are never asked of the
+    # IP lists: no public list knows them. False: ask anyway (a LAN's own list, a lab);
+    # skip_networks still decides which clients are checked at all.
+    dnsbl_skip_private: bool = True
     # Built-in malware screening (filter/malware.py): EICAR, executables, macros, HTML
     # smuggling, encrypted archives refused at DATA with 554 5.7.1, with or without clamd.
     malware: bool = True
     # clamd's address ("unix:/run/clamav/clamd.ctl", "127.0.0.1:3310"); empty: no virus scan.
+    # The device sets it when the board has the memory for ClamAV (filter/clamav_fit.py).
     clamd: str = ""
     # clamd unreachable or failing: "tempfail" (451 4.7.0, the sender retries) or "accept".
     clamd_unreachable: str = "tempfail"
@@ -375,13 +385,24 @@ DEVICE_DNSBL_ZONES = ("zen.spamhaus.org=127.0.0.[2..11]",)
 DEVICE_DNSBL_DOMAIN_ZONES = ("dbl.spamhaus.org=127.0.1.[2..99]", "multi.surbl.org")
 
 
+# The device's recursive resolver: unbound on loopback (overlay/etc/unbound), on a port of
+# its own (systemd-resolved keeps 127.0.0.53:53 for the system).
+DEVICE_RESOLVER = ("127.0.0.1:5335", "[::1]:5335")
+
+
 def device_defaults() -> Settings:
     """The appliance: data on /data, standard ports on every address."""
+    from .filter import clamav_fit
+
     any4, any6 = "0.0.0.0", "[::]"
 
     def both(port: int) -> list[str]:
         return [f"{any4}:{port}", f"{any6}:{port}"]
 
+    # ClamAV runs only where the board has the memory; pimail-clamav.service decides at
+    # boot and says so in a file. While clamd loads (or freshclam has no database yet)
+    # mail is not held: the built-in malware screen still refuses what it knows.
+    clamav = clamav_fit.read_state()
     return Settings(
         profile=DEVICE,
         data_dir=Path("/data"),
@@ -392,12 +413,18 @@ def device_defaults() -> Settings:
         web=WebSettings(listen_http=both(80), listen_https=both(443)),
         tls=TlsSettings(extra_names=[], time_wait=60.0),
         boot_dir="/boot/firmware",
-        # Built into the image (image/build.sh) from the SpamAssassin corpus. The DNS
-        # lists (DEVICE_DNSBL_*) are not on by default yet: the public lists answer only
-        # a resolver that recurses itself, and the image ships none yet (issue 15 item 4:
-        # unbound on loopback); until then an admin who runs one turns them on with
-        # filter.dnsbl_zones, filter.dnsbl_domain_zones and filter.dnsbl_resolver.
-        filter=FilterSettings(starter_model="/usr/share/pimail/starter-bayes.db"),
+        # All of pimail's DNS goes through the image's own unbound: the DNS lists need a
+        # resolver that recurses itself, and SPF, DKIM, DMARC, MX and MTA-STS answers
+        # are DNSSEC-validated there and share one cache.
+        dns=DnsSettings(nameservers=list(DEVICE_RESOLVER)),
+        filter=FilterSettings(
+            # Built into the image (image/build.sh) from the SpamAssassin corpus.
+            starter_model="/usr/share/pimail/starter-bayes.db",
+            dnsbl_zones=list(DEVICE_DNSBL_ZONES),
+            dnsbl_domain_zones=list(DEVICE_DNSBL_DOMAIN_ZONES),
+            clamd=clamav_fit.CLAMD_ADDRESS if clamav.on else "",
+            clamd_unreachable="accept",
+        ),
     )
 
 

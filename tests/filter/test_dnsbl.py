@@ -516,7 +516,7 @@ def test_smtp_listed_link_goes_to_junk_and_the_admin_page_shows_the_lists(
     assert f"asked through {zone.address}" in page
 
 
-def test_the_recommended_public_lists_parse_and_stay_off_until_a_recursive_resolver_ships() -> None:
+def test_the_recommended_public_lists_parse_and_are_on_with_the_devices_resolver() -> None:
     from pimail.config import (
         DEVICE_DNSBL_DOMAIN_ZONES,
         DEVICE_DNSBL_ZONES,
@@ -528,8 +528,45 @@ def test_the_recommended_public_lists_parse_and_stay_off_until_a_recursive_resol
     assert {z.name for z in zones} == {"zen.spamhaus.org", "dbl.spamhaus.org", "multi.surbl.org"}
     dbl = next(z for z in zones if z.name == "dbl.spamhaus.org")
     assert dbl.matches("127.0.1.2") and not dbl.matches("127.0.1.255")
-    # The image has no recursive resolver yet: through a forwarder the public lists
-    # answer only their "public resolver" errors, so nothing is asked by default.
-    for profile in (device_defaults().filter, Settings().filter):
-        assert (profile.dnsbl_resolver, profile.dnsbl_zones) == ("", [])
-        assert profile.dnsbl_domain_zones == []
+    # The image runs its own recursive resolver (unbound): the device asks the lists
+    # through it; development has none, so asks nothing (the public lists answer only
+    # their "public resolver" errors through a forwarder).
+    device, dev = device_defaults(), Settings()
+    assert device.filter.dnsbl_zones == list(DEVICE_DNSBL_ZONES)
+    assert device.filter.dnsbl_domain_zones == list(DEVICE_DNSBL_DOMAIN_ZONES)
+    assert device.dns.nameservers == ["127.0.0.1:5335", "[::1]:5335"]
+    assert (dev.filter.dnsbl_resolver, dev.filter.dnsbl_zones) == ("", [])
+    assert dev.filter.dnsbl_domain_zones == [] and dev.dns.nameservers == []
+
+
+@pytest.mark.parametrize("skip_private", [True, False])
+def test_smtp_client_on_a_private_address_is_asked_only_when_told(
+    make_server: Any, zone: DnsServer, skip_private: bool
+) -> None:
+    """filter.dnsbl_skip_private: a client outside skip_networks but on a
+    non-global address (here loopback; in the QEMU test QEMU's 10.0.2.2) is
+    asked of the IP lists only when it is off (a LAN's own list, a lab)."""
+    zone.add("1.0.0.127.bl.test", "A", "127.0.0.2")
+    server: PimailServer = make_server(sections={
+        "dns": {"nameservers": [zone.address], "timeout": 2.0},
+        "filter": {
+            "skip_networks": [], "greylist": False, "dnsbl_zones": ["bl.test*2"],
+            "dnsbl_skip_private": skip_private,
+        },
+    })  # fmt: skip
+    server.cli("domain", "add", "example.org")
+    server.add_user("alice@example.org")
+    server.start()
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=30) as s:
+        s.sendmail("a@sender.test", ["alice@example.org"], LISTED_MAIL.encode())
+    asked = {q.rstrip(".").lower() for q, _ in zone.queries}
+    if skip_private:
+        assert "1.0.0.127.bl.test" not in asked
+        [message] = server.messages("alice@example.org") + server.messages(
+            "alice@example.org", ".Junk"
+        )
+        assert b"RCVD_IN_DNSBL" not in message.read_bytes().split(b"\r\n\r\n", 1)[0]
+    else:
+        assert "1.0.0.127.bl.test" in asked
+        [junk] = server.messages("alice@example.org", ".Junk")
+        assert b"RCVD_IN_DNSBL" in junk.read_bytes().split(b"\r\n\r\n", 1)[0]

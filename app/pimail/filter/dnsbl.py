@@ -49,15 +49,16 @@ Addresses that are not global (loopback, RFC 1918, link-local, CGNAT,
 documentation ranges) are never looked up: no list knows them and the query
 would leak the LAN's layout. IPv4-mapped IPv6 addresses are looked up as IPv4.
 
-No zones are enabled by default. The free public lists refuse queries that
-come through the big public resolvers (Spamhaus answers 127.255.255.254 to
-queries via 8.8.8.8, 1.1.1.1, 9.9.9.9; dnswl.org blocks them too), and a
-home box usually forwards to such a resolver or to its ISP's. To enable:
-run a local recursive resolver (unbound, `apt install unbound`, its default
-configuration recurses from the root on 127.0.0.1:53), point
-`dns.nameservers` (or the DNSBL's own nameservers) at "127.0.0.1:53" and add
-zones. `probe(resolver, zone)` checks, through the test entries of RFC 5782 5,
-that a zone answers sensibly through the configured resolver.
+The development profile enables no zones. The free public lists refuse queries
+that come through the big public resolvers (Spamhaus answers 127.255.255.254 to
+queries via 8.8.8.8, 1.1.1.1, 9.9.9.9; dnswl.org blocks them too), and a home
+box usually forwards to such a resolver or to its ISP's. The device image runs
+its own recursive resolver (unbound on 127.0.0.1:5335, config.DEVICE_RESOLVER)
+and its profile turns on config.DEVICE_DNSBL_ZONES and DEVICE_DNSBL_DOMAIN_ZONES.
+Elsewhere: run a local recursive resolver, point `dns.nameservers` (or
+`filter.dnsbl_resolver`) at it and add zones. `probe(resolver, zone)` checks,
+through the test entries of RFC 5782 5, that a zone answers sensibly through
+the configured resolver.
 
 What it touches: DNS only, through `pimail.dns.resolver.Resolver` (answers
 are cached for their TTL there). No storage.

@@ -349,7 +349,10 @@ class Pipeline:
         async def ask(zones: list[str]) -> list[dnsbl.Listing]:
             if not zones:
                 return []
-            return await dnsbl.lookup(resolver, run.envelope.ip, zones, timeout=timeout)
+            return await dnsbl.lookup(
+                resolver, run.envelope.ip, zones, timeout=timeout,
+                skip_private=self.filter.dnsbl_skip_private,
+            )  # fmt: skip
 
         async def ask_domains(domains: list[str]) -> list[dnsbl.Listing]:
             zones = self.filter.dnsbl_domain_zones

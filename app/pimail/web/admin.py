@@ -43,6 +43,7 @@ from aiohttp import web as aioweb
 from .. import admin_ops, db
 from ..auth.accounts import Account, Directory, DirectoryError
 from ..auth.passwords import hash_password
+from ..config import DEVICE
 from . import dnscheck, wizard
 
 if TYPE_CHECKING:
@@ -549,7 +550,7 @@ class Admin:
     async def spam(self, request: aioweb.Request) -> aioweb.Response:
         import time
 
-        from ..filter import clamd, dnsbl
+        from ..filter import clamav_fit, clamd, dnsbl
 
         accounts = self.directory.accounts()
         stats = await asyncio.get_running_loop().run_in_executor(
@@ -561,6 +562,7 @@ class Admin:
         return self.render(
             request, "spam.html", rows=list(zip(accounts, stats, strict=True)),
             enabled=filters.enabled and filters.bayes, filters=filters, clamd_up=clamd_up,
+            clamav=clamav_fit.read_state() if self.settings.profile == DEVICE else None,
             dns_problems=[
                 (p, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(p.when)))
                 for p in dnsbl.problems()

@@ -64,6 +64,7 @@ from .. import admin_ops, config, db
 from ..auth.accounts import Directory, DirectoryError, normalize_domain, split_address
 from ..auth.login import Outcome
 from ..auth.passwords import hash_password
+from ..filter import clamav_fit
 from . import dnscheck
 
 if TYPE_CHECKING:
@@ -424,6 +425,7 @@ class Wizard:
             wizard=wizard, steps=STEPS, titles=STEP_TITLES, current=step, host_check=host_check,
             min_password=MIN_PASSWORD, relay_password_set=bool(wizard.relay_password),
             acme_directory=self.settings.tls.acme_directory,
+            clamav=clamav_fit.read_state() if self.settings.profile == config.DEVICE else None,
         )  # fmt: skip
 
     async def post_step(self, request: aioweb.Request) -> aioweb.StreamResponse:
