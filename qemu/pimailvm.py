@@ -580,11 +580,17 @@ def main(argv: list[str] | None = None) -> int:
     password = None
     if args.setup:
         files["pimail.toml"] = args.setup.read_bytes()
-    elif args.fresh or args.board == "raspi3b" or not m.data.exists():
-        password = os.urandom(9).hex()
-        files["pimail.toml"] = setup_toml(
-            "example.org", "admin@example.org", password_hash(password)
-        )
+    else:
+        if args.fresh or args.board == "raspi3b" or not m.data.exists():
+            password = os.urandom(9).hex()
+            files["pimail.toml"] = setup_toml(
+                "example.org", "admin@example.org", password_hash(password)
+            )
+        # The browser reaches HTTPS on the forwarded port: the HTTP redirect must
+        # name it (web.public_https_port; applied at every boot, before pimail).
+        m.ports = dict(zip(GUEST_PORTS, free_ports(len(GUEST_PORTS)), strict=True))
+        settings = f"[setup.settings.web]\npublic_https_port = {m.ports['https']}\n"
+        files["pimail.toml"] = files.get("pimail.toml", b"[setup]\n") + settings.encode()
     m.prepare(files, fresh_data=args.fresh)
     # Ctrl-C and SIGTERM both power the machine down cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
