@@ -273,6 +273,13 @@ def explain(stderr: str, target: Target) -> str:
         return f"no backup repository at {where} (pimail backup init creates one)"
     if "permission denied (publickey" in low or "host key verification failed" in low:
         return "the SFTP server refused our key: add `pimail backup ssh-key` to its authorized_keys"
+    if "unable to start the sftp session" in low:
+        # ssh ended before the SFTP session began; restic relays ssh's own reason
+        # ("Permission denied (publickey)") only when it read it before ssh exited.
+        return (
+            "the SFTP server refused the session: is `pimail backup ssh-key` in its "
+            f"authorized_keys, and are the user and host right? ({_last_line(text)})"
+        )
     if "connection refused" in low or "no route to host" in low or "no such host" in low:
         return f"cannot reach the backup repository {where}: {_last_line(text)}"
     return f"restic failed: {_last_line(text) or 'no message'}"
