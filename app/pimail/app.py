@@ -159,9 +159,13 @@ class Server:
         while await loop.run_in_executor(None, unsynced, self.settings.data_dir):
             if clock.synchronized():
                 log.info("clock synchronized: reissuing certificates made before")
-                await loop.run_in_executor(None, self._ensure_certificates)
-                if self.certs is not None:
-                    self.certs.reload()
+                domains = self.directory.domains()
+                try:
+                    await loop.run_in_executor(None, self._ensure_certificates, domains)
+                    if self.certs is not None:
+                        self.certs.reload()
+                except Exception:  # logged, tried again: never a silent end of the task
+                    log.exception("certificate reissue failed")
                 if unsynced(self.settings.data_dir):
                     await asyncio.sleep(CLOCK_RETRY)  # the child failed: not in a busy loop
             await asyncio.sleep(CLOCK_POLL)
