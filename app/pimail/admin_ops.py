@@ -213,7 +213,7 @@ def apply_setup(
         values = setup["settings"]
         if not isinstance(values, dict):
             raise ValueError("[setup] settings must be a table of settings")
-        flat = _dotted(values)
+        flat = config.flatten(values)
         for key, value in flat.items():  # all checked before any is stored
             config.validate_override(key, value)
         for key, value in flat.items():
@@ -223,17 +223,6 @@ def apply_setup(
         write_private(settings.data_dir / "setup-token", str(setup["setup_token"]) + "\n")
         say("setup token stored")
     return done
-
-
-def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"dns": {"stub_zones": [...]}} -> {"dns.stub_zones": [...]}."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def write_private(path: Path, text: str) -> None:

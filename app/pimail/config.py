@@ -467,11 +467,12 @@ def _coerce(current: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"dns": {"stub_zones": [...]}} -> {"dns.stub_zones": [...]}."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -547,7 +548,7 @@ SECRET_KEYS = {"outbound.relay_password", "backup.s3_secret_access_key"}
 
 def as_flat_dict(settings: Settings, reveal: bool = False) -> dict[str, Any]:
     """Every setting by dotted key; secrets masked unless `reveal`."""
-    values = _flatten(dataclasses.asdict(settings))
+    values = flatten(dataclasses.asdict(settings))
     values["data_dir"] = str(settings.data_dir)
     for key in SECRET_KEYS:
         if values.get(key) and not reveal:
