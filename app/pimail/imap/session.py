@@ -212,7 +212,7 @@ class Session:
             self.send(f"{tag} NO [{e.health.imap_code}] {e.health.describe()}\r\n")
         except (ValueError, sqlite3.Error, OSError) as e:
             guard = self.ctx.store.guard
-            if guard is not None and guard.is_storage_error(e):
+            if guard is not None and await guard.judge(e):
                 # It failed during the command: the disk's fault, not a bug.
                 log.warning("imap command failed command=%s error=%r",
                             type(command).__name__, str(e))  # fmt: skip

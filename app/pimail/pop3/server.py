@@ -260,7 +260,7 @@ class Connection:
             # RFC 1939 6: -ERR, and the messages stay (the data disk may be gone,
             # read-only or full: store/health.py; expunge is allowed when only full).
             guard = store.guard
-            if guard is not None and guard.is_storage_error(e):
+            if guard is not None and await guard.judge(e):
                 log.warning("pop3 update refused user=%s error=%r", account.address, str(e))
             else:
                 log.exception("pop3 update failed user=%s", account.address)

@@ -37,6 +37,8 @@ MAX_ADDRESS = 320
 # RFC 5321 4.2.5 (452), RFC 3463 3.4 (X.3.1): the disk failed while the
 # message was stored; the state looked at since says it is fine again.
 STORAGE_FAILED = "452 4.3.1 Insufficient system storage, try again later"
+# The spool file could not be read back (it went with the data disk, or a bug).
+UNREADABLE = "451 4.3.0 Could not read the message, try again"
 
 # RFC 5321 6.3: a message that has passed this many hosts is looping.
 MAX_HOPS = 50
@@ -136,11 +138,11 @@ class InboundHandler:
         health = await guard.current()
         return None if health.ok else health.smtp_reply
 
-    def failure_reply(self, error: Exception, fallback: str) -> str:
+    async def failure_reply(self, error: Exception, fallback: str) -> str:
         """The reply for a delivery or queueing that failed: 452 4.3.1 when the
         disk was the cause (it failed during the transfer), else `fallback`."""
         guard = self.store.guard
-        if guard is not None and guard.is_storage_error(error):
+        if guard is not None and await guard.judge(error):
             return guard.health.smtp_reply if not guard.health.ok else STORAGE_FAILED
         return fallback
 
@@ -200,7 +202,7 @@ class InboundHandler:
                 refusal = await self._filter(server, session, envelope, accounts, junk)
             except OSError as e:  # the spool file went with the data disk
                 log.warning("filtering failed id=%s error=%r", envelope.queue_id, str(e))
-                return self.failure_reply(e, "451 4.3.0 Could not read the message, try again")
+                return await self.failure_reply(e, UNREADABLE)
             if refusal is not None:
                 return refusal
         if envelope.forwards:
@@ -212,7 +214,7 @@ class InboundHandler:
                 )
             except Exception as e:
                 log.warning("forwarding failed id=%s error=%r", envelope.queue_id, str(e))
-                return self.failure_reply(
+                return await self.failure_reply(
                     e, "451 4.3.0 Could not forward the message, try again later"
                 )
             log.info("forwarded id=%s queue_id=%s targets=%d",
@@ -223,7 +225,7 @@ class InboundHandler:
         try:
             placements = await self.store.deliver(message, accounts, junk)
         except Exception as e:
-            reply = self.failure_reply(e, "451 4.3.0 Local delivery failed, try again later")
+            reply = await self.failure_reply(e, "451 4.3.0 Local delivery failed, try again later")
             if reply.startswith("452"):
                 log.warning("delivery refused id=%s error=%r", envelope.queue_id, str(e))
             else:

@@ -44,7 +44,7 @@ from ..auth.accounts import Account, Directory, Resolution
 from ..auth.login import Authenticator, FailureLimiter, parse_sasl_plain
 from ..store import headers
 from ..store.spool import Incoming
-from .inbound import MAX_ADDRESS, InboundHandler
+from .inbound import MAX_ADDRESS, UNREADABLE, InboundHandler
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class Submitter:
             refusal = await self.local.screen(session, envelope)
         except OSError as e:  # the spool file went with the data disk (store/health.py)
             log.warning("screening failed id=%s error=%r", envelope.queue_id, str(e))
-            return self.local.failure_reply(e, "451 4.3.0 Could not read the message, try again")
+            return await self.local.failure_reply(e, UNREADABLE)
         if refusal is not None:
             message.discard()
             return refusal
@@ -208,7 +208,7 @@ class Submitter:
                 )
             except Exception as e:
                 log.warning("queueing failed id=%s error=%r", envelope.queue_id, str(e))
-                return self.local.failure_reply(
+                return await self.local.failure_reply(
                     e, "451 4.3.0 Could not queue the message, try again later"
                 )
         if routing.accounts:

@@ -269,6 +269,11 @@ class DataGuard:
             return health
         return await asyncio.to_thread(self.check)
 
+    async def judge(self, error: BaseException) -> bool:
+        """`is_storage_error` for the event loop: its look at the disk (stat,
+        statvfs, a probing write with fsync on a failing disk) runs in a thread."""
+        return await asyncio.to_thread(self.is_storage_error, error)
+
     def is_storage_error(self, error: BaseException) -> bool:
         """Whether a failed write was the disk's doing (then the state is
         looked at again, so the change is logged and announced)."""
