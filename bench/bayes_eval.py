@@ -51,6 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from filter_ref import rss_kib  # bench/: (VmRSS, VmHWM) of this process
 from pimail.filter import malware, rules, starter
 from pimail.filter import sa_corpus as corpus
 from pimail.filter.bayes import Bayes
@@ -62,16 +63,6 @@ GROWTH_POINTS = (250, 500, 1000, 2000, 3000)
 JUNK_SCORE = 5.0  # filter.junk_score's default
 MARGIN = 2.0  # points between the highest ham score and the junk score, to choose
 THRESHOLDS = (0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
-
-
-def rss_kib() -> tuple[int, int]:
-    """(VmRSS, VmHWM) of this process in KiB."""
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(rest.split()[0])
-    return values["VmRSS"], values["VmHWM"]
 
 
 def db_bytes(path: Path) -> int:
