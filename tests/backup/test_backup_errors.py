@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from conftest import PimailServer
 
 from .conftest import REPO_PASSWORD, USERS, deliver
@@ -101,3 +103,36 @@ def test_incremental_backup_writes_little(make_server: object, repo: Path) -> No
     assert second["files_unmodified"] >= 150
     # restic compresses: 150 similar messages are far smaller than 2 MB in the repository.
     assert second["bytes_added"] < first["bytes_added"] / 4, (first, second)
+
+
+# Repositories a user (or, on a fresh box, a LAN visitor through the setup
+# wizard's restore page) might give that must never reach restic or ssh: an ssh
+# option as the SFTP host runs a command (ProxyCommand), restic's other backends
+# start programs or reach services pimail does not offer.
+HOSTILE = [
+    "sftp:-oProxyCommand=touch${IFS}pwned:/repo",
+    "sftp://-oProxyCommand=touch${IFS}pwned/repo",
+    "sftp:u@-oProxyCommand=touch${IFS}pwned:/repo",
+    "sftp:host;touch${IFS}pwned:/repo",
+    "sftp://host:99999/repo",
+    "rclone:remote:repo",
+    "rest:http://127.0.0.1:1/",
+    "relative/repo",
+    "/repo\nsecond line",
+    "s3:ftp://host/bucket",
+    "/" + "x" * 2000,
+]
+
+
+@pytest.mark.parametrize("repository", HOSTILE)
+def test_hostile_repositories_are_refused_before_restic_runs(
+    make_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repository: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a ProxyCommand's `touch pwned` would land
+    box = _box(make_server)
+    done = box.cli(
+        "backup", "init", "--repository", repository, input=REPO_PASSWORD + "\n", check=False
+    )
+    assert done.returncode == 1, done.stderr
+    assert "not a" in done.stderr or "control characters" in done.stderr, done.stderr
+    assert not (tmp_path / "pwned").exists()

@@ -39,6 +39,11 @@ def test_wizard_restores_a_fresh_box(make_server: object, repo: Path) -> None:
     form = {"csrf": welcome.csrf, "repository": str(repo), "password": REPO_PASSWORD}
     # Without the CSRF token: refused. A wrong password: said so, nothing changes.
     assert b.post("/setup/restore", {**form, "csrf": "x"}).status == 403
+    # A repository that would give ssh an option (ProxyCommand: a command run as
+    # pimail) or start another restic backend: refused at once, nothing run.
+    for hostile in ("sftp:-oProxyCommand=touch${IFS}pwned:/r", "rclone:remote:r", "relative"):
+        refused = b.post("/setup/restore", {**form, "repository": hostile})
+        assert refused.status == 400 and "not a" in refused.text, refused.text[:300]
     b.post("/setup/restore", {**form, "password": "wrong guess"})
     failed = wait_for(lambda: _state(b, "wrong password"), timeout=60)
     assert "The restore did not work" in failed

@@ -80,6 +80,7 @@ class Target:
             raise BackupError(
                 "no backup repository: set backup.repository (a path, sftp:... or s3:...)"
             )
+        check_repository(repo)
         return cls(
             repository=repo,
             data_dir=Path(settings.data_dir),
@@ -137,6 +138,32 @@ class Target:
         return [*command, user_host, "-s", "sftp"]
 
 
+# What a repository may name, checked before restic or ssh see it: it comes from
+# the admin page, the CLI, and on a fresh box from the setup wizard's restore page
+# (a LAN visitor's form). A host such as "-oProxyCommand=..." would be an option
+# to ssh (a command run as pimail), and restic's other backends (rclone:, rest:,
+# ...) start programs or reach services pimail does not offer.
+_USER_HOST = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,63}@)?[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def check_repository(repository: str) -> None:
+    """BackupError unless `repository` is an absolute path, an SFTP location
+    with a plain user and host, or an S3 URL; no control characters anywhere."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in repository) or len(repository) > 1024:
+        raise BackupError("the repository holds control characters or is too long")
+    if repository.startswith("sftp:"):
+        _sftp_host(repository)
+    elif repository.startswith("s3:"):
+        if not repository.startswith(("s3:https://", "s3:http://")) or " " in repository:
+            raise BackupError(f"not an S3 repository: {repository!r} (s3:https://host/bucket)")
+    elif _SCHEME.match(repository) or not repository.startswith("/"):
+        raise BackupError(
+            f"not a repository pimail uses: {repository!r} (an absolute path such as a USB "
+            "disk's, sftp:user@host:/path or s3:https://host/bucket)"
+        )
+
+
 _SFTP_URL = re.compile(r"^sftp://(?P<host>[^/:]+(?:@[^/:]+)?)(?::(?P<port>\d+))?/")
 _SFTP_SHORT = re.compile(r"^sftp:(?P<host>[^/:]+(?:@[^/:]+)?):")
 
@@ -146,7 +173,14 @@ def _sftp_host(repository: str) -> tuple[str, int | None]:
     m = _SFTP_URL.match(repository) or _SFTP_SHORT.match(repository)
     if not m:
         raise BackupError(f"not an SFTP repository: {repository!r} (sftp:user@host:/path)")
+    if not _USER_HOST.match(m.group("host")):
+        raise BackupError(
+            f"not an SFTP user and host: {m.group('host')!r} (letters, digits, '.', '-', '_'; "
+            "no leading '-')"
+        )
     port = m.groupdict().get("port")
+    if port and not 0 < int(port) < 65536:
+        raise BackupError(f"not a port: {port}")
     return m.group("host"), int(port) if port else None
 
 

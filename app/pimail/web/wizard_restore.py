@@ -74,6 +74,11 @@ class RestorePage:
         if not repository or not password:
             self.progress = Progress("failed", "Give the backup's place and its password.")
             return await self.show(request, 400)
+        try:  # a LAN visitor's text, before restic or ssh see it
+            restic.check_repository(repository)
+        except restic.BackupError as e:
+            self.progress = Progress("failed", f"The restore did not work: {e}.")
+            return await self.show(request, 400)
         if repository.startswith("s3:"):
             self.settings.backup.s3_access_key_id = form.get("s3_access_key_id", "").strip()
             self.settings.backup.s3_secret_access_key = form.get("s3_secret_access_key", "")
