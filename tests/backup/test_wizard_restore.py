@@ -48,10 +48,15 @@ def test_wizard_restores_a_fresh_box(make_server: object, repo: Path) -> None:
     failed = wait_for(lambda: _state(b, "wrong password"), timeout=60)
     assert "The restore did not work" in failed
     assert fresh.proc is not None and fresh.proc.poll() is None  # still serving
+    marker = (fresh.data_dir / ".pimail-data").read_text()  # store/health.py's: this disk's
     started = b.post("/setup/restore", form)
     assert started.status == 200 and "Restoring" in started.text
     assert REPO_PASSWORD not in started.text
     assert fresh.proc.wait(120) == RESTART_EXIT  # stops by itself, for systemd to restart
+    # The disk's marker is the fresh box's own (never restored): the data guard
+    # did not take the restored tree for "another disk".
+    assert (fresh.data_dir / ".pimail-data").read_text() == marker
+    assert "storage unavailable" not in fresh.log.read_text()
     assert REPO_PASSWORD not in fresh.log.read_text()
     fresh.start()
     got = mailbox_state(fresh, USERS[0])

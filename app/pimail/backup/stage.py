@@ -48,7 +48,11 @@ log = logging.getLogger(__name__)
 MANIFEST = "pimail-backup.json"
 FORMAT = 1
 SQLITE_MAGIC = b"SQLite format 3\x00"
-SKIP_TOP = {"pimail.lock", "spool", "backup", "starter-bayes.db"}
+# Not backed up: the lock, the spool (nothing acknowledged), the backup's own
+# files, the shipped starter model, and the data disk's marker (store/health.py:
+# it names this disk, not its data; a restored box keeps its own, so a server
+# that restores through the wizard does not see "another disk" until it restarts).
+SKIP_TOP = {"pimail.lock", "spool", "backup", "starter-bayes.db", ".pimail-data"}
 SKIP_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")
 LINKED_TOP = {"mail", "queue"}  # their message files are immutable: hard links
 RETRIES = 5
