@@ -63,8 +63,13 @@ def run(coroutine: Coroutine[object, object, T]) -> T:
     return asyncio.run(coroutine)
 
 
-def unused_address() -> str:
-    return f"127.0.0.1:{free_port()}"  # nothing listens there
+UNUSED = "127.0.0.1:unused"  # a test parameter: a loopback port where nothing listens
+
+
+def unused_address(address: str = UNUSED) -> str:
+    """The address itself, or for UNUSED a free loopback port found now (not at
+    collection, so that parallel workers collect the same test ids)."""
+    return f"127.0.0.1:{free_port()}" if address == UNUSED else address
 
 
 # -- clamd ---------------------------------------------------------------------
@@ -122,9 +127,10 @@ def test_over_max_size_is_skipped_without_sending() -> None:
 
 @pytest.mark.parametrize(
     "address",
-    [unused_address(), "unix:/nonexistent/clamd.ctl", "no-port", "unix:", "127.0.0.1:99999"],
+    [UNUSED, "unix:/nonexistent/clamd.ctl", "no-port", "unix:", "127.0.0.1:99999"],
 )
 def test_clamd_unreachable_is_an_error_at_once(address: str) -> None:
+    address = unused_address(address)
     started = time.monotonic()
     result = run(clamd.scan(address, message(), timeout=30))
     assert result.status == "error"
@@ -258,8 +264,9 @@ def test_rspamd_unix_socket_file_and_envelope(rspamd_server: RspamdServer, tmp_p
     assert run(rspamd.ping(rspamd_server.unix_address)) is True
 
 
-@pytest.mark.parametrize("address", [unused_address(), "unix:/nonexistent/rspamd.sock", "bad"])
+@pytest.mark.parametrize("address", [UNUSED, "unix:/nonexistent/rspamd.sock", "bad"])
 def test_rspamd_unreachable_is_an_error_at_once(address: str) -> None:
+    address = unused_address(address)
     started = time.monotonic()
     result = run(rspamd.check(address, message(), **ENVELOPE, timeout=30))
     assert not result.ok and result.error
