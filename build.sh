@@ -77,8 +77,13 @@ cmd_test() {
         cmd_image
         apt_install qemu-system-arm mtools e2fsprogs fdisk
     fi
+    # Two workers (pytest-xdist): the QEMU tests run in order on one, everything else
+    # module by module on the other (tests/conftest.py groups them); the emulated guest
+    # and the rest each keep a core busy. PIMAIL_TEST_WORKERS=0 runs in one process.
+    local workers=(-n "${PIMAIL_TEST_WORKERS:-2}" --dist loadgroup)
+    [ "${PIMAIL_TEST_WORKERS:-2}" = 0 ] && workers=()
     echo "==> pytest"
-    "$VENV/bin/pytest" tests "${skip[@]}" "$@"
+    "$VENV/bin/pytest" tests "${skip[@]}" "${workers[@]}" "$@"
 }
 
 cmd_image() {
