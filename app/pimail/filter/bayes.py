@@ -57,6 +57,22 @@ are frequent and small and have nothing to do with pimail.db or index.db):
   meta(key, value)                      tokenizer: the TOKENIZER_VERSION
       the counts were made with.
 
+Expiry (issue 15; SpamAssassin's bayes_expiry_max_db_size, rspamd's
+expiry): an account's token rows are capped at `max_tokens`
+(filter.bayes_max_tokens, 150,000 as SpamAssassin's default; 0: no cap).
+Each token row records when a message trained with it was last learnt
+(`seen`, Unix seconds). When training takes an account past the cap, a
+background thread (never the event loop, never the store's writer) deletes
+rows down to EXPIRE_TO of the cap: the rare ones first (seen in fewer than
+RARE_COUNT trained messages: they are most of a vocabulary and the weakest
+evidence, below MIN_EVIDENCE even no clue at all), the least recently seen
+first among them, then, only if that is not enough, the least recently seen
+of the rest. The totals and `trained` stay as they are (as SpamAssassin's
+nspam/nham do): they count messages, not tokens, so every remaining token's
+ratios s/S and h/H keep their meaning; an expired token is one never seen.
+Untraining a message whose tokens were expired decrements what is left and
+never goes below zero (the clamps in `_apply`).
+
 Losing the file loses the training, nothing else. The tokenizer must stay
 the same for the life of a database: untraining re-tokenizes the message, and
 counts of other tokens mean nothing. So a database made with another
@@ -74,6 +90,7 @@ import logging
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +128,9 @@ SPAM_CUTOFF = 0.90
 HAM_CUTOFF = 0.20
 CLUES_REPORTED = 10  # strongest spam and ham clues returned by score()
 _CHUNK = 500  # host parameters per IN (...) query
+MAX_TOKENS = 150_000  # token rows per account (SpamAssassin's bayes_expiry_max_db_size)
+EXPIRE_TO = 0.75  # expiry leaves this share of the cap (SpamAssassin's goal, 75 %)
+RARE_COUNT = 3  # tokens in fewer trained messages than this are expired first
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -137,6 +157,11 @@ MIGRATIONS: list[str] = [
     # 2: the tokenizer version of the counts (issue 15)
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+    """,
+    # 3: when each token was last trained, for expiry (issue 15). Rows of
+    # before get 0: the oldest, expired first among equals.
+    """
+    ALTER TABLE tokens ADD COLUMN seen INTEGER NOT NULL DEFAULT 0
     """,
 ]
 
@@ -190,6 +215,7 @@ def open_models(settings: Settings) -> Bayes:
         starter.open_optional(settings.starter_model_path),
         starter_until=settings.filter.starter_until,
         account_weight=settings.filter.bayes_account_weight,
+        max_tokens=settings.filter.bayes_max_tokens,
     )
 
 
@@ -285,13 +311,22 @@ class Bayes:
         *,
         starter_until: int = STARTER_UNTIL,
         account_weight: float = ACCOUNT_WEIGHT,
+        max_tokens: int = MAX_TOKENS,
     ) -> None:
         self.path = path
         self.starter = starter
         self.starter_until = starter_until
         self.account_weight = account_weight
+        self.max_tokens = max(max_tokens, 0)
+        self.clock = time.time  # `seen` of trained tokens (tests set it)
         self._con = db.connect(path, MIGRATIONS)
         self._lock = threading.Lock()
+        # Expiry: an upper bound on each account's token rows, from a count
+        # plus the rows training may have added since (no count per training),
+        # and the accounts waiting for the expiry thread.
+        self._sizes: dict[int, int] = {}
+        self._due: set[int] = set()
+        self._expiry: threading.Thread | None = None
         self._check_tokenizer()
 
     def _check_tokenizer(self) -> None:
@@ -325,7 +360,9 @@ class Bayes:
         self.close()
 
     def close(self) -> None:
-        """Close the account models and the starter model it was given."""
+        """Close the account models and the starter model it was given, after
+        an expiry under way has finished."""
+        self.wait_expiry()
         with self._lock:
             self._con.close()
         if self.starter is not None:
@@ -358,6 +395,7 @@ class Bayes:
         with self._lock, db.transaction(self._con) as con:
             for table in ("tokens", "totals", "trained"):
                 con.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
+            self._sizes.pop(account_id, None)
         log.info("bayes forgotten account=%d", account_id)
 
     def _change(self, account_id: int, messages: Iterable[bytes], spam: bool, untrain: bool) -> int:
@@ -388,12 +426,14 @@ class Bayes:
                     _add(delta, totals, hashes, 1 - target, -1)
                 _add(delta, totals, hashes, target, +1)
                 records.append((account_id, digest, int(spam)))
-            self._apply(con, account_id, delta, totals)
+            self._apply(con, account_id, delta, totals, int(self.clock()))
             con.executemany(
                 "INSERT OR REPLACE INTO trained (account_id, digest, spam) VALUES (?, ?, ?)",
                 records,
             )
             con.executemany("DELETE FROM trained WHERE account_id = ? AND digest = ?", removed)
+            if account_id in self._sizes:
+                self._sizes[account_id] += sum(1 for ds, dh in delta.values() if ds > 0 or dh > 0)
         changed = len(removed) if untrain else len(records)
         log.info(
             "bayes %s account=%d class=%s messages=%d changed=%d tokens=%d",
@@ -404,7 +444,76 @@ class Bayes:
             changed,
             len(delta),
         )
+        if changed and not untrain:
+            self._expire_if_due(account_id)
         return changed
+
+    # --- expiry (module docstring) ---------------------------------------------
+
+    def _expire_if_due(self, account_id: int) -> None:
+        """After training: when the account may be past the cap, count its
+        rows, and if it is, hand it to the expiry thread."""
+        if not self.max_tokens:
+            return
+        with self._lock:
+            if self._sizes.get(account_id, self.max_tokens + 1) <= self.max_tokens:
+                return
+            size = self._sizes[account_id] = self._token_count(account_id)
+            if size <= self.max_tokens:
+                return
+            self._due.add(account_id)
+            if self._expiry is not None and self._expiry.is_alive():
+                return  # it takes this account too before it ends
+            self._expiry = threading.Thread(
+                target=self._expire_due, name="bayes-expiry", daemon=True
+            )
+            self._expiry.start()
+
+    def _expire_due(self) -> None:
+        while True:
+            with self._lock:
+                if not self._due:
+                    return
+                account_id = self._due.pop()
+            try:
+                self.expire(account_id)
+            except sqlite3.Error:
+                log.exception("bayes expiry failed account=%d", account_id)
+
+    def wait_expiry(self, timeout: float | None = None) -> None:
+        """Wait for the expiry thread, when one runs (close(); tests)."""
+        thread = self._expiry
+        if thread is not None:
+            thread.join(timeout)
+
+    def expire(self, account_id: int) -> int:
+        """Delete an account's token rows past the cap down to EXPIRE_TO of it
+        (module docstring); returns how many were deleted."""
+        if not self.max_tokens:
+            return 0
+        with self._lock, db.transaction(self._con) as con:
+            size = self._token_count(account_id)
+            excess = size - int(self.max_tokens * EXPIRE_TO) if size > self.max_tokens else 0
+            if excess > 0:
+                con.execute(
+                    "DELETE FROM tokens WHERE account_id = ? AND token IN ("
+                    "SELECT token FROM tokens WHERE account_id = ? "
+                    "ORDER BY spam + ham >= ?, seen, spam + ham LIMIT ?)",
+                    (account_id, account_id, RARE_COUNT, excess),
+                )
+            self._sizes[account_id] = size - max(excess, 0)
+        if excess > 0:
+            log.info(
+                "bayes expired account=%d tokens=%d left=%d cap=%d",
+                account_id, excess, size - excess, self.max_tokens,
+            )  # fmt: skip
+        return max(excess, 0)
+
+    def _token_count(self, account_id: int) -> int:
+        (count,) = self._con.execute(
+            "SELECT count(*) FROM tokens WHERE account_id = ?", (account_id,)
+        ).fetchone()
+        return int(count)
 
     def _trained_as(self, account_id: int, digests: list[int]) -> dict[int, bool]:
         known: dict[int, bool] = {}
@@ -419,12 +528,16 @@ class Bayes:
 
     @staticmethod
     def _apply(
-        con: sqlite3.Connection, account_id: int, delta: dict[int, list[int]], totals: list[int]
+        con: sqlite3.Connection,
+        account_id: int,
+        delta: dict[int, list[int]],
+        totals: list[int],
+        now: int,
     ) -> None:
-        """Add the count changes: increments by UPSERT, decrements clamped at 0,
-        then rows left at 0/0 deleted."""
+        """Add the count changes: increments by UPSERT (stamping `seen`),
+        decrements clamped at 0, then rows left at 0/0 deleted."""
         increments = [
-            (account_id, token, max(ds, 0), max(dh, 0))
+            (account_id, token, max(ds, 0), max(dh, 0), now)
             for token, (ds, dh) in delta.items()
             if ds > 0 or dh > 0
         ]
@@ -434,9 +547,9 @@ class Bayes:
             if ds < 0 or dh < 0
         ]
         con.executemany(
-            "INSERT INTO tokens (account_id, token, spam, ham) VALUES (?, ?, ?, ?) "
+            "INSERT INTO tokens (account_id, token, spam, ham, seen) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (account_id, token) DO UPDATE "
-            "SET spam = spam + excluded.spam, ham = ham + excluded.ham",
+            "SET spam = spam + excluded.spam, ham = ham + excluded.ham, seen = excluded.seen",
             increments,
         )
         con.executemany(
