@@ -26,14 +26,27 @@ Which model scores (issue 15): a site-wide starter model (starter.py),
 built from a public corpus, scores for every account until the account's
 own model has `starter_until` spam and as many ham (200 by default,
 filter.starter_until); then both, the account's weighing `account_weight`
-times the starter's (2 by default). They are combined token by token, as
-SpamAssassin's and rspamd's per-user plus global models are: a token's spam
-and ham ratios are the weighted means of its ratios in each model,
+times the starter's (2 by default). SpamAssassin and rspamd keep per-user
+and global models; here each model first gives its own estimate of a
+token, f0(w) (the starter's) and f1(w) (the account's), each with
+Robinson's correction for its own n, and each only when that model has
+seen the token in at least MIN_EVIDENCE messages; the token's f(w) is
+their weighted mean (a linear opinion pool):
 
-  s/S = (s0/S0 + w*s1/S1) / (1 + w),  h/H likewise,  n = n0 + n1,
+  f(w) = (f0 + w*f1) / (1 + w)   when both models have the evidence,
+  f(w) = f0 or f1                when only one has, no clue when neither.
 
-then f(w) as above. A token one model has never seen adds nothing to that
-model's side of either ratio, so it leaves the other's p(w) as it was.
+Each model's evidence is weighed by the correction of that model's own
+counts, not by the sum of both: the counts are not pooled, because an
+account's training is often the very mail the starter's corpus is like
+(the bench's trained account learnt the starter's own corpus), and summing
+them made a token seen once in each model count as seen in two messages,
+and every rare token look twice as sure as it is. On spam-1/easy-ham-1
+(bench/bayes_eval.py and bayes_study.py, an account trained on the train
+part beside the starter of the same part; threshold 0.95, no ham caught
+either way) the pool catches 95.3 % of the hash split's test spam (93.3 %
+with pooled counts) and 90.0 % of the time split's (86.7 %).
+
 Without a starter model, an account's own model scores alone once it has
 MIN_TRAINED of each; before that, nothing does: probability 0.5, `trained`
 False. Training (Junk moves, `pimail spam train`) only ever changes the
@@ -261,21 +274,21 @@ def token_probability(spam: int, ham: int, spam_total: int, ham_total: int) -> f
     return (UNKNOWN_WORD_STRENGTH * UNKNOWN_WORD_PROB + n * p) / (UNKNOWN_WORD_STRENGTH + n)
 
 
-def mixed_probability(
-    starter: tuple[int, int], starter_totals: tuple[int, int],
-    own: tuple[int, int], own_totals: tuple[int, int], weight: float,
-) -> float:  # fmt: skip
-    """f(w) of a token from a starter model and an account's own model, the
-    account's ratios weighing `weight` times the starter's (module docstring)."""
-    (s0, h0), (total_s0, total_h0) = starter, starter_totals
-    (s1, h1), (total_s1, total_h1) = own, own_totals
-    n = s0 + h0 + s1 + h1
-    if n == 0 or min(total_s0, total_h0, total_s1, total_h1) == 0:
-        return UNKNOWN_WORD_PROB
-    spam_ratio = min(s0 / total_s0, 1.0) + weight * min(s1 / total_s1, 1.0)
-    ham_ratio = min(h0 / total_h0, 1.0) + weight * min(h1 / total_h1, 1.0)
-    p = spam_ratio / (spam_ratio + ham_ratio)
-    return (UNKNOWN_WORD_STRENGTH * UNKNOWN_WORD_PROB + n * p) / (UNKNOWN_WORD_STRENGTH + n)
+def model_probability(counts: tuple[int, int], totals: tuple[int, int]) -> float | None:
+    """One model's f(w) of a token it saw in counts = (spam, ham) of totals
+    trained messages; None when it saw it in fewer than MIN_EVIDENCE."""
+    if sum(counts) < MIN_EVIDENCE:
+        return None
+    return token_probability(*counts, *totals)
+
+
+def mixed_probability(starter: float | None, own: float | None, weight: float) -> float | None:
+    """f(w) of a token from the starter's and the account's own f(w), the
+    account's weighing `weight` times the starter's; None (no clue) when
+    neither model has the evidence (module docstring)."""
+    if starter is None or own is None:
+        return own if starter is None else starter
+    return (starter + weight * own) / (1.0 + weight)
 
 
 def chi2_survival(x2: float, degrees: int) -> float:
@@ -586,26 +599,14 @@ class Bayes:
             return BayesScore(0.5, [], [], trained=False)
         starter_counts = starter.counts(hashes) if starter is not None else {}
         clues: list[tuple[float, str, float]] = []
+        starter_totals = (starter.spam_total, starter.ham_total) if starter is not None else (0, 0)
         for hashed in starter_counts.keys() | own_counts.keys():
-            mine = own_counts.get(hashed, (0, 0))
-            theirs = starter_counts.get(hashed, (0, 0))
-            if sum(mine) + sum(theirs) < MIN_EVIDENCE:
-                continue
-            if starter is None:
-                f = token_probability(*mine, *own_totals)
-            elif not own:
-                f = token_probability(
-                    *starter_counts[hashed], starter.spam_total, starter.ham_total
-                )
-            else:
-                f = mixed_probability(
-                    starter_counts.get(hashed, (0, 0)),
-                    (starter.spam_total, starter.ham_total),
-                    mine,
-                    own_totals,
-                    self.account_weight,
-                )
-            if abs(f - 0.5) >= MINIMUM_PROB_STRENGTH:
+            f = mixed_probability(
+                model_probability(starter_counts.get(hashed, (0, 0)), starter_totals),
+                model_probability(own_counts.get(hashed, (0, 0)), own_totals),
+                self.account_weight,
+            )
+            if f is not None and abs(f - 0.5) >= MINIMUM_PROB_STRENGTH:
                 clues.append((abs(f - 0.5), by_hash[hashed], f))
         clues.sort(reverse=True)
         clues = clues[:MAX_DISCRIMINATORS]
