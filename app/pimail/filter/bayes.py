@@ -55,9 +55,11 @@ account's own model; the starter is read-only.
 Storage: `<data_dir>/bayes.db`, a SQLite file of its own (WAL; the writes
 are frequent and small and have nothing to do with pimail.db or index.db):
 
-  tokens(account_id, token, spam, ham)  token: a 64-bit hash of the token
-      text (the first 8 octets of BLAKE2b, signed), not the text, to keep
-      it small; spam/ham: how many trained messages of each class have it.
+  tokens(account_id, token, spam, ham, seen)  token: a 64-bit hash of the
+      token text (the first 8 octets of BLAKE2b, signed), not the text, to
+      keep it small; spam/ham: how many trained messages of each class have
+      it; seen: when a message with it was last trained (Unix seconds, for
+      expiry below).
       A row whose counts are both 0 is deleted.
   totals(account_id, spam, ham)         messages trained per class
   trained(account_id, digest, spam)     which messages are trained, and as
