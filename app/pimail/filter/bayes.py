@@ -345,6 +345,7 @@ class Bayes:
         # and the accounts waiting for the expiry thread.
         self._sizes: dict[int, int] = {}
         self._due: set[int] = set()
+        self._expiring = False  # the expiry thread runs (set and cleared under _lock)
         self._expiry: threading.Thread | None = None
         self._check_tokenizer()
 
@@ -481,8 +482,9 @@ class Bayes:
             if size <= self.max_tokens:
                 return
             self._due.add(account_id)
-            if self._expiry is not None and self._expiry.is_alive():
+            if self._expiring:
                 return  # it takes this account too before it ends
+            self._expiring = True
             self._expiry = threading.Thread(
                 target=self._expire_due, name="bayes-expiry", daemon=True
             )
@@ -492,6 +494,7 @@ class Bayes:
         while True:
             with self._lock:
                 if not self._due:
+                    self._expiring = False
                     return
                 account_id = self._due.pop()
             try:
