@@ -109,10 +109,12 @@ def vm(zone: DnsServer) -> pimailvm.Machine:
     m.prepare({"pimail.toml": setup + SETTINGS.encode(), "pimail-selftest": b"on\n"})
     put_clamav_database(m.data)
     m.start()
-    m.wait_banner(timeout=900)
-    wait_for_clamd(m)  # else mail meanwhile gets 451 4.7.0 (clamd unreachable)
-    yield m
-    m.kill()
+    try:
+        m.wait_banner(timeout=900)
+        wait_for_clamd(m)  # else mail meanwhile gets 451 4.7.0 (clamd unreachable)
+        yield m
+    finally:
+        m.kill()
 
 
 def wait_for_clamd(vm: pimailvm.Machine) -> None:
@@ -121,12 +123,19 @@ def wait_for_clamd(vm: pimailvm.Machine) -> None:
     sys.path.insert(0, str(REPO / "tests" / "web"))
     from browser import Browser
 
-    b = Browser(f"https://{HOST}:{vm.ports['https']}", tls())
-    assert b.login(ADMIN, PASSWORD).status == 200
     deadline = time.monotonic() + CLAMD_WAIT
-    while "configured and reachable" not in (page := b.get("/admin/spam").text):
-        assert time.monotonic() < deadline, re.sub(r"\s+", " ", page)[-2000:]
-        time.sleep(5)
+    page = ""
+    while True:
+        try:  # the web may come up a little after SMTP's banner: QEMU resets till then
+            b = Browser(f"https://{HOST}:{vm.ports['https']}", tls())
+            assert b.login(ADMIN, PASSWORD).status == 200
+            while "configured and reachable" not in (page := b.get("/admin/spam").text):
+                assert time.monotonic() < deadline, re.sub(r"\s+", " ", page)[-2000:]
+                time.sleep(5)
+            return
+        except OSError as e:  # URLError, a reset connection
+            assert time.monotonic() < deadline, (e, page[-500:])
+            time.sleep(5)
 
 
 def mail(message_id: str, link: str) -> bytes:
