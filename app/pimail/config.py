@@ -226,6 +226,9 @@ class FilterSettings:
     starter_until: int = 200
     # How much an account's own model weighs against the starter, once it joins.
     bayes_account_weight: float = 2.0
+    # Token rows kept per account's model; past it the rare, least recently trained
+    # ones are expired (SpamAssassin's bayes_expiry_max_db_size). 0: no cap.
+    bayes_max_tokens: int = 300_000
     # The spam probability at which the Bayes points alone reach 5.0 (see
     # filter/pipeline.py); chosen on spam-1/easy-ham-1 (bench/bayes_eval.py).
     bayes_threshold: float = 0.95

@@ -315,7 +315,7 @@ def test_clamd_infected_clean_and_unreachable(
     # clamd alone (the built-in screen would name EICAR first: test_malware.py).
     pipeline = Pipeline(settings(clamd=clamd_server.tcp_address, malware=False), resolver, None)
     verdict = check(pipeline, with_attachment("readme.txt", EICAR), lan)
-    assert (verdict.action, verdict.reply) == ("reject", f"554 5.7.0 Virus found: {EICAR_FOUND}")
+    assert (verdict.action, verdict.reply) == ("reject", f"554 5.7.1 Virus found: {EICAR_FOUND}")
     assert check(pipeline, PLAIN, lan).action == "accept"
     gone = "unix:/nonexistent/pimail-test-clamd.sock"
     verdict = check(Pipeline(settings(clamd=gone), resolver, None), PLAIN, lan)

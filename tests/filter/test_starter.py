@@ -26,7 +26,13 @@ import pytest
 from conftest import PimailServer
 from dnsserver import DnsServer
 from pimail.filter import sa_corpus, starter
-from pimail.filter.bayes import Bayes, token_hash
+from pimail.filter.bayes import (
+    Bayes,
+    mixed_probability,
+    model_probability,
+    token_hash,
+    token_probability,
+)
 from pimail.filter.tokens import TOKENIZER_VERSION
 
 SPAM_WORDS = [
@@ -204,6 +210,40 @@ def test_a_trained_account_weighs_its_own_model_more(bayes: Bayes) -> None:
     # Another account is still scored by the starter alone.
     assert bayes.score(8, test).source == "starter"
     assert bayes.score(8, test).probability > 0.99
+
+
+def test_an_account_trained_on_the_starters_corpus_scores_as_the_starter(
+    tmp_path: Path, model_file: Path
+) -> None:
+    """Each model's evidence counts once (bayes.py, "Which model scores"): an
+    account that learnt exactly the starter's corpus knows nothing more, so it
+    must score as the starter alone does. Summing the two models' counts made
+    every token look seen twice as often: rare tokens too sure, and tokens the
+    starter left out (seen once) clues."""
+    with Bayes(tmp_path / "bayes.db", starter.StarterModel.open(model_file),
+               starter_until=20) as bayes:  # fmt: skip
+        bayes.train_many(5, corpus("spam", 40), spam=True)
+        bayes.train_many(5, corpus("ham", 40), spam=False)
+        for kind, index in [("spam", 7), ("ham", 7), ("spam", 500), ("ham", 500)]:
+            test = generated(kind, index, "fresh" if index == 500 else "starter")
+            alone, both = bayes.score(6, test), bayes.score(5, test)
+            assert (alone.source, both.source) == ("starter", "both")
+            assert both.probability == pytest.approx(alone.probability, abs=1e-9)
+            for mine, theirs in [(both.spam_tokens, alone.spam_tokens),
+                                 (both.ham_tokens, alone.ham_tokens)]:  # fmt: skip
+                assert [c.token for c in mine] == [c.token for c in theirs]
+                assert [c.probability for c in mine] == pytest.approx(
+                    [c.probability for c in theirs], abs=1e-9
+                )
+
+
+def test_mixing_the_starters_and_the_accounts_estimates() -> None:
+    assert mixed_probability(None, None, 2.0) is None  # neither has the evidence: no clue
+    assert mixed_probability(0.9, None, 2.0) == 0.9
+    assert mixed_probability(None, 0.2, 2.0) == 0.2
+    assert mixed_probability(0.9, 0.3, 2.0) == pytest.approx(0.5)  # (0.9 + 2 * 0.3) / 3
+    assert model_probability((1, 0), (10, 10)) is None  # seen once: below MIN_EVIDENCE
+    assert model_probability((5, 0), (10, 10)) == token_probability(5, 0, 10, 10)
 
 
 def test_training_changes_the_account_never_the_starter(bayes: Bayes, model_file: Path) -> None:

@@ -6,7 +6,7 @@ with the INSTREAM command and answers a `ScanResult`: "clean", "infected"
 "error" (clamd unreachable, slow, or answering something we cannot read). It
 never raises: every failure is an "error" result whose `detail` says what
 went wrong, so the caller decides the policy (pimail's default: infected ->
-554 5.7.0, error -> 451 4.7.0; see `ScanResult`). `ping(address)` and
+554 5.7.1, error -> 451 4.7.0; see `ScanResult`). `ping(address)` and
 `version(address)` are the PING and VERSION commands, for health checks and
 an X-Virus-Scanned header.
 
@@ -73,10 +73,11 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 class ScanResult:
     """clamd's verdict on one message.
 
-    Suggested answers (RFC 3463): "infected" -> 554 5.7.0 ("Other or undefined
-    security status"); "error" -> 451 4.7.0 (temporary: the sender retries) or,
-    if so configured, accept and mark; "skipped" -> accept and mark (the
-    message was larger than clamd takes, so nothing was scanned).
+    Suggested answers (RFC 3463): "infected" -> 554 5.7.1 ("Delivery not
+    authorized, message refused", as for the built-in screen); "error" ->
+    451 4.7.0 (temporary: the sender retries) or, if so configured, accept
+    and mark; "skipped" -> accept and mark (the message was larger than
+    clamd takes, so nothing was scanned).
     """
 
     status: Status

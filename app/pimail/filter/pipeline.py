@@ -8,7 +8,8 @@ runs, after DATA and before the reply to it:
    is off, the built-in malware screen (malware.py): EICAR, executables,
    macros, HTML smuggling, encrypted archives -> 554 5.7.1, naming what was
    found; a 7z/RAR archive it cannot list, without clamd -> ARCHIVE_UNSCANNED.
-2. clamd, if `filter.clamd` is set: infected -> 554 5.7.0; unreachable ->
+2. clamd, if `filter.clamd` is set: infected -> 554 5.7.1 (as the built-in
+   screen: one code for content refused by the filter); unreachable ->
    451 4.7.0 or, with `clamd_unreachable = "accept"`, the symbol CLAMD_ERROR;
    too large for clamd -> the symbol CLAMD_SKIPPED.
 3. Sender authentication, unless the client is in `skip_networks` (the LAN,
@@ -275,7 +276,8 @@ class Pipeline:
         error = clamd.ScanResult("error", detail="internal error")
         result = await run.stage("clamd", lambda: clamd.scan(self.filter.clamd, message), error)
         if result.status == "infected":
-            raise _Refusal(REJECT, f"554 5.7.0 Virus found: {result.signature}")
+            # RFC 3463 3.8: X.7.1 "message refused" by per-host filtering.
+            raise _Refusal(REJECT, f"554 5.7.1 Virus found: {result.signature}")
         if result.status == "skipped":
             run.symbols["CLAMD_SKIPPED"] = 0.0
         elif result.status == "error":
