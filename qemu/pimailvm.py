@@ -284,6 +284,14 @@ class Machine:
     guest_forwards: list[tuple[str, int, int]] = field(default_factory=list)
     # A USB (xHCI) controller, to hot-add disks to (hotplug_usb_disk).
     usb: bool = False
+    # How the data disk is attached: "virtio" (virtio-blk-pci), or "usb": a USB
+    # stick on the xHCI controller, as on a Pi, that can be pulled out and put
+    # back (unplug_data_disk, plug_data_disk: QMP device_del/device_add of the
+    # device "datadisk"; its backing node "data" stays, so the same file returns).
+    data_bus: str = "virtio"
+    # More disks present from power-on, as USB sticks: name -> raw image (QMP
+    # node `name`, device `name`-dev, as hotplug_usb_disk names them).
+    usb_disks: dict[str, Path] = field(default_factory=dict)
     # Seconds from QEMU's start to the SMTP banner, one per wait_banner().
     banners: list[float] = field(default_factory=list)
     # "virt" or "raspi3b" (see the module's docstring).
@@ -365,18 +373,46 @@ class Machine:
             "-append", append,
             "-drive", f"file={self.sd},format=raw,if=none,id=sd",
             "-device", "virtio-blk-pci,drive=sd",
-            *(["-drive", f"file={self.data},format=raw,if=none,id=data",
-               "-device", "virtio-blk-pci,drive=data,id=datadisk"] if self.data_disk else []),
+            *(self._data_disk_args() if self.data_disk and self.data_bus != "usb" else []),
             "-netdev", f"user,id=n0,restrict={restrict},{fwd}",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-device", "virtio-rng-pci",
             *(["-rtc", f"base={self.rtc_base}"] if self.rtc_base else []),
-            *(["-device", "qemu-xhci,id=xhci"] if self.usb else []),
+            *(["-device", "qemu-xhci,id=xhci"] if self._has_usb else []),
+            *(self._data_disk_args() if self.data_disk and self.data_bus == "usb" else []),
+            *self._usb_disk_args(),
             "-display", "none",
             "-monitor", "none",
             "-serial", f"file:{self.console}",
             "-qmp", f"unix:{self.workdir / 'qmp.sock'},server=on,wait=off",
         ]  # fmt: skip
+
+    @property
+    def _has_usb(self) -> bool:
+        return self.usb or bool(self.usb_disks) or (self.data_disk and self.data_bus == "usb")
+
+    def _data_disk_args(self) -> list[str]:
+        if self.data_bus == "usb":
+            # -blockdev, not -drive: a -drive's backend goes with its device at
+            # device_del, a -blockdev node stays for the device_add that follows.
+            node = f"driver=raw,node-name=data,file.driver=file,file.filename={self.data}"
+            return [
+                "-blockdev", node,
+                "-device", "usb-storage,bus=xhci.0,drive=data,id=datadisk",
+            ]  # fmt: skip
+        return [
+            "-drive", f"file={self.data},format=raw,if=none,id=data",
+            "-device", "virtio-blk-pci,drive=data,id=datadisk",
+        ]  # fmt: skip
+
+    def _usb_disk_args(self) -> list[str]:
+        args: list[str] = []
+        for name, path in self.usb_disks.items():
+            args += [
+                "-blockdev", f"driver=raw,node-name={name},file.driver=file,file.filename={path}",
+                "-device", f"usb-storage,bus=xhci.0,drive={name},id={name}-dev",
+            ]  # fmt: skip
+        return args
 
     def _raspi_command(self, fwd: str) -> list[str]:
         # raspi3b: 1 GB and 4 Cortex-A53 cores, fixed by the board. The first
@@ -499,6 +535,29 @@ class Machine:
             reply = self.qmp(command, arguments)
             if "error" in reply:
                 raise RuntimeError(f"QMP {command}: {reply['error']}")
+
+    def _peripherals(self) -> set[str]:
+        reply = self.qmp("qom-list", {"path": "/machine/peripheral"})
+        return {p["name"] for p in reply.get("return", [])}
+
+    def unplug_data_disk(self, timeout: float = 60.0) -> None:
+        """Pull the USB data disk out (data_bus="usb"): QMP device_del, then
+        wait until QEMU has let the device go (USB needs no guest's consent)."""
+        reply = self.qmp("device_del", {"id": "datadisk"})
+        if "error" in reply:
+            raise RuntimeError(f"QMP device_del: {reply['error']}")
+        deadline = time.monotonic() + timeout
+        while "datadisk" in self._peripherals():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the data disk's device_del did not complete")
+            time.sleep(0.5)
+
+    def plug_data_disk(self) -> None:
+        """Put the USB data disk back (the same backing file, node "data")."""
+        arguments = {"driver": "usb-storage", "bus": "xhci.0", "drive": "data", "id": "datadisk"}
+        reply = self.qmp("device_add", arguments)
+        if "error" in reply:
+            raise RuntimeError(f"QMP device_add: {reply['error']}")
 
     def wait_console(self, text: str, timeout: float = 600.0) -> float:
         """Seconds from QEMU's start until `text` is on this boot's console."""
