@@ -81,6 +81,8 @@ def test_restore_gives_clients_the_same_mailboxes(
         old.add_user(user)
     old.start()
     _fill(old, 40)
+    (old.data_dir / "clamav").mkdir()  # the appliance's ClamAV signatures: not backed up
+    (old.data_dir / "clamav" / "old.cvd").write_bytes(b"old box")
     _queue_one(old)
     old.cli("backup", "init", "--repository", str(repo), input=REPO_PASSWORD + "\n")
     assert (old.data_dir / "backup" / "password").stat().st_mode & 0o777 == 0o600
@@ -113,7 +115,13 @@ def test_restore_gives_clients_the_same_mailboxes(
 
     # The first snapshot, restored: nothing that was there before the backup is missing.
     mid = make_server("mid")  # type: ignore[operator]
+    # A fresh box's other services' directories stay where they are (on the appliance
+    # they belong to clamav and unbound: pimail could not even move them aside).
+    (mid.data_dir / "clamav").mkdir(parents=True)
+    (mid.data_dir / "clamav" / "mid.cvd").write_bytes(b"this box")
     mid.cli("restore", str(repo), input=REPO_PASSWORD + "\n")
+    assert sorted(p.name for p in (mid.data_dir / "clamav").iterdir()) == ["mid.cvd"]
+    assert not list((mid.data_dir / "backup").glob("replaced-*/clamav"))
     mid.start()
     during = mailbox_state(mid, USERS[0])
     mid.stop()

@@ -54,6 +54,11 @@ def test_build_copies_databases_and_slims_the_index(tmp_path: Path) -> None:
     (data / "pimail.lock").write_text("1\n")
     (data / "spool").mkdir()
     (data / "spool" / "x").write_bytes(b"not acknowledged")
+    # The appliance's other services keep state on /data too: not pimail's to back up.
+    for other in ("clamav/main.cvd", "unbound/root.key", "timesync/clock", "network/wlan0.conf"):
+        (data / other).parent.mkdir(parents=True)
+        (data / other).write_bytes(b"another service's")
+    (data / "selftest.txt").write_text("report\n")
     index_version = tuple(index.execute("PRAGMA user_version").fetchone())
     staged, report = stage.build(data, "mx.test")
     main.close()
@@ -73,6 +78,7 @@ def test_build_copies_databases_and_slims_the_index(tmp_path: Path) -> None:
     assert "mail/example.org/alice/tmp" in names  # the folder, empty
     assert "mail/example.org/alice/tmp/half-written" not in names
     assert not {"pimail.lock", "spool", "backup", "pimail.db-wal"} & names
+    assert not {"clamav", "unbound", "timesync", "network", "selftest.txt"} & names
     assert stage.MANIFEST in names
 
 

@@ -267,8 +267,8 @@ def restore(settings: Settings, repository: str, password: str, snapshot: str = 
         json.loads(manifests[0].read_text())  # a manifest we can read
         aside = backup_dir(data_dir) / f"replaced-{int(time.time())}"
         for entry in sorted(tree.iterdir()):
-            if entry.name == stage.MANIFEST:
-                continue
+            if entry.name == stage.MANIFEST or entry.name in stage.SKIP_TOP:
+                continue  # (an older backup may hold another service's directory)
             destination = data_dir / entry.name
             if destination.exists() or destination.is_symlink():
                 aside.mkdir(parents=True, exist_ok=True)

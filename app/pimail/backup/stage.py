@@ -52,7 +52,24 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 # files, the shipped starter model, and the data disk's marker (store/health.py:
 # it names this disk, not its data; a restored box keeps its own, so a server
 # that restores through the wizard does not see "another disk" until it restarts).
-SKIP_TOP = {"pimail.lock", "spool", "backup", "starter-bayes.db", ".pimail-data"}
+# On the appliance, /data also holds other services' state, owned by them (a restore
+# running as pimail cannot move their directories) and remade on any box: ClamAV's
+# signatures, unbound's trust anchor, timesyncd's clock, the network (Wi-Fi) settings
+# of this card, the self-test's reports.
+SKIP_TOP = {
+    "pimail.lock",
+    "spool",
+    "backup",
+    "starter-bayes.db",
+    ".pimail-data",
+    ".pimail-data-return",
+    "clamav",
+    "unbound",
+    "timesync",
+    "network",
+    "selftest.txt",
+    "selftest-journal.txt",
+}
 SKIP_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")
 LINKED_TOP = {"mail", "queue"}  # their message files are immutable: hard links
 RETRIES = 5
