@@ -282,6 +282,8 @@ prune_stage() {
            "$km"/drivers/net/wan "$km"/drivers/net/arcnet "$km"/drivers/net/can "$km"/drivers/net/ieee802154 \
            "$km"/drivers/ata "$km"/drivers/mtd "$km"/drivers/usb/serial "$km"/drivers/atm "$km"/net/atm
     "${ch[@]}" depmod "$(basename "$(dirname "$km")")"
+    # U-Boot for the Pi: one binary, rpi_arm64, serves the 3, 4 and Zero 2 W in 64-bit.
+    rm -rf "$ROOT"/usr/lib/u-boot/rpi_3 "$ROOT"/usr/lib/u-boot/rpi_4
     # ClamAV and unbound: the tools a box without a console never runs, docs.
     rm -f "$ROOT"/usr/bin/clamdtop "$ROOT"/usr/sbin/clamonacc "$ROOT"/usr/bin/clamconf \
           "$ROOT"/usr/share/munin/plugins/unbound_munin_
