@@ -70,10 +70,31 @@ def boot(image: Path) -> dict[str, str]:
             banner = m.wait_banner(timeout=900)
             report = m.selftest()
             report["banner_s"] = f"{banner:.1f}"
+            if report.get("analyze") == "console":  # systemd-analyze, once the boot is over
+                report["analyze"] = analyze_lines(m)
             report["powerdown_s"] = f"{m.powerdown():.1f}"
         finally:
             m.kill()
     return report
+
+
+ANALYZE_PREFIX = "PIMAIL-ANALYZE "
+
+
+def analyze_lines(m: pimailvm.Machine, timeout: float = 300.0) -> str:
+    """systemd-analyze's time, critical chain to pimail.service and blame, as
+    the image's self-test prints them once the boot has finished ("" if they
+    do not come)."""
+    try:
+        m.wait_console(ANALYZE_PREFIX + "done=1", timeout)
+    except TimeoutError:
+        return ""
+    lines = []
+    for raw in m.console.read_text(errors="replace").splitlines():
+        at = raw.find(ANALYZE_PREFIX)
+        if at >= 0 and not raw[at:].startswith(ANALYZE_PREFIX + "done="):
+            lines.append(raw[at + len(ANALYZE_PREFIX) :].rstrip())
+    return "\n".join(lines)
 
 
 def sizes(img: Path) -> list[tuple[str, str]]:
@@ -154,6 +175,10 @@ def main() -> int:
         for unit in ("pimail-data.service", "pimail-firstboot.service", "pimail.service"):
             print(f"    {unit:28} {last.get('t_' + unit, '- (not in this image)')}")
         print(f"    slowest units: {last.get('boot_units', '- (not in this image)')}")
+        if last.get("analyze"):
+            print("    systemd-analyze (time, critical-chain pimail.service, blame):")
+            for line in last["analyze"].splitlines():
+                print(f"      {line}")
     return 0
 
 

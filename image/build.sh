@@ -270,6 +270,14 @@ prune_stage() {
         ! -name 'UTF-*' ! -name 'UNICODE.so' ! -name 'ISO8859-1.so' ! -name 'ISO8859-15.so' \
         -delete
     "${ch[@]}" iconvconfig 2>/dev/null || true
+    # libperl (3.7 MB) serves only the full perl binary, whose modules are gone above
+    # (perl-base's /usr/bin/perl does not use it).
+    rm -f "$ROOT"/usr/lib/aarch64-linux-gnu/libperl.so.5.* "$ROOT"/usr/bin/perl5.*-aarch64-linux-gnu
+    # openssh-client is here for restic's SFTP backups, which run `ssh` (issue 17);
+    # ssh-keygen stays. No agent, no scp/sftp client, no key scanning or signing
+    # helpers on a box without a login (4 MB).
+    rm -f "$ROOT"/usr/bin/{scp,sftp,ssh-add,ssh-agent,ssh-keyscan,ssh-copy-id,ssh-argv0} \
+          "$ROOT"/usr/lib/openssh/{ssh-keysign,ssh-pkcs11-helper,ssh-sk-helper,agent-launch}
     # udev's hardware database (vendor and model names, input quirks): nothing on the
     # box reads it; udev works without it.
     rm -f "$ROOT"/usr/lib/udev/hwdb.bin "$ROOT"/etc/udev/hwdb.bin

@@ -29,11 +29,7 @@ from .auth.accounts import Directory
 from .auth.login import Authenticator
 from .auth.throttle import LoginThrottle, throttle_limits
 from .config import Settings, parse_listen
-from .imap.context import ImapContext
-from .imap.server import ImapServer
-from .imap.views import MailboxViews
 from .net import ConnectionLimiter
-from .pop3.server import Pop3Server
 from .queue.runner import Queue
 from .smtp.inbound import InboundHandler
 from .smtp.server import create_session
@@ -389,6 +385,12 @@ class Server:
             await self._listen("submissions", lambda: factory(True), address)
 
     async def _start_imap(self) -> None:
+        # Imported here, not at the top: IMAP's modules load after the SMTP
+        # listener is up, not on the way to its banner (issue 16 item 6).
+        from .imap.context import ImapContext
+        from .imap.server import ImapServer
+        from .imap.views import MailboxViews
+
         reader = IndexReader(self.settings.index_path)
         views = MailboxViews(reader)
         views.loop = asyncio.get_running_loop()
@@ -406,6 +408,8 @@ class Server:
                 await self._listen_streams("imaps", imap.handle, address, implicit_tls=True)
 
     async def _start_pop3(self) -> None:
+        from .pop3.server import Pop3Server  # after SMTP's banner, as IMAP's above
+
         certs = self.certs
         pop3 = Pop3Server(
             self.settings, self.store, self.authenticator, self.imap_reader,
