@@ -29,9 +29,10 @@ def add_parsers(sub: Any) -> None:
     )
     x.add_argument("target", metavar="FILE|URL|status|rollback|prepare")
     # Where the system keeps these (image/build.sh); other paths for tests.
-    x.add_argument("--keyring", type=Path, default=bundle.KEYRING, help=argparse.SUPPRESS)
-    x.add_argument("--release", type=Path, default=bundle.RELEASE_FILE, help=argparse.SUPPRESS)
-    x.add_argument("--rauc", default=bundle.RAUC, help=argparse.SUPPRESS)
+    # Default: the settings' update.keyring, update.release_file, update.rauc.
+    x.add_argument("--keyring", type=Path, help=argparse.SUPPRESS)
+    x.add_argument("--release", type=Path, help=argparse.SUPPRESS)
+    x.add_argument("--rauc", help=argparse.SUPPRESS)
     x.add_argument("--cmdline", type=Path, default=Path("/proc/cmdline"), help=argparse.SUPPRESS)
     x.add_argument("--timeout", type=float, default=60.0, help="seconds a download may stall")
     x.set_defaults(func=cmd_update)
@@ -46,6 +47,10 @@ def _progress(stage: str, done: int, total: int) -> None:
 
 
 def cmd_update(settings: config.Settings, args: argparse.Namespace) -> int:
+    u = settings.update
+    args.keyring = args.keyring or Path(u.keyring)
+    args.release = args.release or Path(u.release_file)
+    args.rauc = args.rauc or u.rauc
     try:
         if args.target == "status":
             return _status(args)
