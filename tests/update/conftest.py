@@ -42,7 +42,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Keys]:
 
 
 def make_bundle(
-    path: Path, keys: Keys, version: str, compatible: str = COMPATIBLE, size: int = 200_000
+    path: Path,
+    keys: Keys,
+    version: str,
+    compatible: str = COMPATIBLE,
+    size: int = 200_000,
+    bundle_format: str = "verity",
 ) -> Path:
     content = path.with_suffix(".content")
     (content / "boot").mkdir(parents=True)
@@ -51,7 +56,7 @@ def make_bundle(
     (content / "boot" / "initrd.img").write_bytes(b"initrd")
     (content / "manifest.raucm").write_text(
         f"[update]\ncompatible={compatible}\nversion={version}\n\n"
-        "[bundle]\nformat=plain\n\n[image.rootfs]\nfilename=root.sqfs\n"
+        f"[bundle]\nformat={bundle_format}\n\n[image.rootfs]\nfilename=root.sqfs\n"
     )
     subprocess.run(
         ["rauc", "bundle", f"--cert={keys.cert}", f"--key={keys.key}", str(content), str(path)],

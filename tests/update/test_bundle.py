@@ -66,17 +66,33 @@ def test_bad_signature_is_refused(system: System, keys: dict[str, Keys], tmp_pat
     assert system.installed() == []
 
 
-def test_tampered_bundle_is_refused(system: System, keys: dict[str, Keys], tmp_path: Path) -> None:
-    # One byte of the root image changed after signing.
-    bundle = make_bundle(tmp_path / "t.raucb", keys["build"], NEWER)
-    with open(bundle, "r+b") as f:
-        f.seek(4096)
-        byte = f.read(1)
-        f.seek(4096)
-        f.write(bytes([byte[0] ^ 0xFF]))
+@pytest.mark.parametrize("where", ["first", "middle", "last-payload", "tree", "signature"])
+def test_damaged_bundle_is_refused(
+    system: System, keys: dict[str, Keys], tmp_path: Path, where: str
+) -> None:
+    # One byte changed after signing: in the payload (the root image), in the
+    # dm-verity hash tree after it, or in the signature. 3 MB: a two-level tree.
+    bundle = make_bundle(tmp_path / "t.raucb", keys["build"], NEWER, size=3_000_000)
+    data = bytearray(bundle.read_bytes())
+    signature = int.from_bytes(data[-8:], "big")
+    tree_end = len(data) - 8 - signature
+    payload_end = tree_end - 7 * 4096
+    at = {"first": 0, "middle": payload_end // 2, "last-payload": payload_end - 1,
+          "tree": payload_end + 5, "signature": tree_end + signature // 2}[where]  # fmt: skip
+    data[at] ^= 0xFF
+    bundle.write_bytes(bytes(data))
     done = system.update(str(bundle))
-    assert done.returncode == 1 and "refused" in done.stderr
-    assert "signature does not verify" in done.stderr
+    assert done.returncode == 1 and "refused" in done.stderr, done.stderr
+    assert "does not match its signature" in done.stderr or "signature" in done.stderr
+    assert system.installed() == []
+
+
+def test_plain_bundle_is_refused(system: System, keys: dict[str, Keys], tmp_path: Path) -> None:
+    # Signed by the right key, but in RAUC's plain format (the device cannot
+    # read its manifest, and its payload is not checked block by block).
+    bundle = make_bundle(tmp_path / "plain.raucb", keys["build"], NEWER, bundle_format="plain")
+    done = system.update(str(bundle))
+    assert done.returncode == 1 and "not a verity bundle (format plain)" in done.stderr
     assert system.installed() == []
 
 

@@ -1,16 +1,17 @@
 """Update bundles: RAUC's signed bundle files, and pimail's checks on them.
 
-A bundle is refused before anything is written when its signature does not
-verify against the image's keyring (another key, or a truncated file: RAUC's
-plain format is signed over the whole file, the signature at its end), when it
-is for another board (`compatible`), or when its version is not newer than the
-running system's. RAUC checks the first two again inside `rauc install`; the
+A bundle (RAUC's verity format) is refused before anything is written when
+its signature does not verify against the image's keyring (another key; a
+truncated file, whose end, the signature, is gone), when its payload does not
+match the dm-verity root hash the signature covers (damaged or altered), when
+it is for another board (`compatible`), or when its version is not newer than
+the running system's. RAUC checks the first two again inside `rauc install`; the
 version is pimail's rule (RAUC installs any version).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import re
 import subprocess
@@ -84,9 +85,17 @@ class BundleInfo:
     signer: str = ""
 
 
+# `rauc info`'s readable output (the JSON one leaves out the verity fields).
+_INFO_LINE = re.compile(
+    r"^\s*(Compatible|Version|Bundle Format|Verity Salt|Verity Hash|Verity Size):\s*'?([^']*)'?\s*$"
+)
+VERITY_BLOCK = 4096
+
+
 def inspect(path: Path, keyring: Path = KEYRING, rauc: str = RAUC) -> BundleInfo:
     """`rauc info`: the bundle's manifest, after its signature verified
-    against `keyring`. Refused with RAUC's own reason otherwise."""
+    against `keyring`; then the payload against the signed dm-verity root
+    hash. Refused with the reason otherwise."""
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -95,7 +104,7 @@ def inspect(path: Path, keyring: Path = KEYRING, rauc: str = RAUC) -> BundleInfo
         raise Refused(f"{path} is empty")
     try:
         done = subprocess.run(
-            [rauc, "info", f"--keyring={keyring}", "--output-format=json", str(path)],
+            [rauc, "info", f"--keyring={keyring}", str(path)],
             capture_output=True,
             text=True,
             timeout=600,
@@ -106,19 +115,66 @@ def inspect(path: Path, keyring: Path = KEYRING, rauc: str = RAUC) -> BundleInfo
         raise Refused("rauc info took too long") from e
     if done.returncode != 0:
         raise Refused(rauc_reason(done.stderr))
-    try:
-        manifest = json.loads(done.stdout)
-    except json.JSONDecodeError as e:
-        raise Refused("rauc info printed no manifest") from e
+    fields: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        if match := _INFO_LINE.match(line):
+            fields.setdefault(match.group(1), match.group(2).strip())
     signer = ""
     for line in done.stderr.splitlines():
         if "Verified" in line and "signature by" in line:
             signer = line.split("signature by", 1)[1].strip().strip("'")
-    return BundleInfo(
-        compatible=str(manifest.get("compatible") or ""),
-        version=str(manifest.get("version") or ""),
-        signer=signer,
-    )
+    if fields.get("Bundle Format") != "verity":
+        # A plain bundle's manifest needs unsquashfs, which the image does not have,
+        # and its payload is not checked block by block as it is written.
+        raise Refused(f"not a verity bundle (format {fields.get('Bundle Format') or 'unknown'})")
+    try:
+        salt = bytes.fromhex(fields["Verity Salt"])
+        expected = fields["Verity Hash"].lower()
+        tree = int(fields["Verity Size"])
+    except (KeyError, ValueError) as e:
+        raise Refused("rauc info names no verity salt, hash and size") from e
+    if verity_root(path, salt, tree) != expected:
+        raise Refused("the bundle's payload does not match its signature (damaged or altered)")
+    return BundleInfo(fields.get("Compatible", ""), fields.get("Version", ""), signer)
+
+
+def verity_root(path: Path, salt: bytes, tree_size: int) -> str:
+    """The dm-verity root hash (format 1, SHA-256, 4 KiB blocks, salt first)
+    of a verity bundle's payload, "" when the hash tree stored in the bundle
+    is not the one its payload gives. RAUC's layout: the squashfs, the hash
+    tree (its top level first, as veritysetup writes it), the signature and
+    its 8-byte big-endian size. RAUC signs the root hash; dm-verity checks the
+    same tree as the bundle is installed: this is that check done first, so a
+    damaged bundle is refused before a block of the slot is written."""
+    with open(path, "rb") as f:
+        end = f.seek(0, 2)
+        if end < 8:
+            return ""
+        f.seek(end - 8)
+        signature = int.from_bytes(f.read(8), "big")
+        data_size = end - 8 - signature - tree_size
+        if data_size <= 0 or data_size % VERITY_BLOCK or tree_size <= 0:
+            return ""
+        f.seek(0)
+        level = bytearray()
+        for _ in range(data_size // VERITY_BLOCK):
+            level += hashlib.sha256(salt + f.read(VERITY_BLOCK)).digest()
+        levels: list[bytes] = []
+        while True:
+            if len(level) % VERITY_BLOCK:
+                level += bytes(VERITY_BLOCK - len(level) % VERITY_BLOCK)
+            levels.append(bytes(level))
+            if len(level) == VERITY_BLOCK:
+                break
+            level = bytearray(
+                b"".join(
+                    hashlib.sha256(salt + level[i : i + VERITY_BLOCK]).digest()
+                    for i in range(0, len(level), VERITY_BLOCK)
+                )
+            )
+        if f.read(tree_size) != b"".join(reversed(levels)):
+            return ""
+    return hashlib.sha256(salt + levels[-1]).hexdigest()
 
 
 def rauc_reason(stderr: str) -> str:
