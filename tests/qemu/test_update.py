@@ -253,7 +253,7 @@ def test_slot_a_boots_through_uboot_and_is_confirmed(vm: pimailvm.Machine) -> No
     console = vm.console.read_text(errors="replace")
     assert "U-Boot" in console and "pimail: booting slot A" in console
     assert "rauc.slot=A" in console  # the command line came from boot.scr
-    assert "PIMAIL-UPDATE result=good trial=no" in console, console[-3000:]
+    assert "PIMAIL-UPDATE result=good trial=no\n" in console.replace("\r", ""), console[-3000:]
     running, rows = slots(browser(vm))
     assert running == layout()["version"]
     assert "booted" in rows["A"] and "inactive" in rows["B"], rows

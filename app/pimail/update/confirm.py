@@ -1,10 +1,11 @@
 """The mail check of pimail-update-confirm: is pimail on this slot serving mail?
 
 SMTP on the first inbound listener greets, answers EHLO, and accepts the
-postmaster of the first local domain as a recipient (RFC 5321 4.5.1: every
-domain has one); the transaction is then reset, so nothing is delivered. IMAP
-on the first listener greets. On a box not yet set up (no domain) the greetings
-alone are checked. Exit status 0 when all pass; the failure on stderr.
+first account as a recipient (the directory and the store answer RCPT; the
+postmaster is not used: a box set up headless may have no postmaster alias);
+the transaction is then reset, so nothing is delivered. IMAP on the first
+listener greets. On a box not yet set up (no account) the greetings alone are
+checked. Exit status 0 when all pass; the failure on stderr.
 `python3 -m pimail.update.confirm [--config FILE]`
 """
 
@@ -31,11 +32,11 @@ def _host_port(listen: str) -> tuple[str, int]:
 
 def check(settings: config.Settings, timeout: float = 30.0) -> None:
     """Raises RuntimeError naming what failed."""
-    domains: list[str] = []
+    accounts: list[str] = []
     if settings.db_path.exists():
         con = db.open_main(settings.db_path)
         try:
-            domains = Directory(con).domains()
+            accounts = [a.address for a in Directory(con).accounts()]
         finally:
             con.close()
     host, port = _host_port(settings.smtp.listen[0])
@@ -44,13 +45,13 @@ def check(settings: config.Settings, timeout: float = 30.0) -> None:
             code, _ = smtp.ehlo()
             if code != 250:
                 raise RuntimeError(f"SMTP EHLO answered {code}")
-            if domains:
+            if accounts:
                 code, text = smtp.mail("<>")
                 if code != 250:
                     raise RuntimeError(f"SMTP MAIL answered {code} {text!r}")
-                code, text = smtp.rcpt(f"postmaster@{domains[0]}")
+                code, text = smtp.rcpt(accounts[0])
                 if code not in (250, 251):
-                    raise RuntimeError(f"SMTP RCPT postmaster@{domains[0]} answered {code}")
+                    raise RuntimeError(f"SMTP RCPT {accounts[0]} answered {code}")
                 smtp.rset()
     except (OSError, smtplib.SMTPException) as e:
         raise RuntimeError(f"SMTP on {host}:{port}: {e}") from e
