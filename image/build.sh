@@ -10,9 +10,12 @@
 #   4 overlay      overlay/ laid over the root, the pimail user, units enabled
 #   5 trim         docs, apt lists, kernel modules a Pi or QEMU never needs
 #   6 squashfs     the read-only root (without /boot)
-#   7 boot         FAT32: Pi firmware, DTBs, kernel, initrd, config.txt, cmdline.txt
-#   8 assemble     MBR: p1 boot (FAT32), p2 root (squashfs), p3 data (ext4)
-#   9 compress     xz, sha256
+#   7 boot         FAT32: Pi firmware, DTBs, U-Boot, boot.scr, the U-Boot environment
+#                  (pimail.env), slot A's kernel and initrd in /slot-a, config.txt
+#   8 assemble     MBR: p1 boot (FAT32), p2 root A (squashfs), p3 root B (empty),
+#                  p4 data (ext4, label PIMAIL-SD)
+#   9 compress     xz, sha256; the signed update bundle pimail-arm64-<version>.raucb
+#                  (RAUC; key under $PIMAIL_BUILD_KEYS, made at the first build)
 # The finished image is cached under $PIMAIL_IMAGE_CACHE (default
 # /var/cache/pimail-image) by a hash of image/, overlay/ and app/; out/ gets
 # hard links (or copies). No loop devices, no mounts.
@@ -22,8 +25,13 @@ REPO=$(dirname "$HERE")
 CACHE=${PIMAIL_IMAGE_CACHE:-/var/cache/pimail-image}
 OUT="$REPO/out"
 NAME=pimail-arm64
-DISK_ID=0x706d6169            # "pmai": PARTUUIDs 706d6169-01/02/03 (fstab, cmdline.txt)
+DISK_ID=0x706d6169            # "pmai": PARTUUIDs 706d6169-01..04 (fstab, boot.scr, system.conf)
 BOOT_MB=256
+ROOT_SLOT_MB=320              # each root slot (A, B): room for a bigger root in later updates
+COMPATIBLE=pimail-arm64       # RAUC: a bundle for another board is refused
+# The update bundles' signing key and certificate: made at the first build, never in git.
+KEYS=${PIMAIL_BUILD_KEYS:-/var/lib/pimail-build/keys}
+VERSION=""
 DATA_MB=128                   # grown to fill the card at first boot
 SQUASHFS_COMP=${PIMAIL_SQUASHFS_COMP:-"zstd -Xcompression-level 19"}
 FORCE=no
@@ -46,7 +54,8 @@ image_key() { tree_hash image overlay app; }
 host_tools() {
     step 1/9 "host tools"
     local pkgs=(qemu-system-arm qemu-user-static mmdebstrap squashfs-tools mtools dosfstools
-                e2fsprogs fdisk binfmt-support arch-test zstd xz-utils python3-pip python3-venv)
+                e2fsprogs fdisk binfmt-support arch-test zstd xz-utils python3-pip python3-venv
+                u-boot-tools rauc openssl)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -333,9 +342,13 @@ trim_stage() {
            "$mods"/drivers/staging "$mods"/drivers/iio "$mods"/drivers/isdn "$mods"/drivers/net/wireless/{ath,intel,marvell,mediatek,realtek,ralink,ti,zydas,microchip,quantenna,st,rsi,intersil,admtek,atmel,purelifi} \
            "$mods"/drivers/net/ethernet/{mellanox,chelsio,intel,qlogic,broadcom/bnx2x,cavium,marvell,amazon,huawei,netronome,sfc,emulex,hisilicon,cisco,qualcomm,aquantia,freescale,mscc,pensando,ti,amd,google} \
            "$mods"/drivers/scsi/{lpfc,qla2xxx,qla4xxx,bfa,be2iscsi,mpt3sas,megaraid,aacraid,smartpqi,hisi_sas,bnx2fc,bnx2i,cxgbi,fcoe,libfc,csiostor,mpi3mr,qedf,qedi,pm8001,isci,arcmsr,esas2r,hpsa} \
-           "$mods"/drivers/{hwmon,input/joystick,input/touchscreen,input/misc,input/tablet,bluetooth,nfc,fpga,thunderbolt,target,md,infiniband,crypto/hisilicon,crypto/marvell,crypto/ccp,crypto/caam} \
+           "$mods"/drivers/{hwmon,input/joystick,input/touchscreen,input/misc,input/tablet,bluetooth,nfc,fpga,thunderbolt,target,infiniband,crypto/hisilicon,crypto/marvell,crypto/ccp,crypto/caam} \
            "$mods"/net/{bluetooth,mac802154,ieee802154,nfc,wireless/tests,sunrpc,ceph,rxrpc,tipc,rds,sctp,netfilter/ipvs} \
            "$mods"/fs/{ocfs2,gfs2,nfs,nfsd,ceph,cifs,smb,xfs,btrfs,jfs,nilfs2,orangefs,afs,coda,ubifs,dlm,reiserfs,f2fs,bcachefs,hfs,hfsplus,ufs,udf,9p,ntfs3,erofs,ksmbd,lockd,nfs_common}
+    # drivers/md: only device-mapper's verity (RAUC mounts an update bundle through
+    # dm-verity: issue 17); RAID, bcache, dm-crypt and the rest go.
+    find "$mods"/drivers/md -name '*.ko*' ! -name 'dm-mod.ko*' ! -name 'dm-verity.ko*' \
+        ! -name 'dm-bufio.ko*' -delete
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOT" depmod "$KVER"
     du -sh "$ROOT/lib/modules/$KVER" | sed 's/^/    modules: /'
 }
@@ -352,28 +365,66 @@ squashfs_stage() {
     ls -l "$WORK/root.sqfs" | awk '{printf "    %d MB\n", $5/1048576}'
 }
 
+# --- 4e (issue 17: A/B updates) ------------------------------------------------
+# The signing key and certificate for update bundles (made at the first build,
+# kept in $KEYS, never in git); the certificate becomes RAUC's keyring in the root.
+# The root's version goes to /etc/pimail-release: RAUC's bundle version and what
+# `pimail update` compares (a lower one is refused).
+update_stage() {
+    echo "    A/B updates: RAUC keyring from $KEYS, version $VERSION"
+    if [ ! -f "$KEYS/cert.pem" ] || [ ! -f "$KEYS/key.pem" ]; then
+        mkdir -p "$KEYS"; chmod 0700 "$KEYS"
+        openssl req -x509 -newkey rsa:3072 -nodes -sha256 -days 36500 \
+            -subj "/O=pimail/CN=pimail update signing $(hostname)" \
+            -keyout "$KEYS/key.pem" -out "$KEYS/cert.pem" 2>/dev/null
+        chmod 0600 "$KEYS/key.pem"
+        echo "    made a new signing key: $KEYS/key.pem (keep it: bundles signed by another key are refused)"
+    fi
+    install -D -m 0644 "$KEYS/cert.pem" "$ROOT/etc/rauc/keyring.pem"
+    # u-boot-rpi: only rpi_arm64's u-boot.bin is used (the boot stage copies it).
+    rm -rf "$ROOT"/usr/lib/u-boot/rpi_3 "$ROOT"/usr/lib/u-boot/rpi_4 "$ROOT"/usr/lib/u-boot/rpi_arm64/uboot.elf
+    printf 'version=%s\ncompatible=%s\n' "$VERSION" "$COMPATIBLE" > "$ROOT/etc/pimail-release"
+    # rauc.service and its D-Bus activation come from overlay/ (Debian's rauc-service,
+    # with the bus policy narrowed to root and group pimail).
+    systemctl --root="$ROOT" enable pimail-update-confirm.service pimail-update-prepare.service >/dev/null 2>&1
+}
+
 # --- 7 -----------------------------------------------------------------------
+# U-Boot boots both boards: on a Pi the firmware starts u-boot.bin (config.txt
+# kernel=), under QEMU virt it is -bios. Either runs boot.scr, which picks the
+# slot (image/boot/boot.cmd) and loads /slot-a or /slot-b's kernel and initrd.
 boot_stage() {
     step 7/9 "boot partition (FAT32, ${BOOT_MB} MiB)"
     local b="$WORK/bootfs"
-    rm -rf "$b"; mkdir -p "$b"
+    rm -rf "$b"; mkdir -p "$b/slot-a" "$b/slot-b"
     cp "$ROOT"/usr/lib/raspi-firmware/* "$b/"
-    cp "$ROOT/boot/vmlinuz-$KVER" "$ROOT/boot/initrd.img-$KVER" "$b/"
+    cp "$ROOT/boot/vmlinuz-$KVER" "$b/slot-a/vmlinuz"
+    cp "$ROOT/boot/initrd.img-$KVER" "$b/slot-a/initrd.img"
+    echo "$VERSION" > "$b/slot-a/version"
     cp "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm2711-*.dtb \
        "$ROOT"/usr/lib/linux-image-"$KVER"/broadcom/bcm2837-*.dtb "$b/"
+    # rpi_arm64: one U-Boot for the Pi 3, 3 B+, 4, 400, CM4 and Zero 2 W.
+    cp "$ROOT/usr/lib/u-boot/rpi_arm64/u-boot.bin" "$b/u-boot.bin"
+    mkimage -A arm64 -T script -C none -n "pimail A/B" -d "$HERE/boot/boot.cmd" "$b/boot.scr" >/dev/null
+    # The U-Boot environment (boot.cmd's BOOT_ORDER and counters), where fw_printenv
+    # and fw_setenv find it (overlay/etc/fw_env.config): 16 KiB with a CRC.
+    printf 'BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n' > "$WORK/env.txt"
+    mkenvimage -s 0x4000 -o "$b/pimail.env" "$WORK/env.txt"
     cat > "$b/config.txt" <<CFG
-# pimail: Raspberry Pi 3/3B+/4B/400/CM4/Zero 2 W, Debian's arm64 kernel.
+# pimail: Raspberry Pi 3/3B+/4B/400/CM4/Zero 2 W. The firmware starts U-Boot,
+# which runs boot.scr: slot A or B (A/B updates), Debian's arm64 kernel.
 arm_64bit=1
 enable_uart=1
 upstream_kernel=1
-kernel=vmlinuz-$KVER
-initramfs initrd.img-$KVER followkernel
+kernel=u-boot.bin
 disable_overscan=1
 [pi4]
 max_framebuffers=2
 [all]
 CFG
-    echo "console=tty1 console=ttyS1,115200 root=PARTUUID=${DISK_ID#0x}-02 rootfstype=squashfs ro rootwait net.ifnames=0 quiet" \
+    # Not read on a Pi booting U-Boot (boot.scr sets the command line); kept as the
+    # reference command line for slot A (qemu/pimailvm.py's raspi3b board uses it).
+    echo "console=tty1 console=ttyS1,115200 root=PARTUUID=${DISK_ID#0x}-02 rootfstype=squashfs ro rootwait net.ifnames=0 rauc.slot=A quiet" \
         > "$b/cmdline.txt"
     cp "$HERE/pimail.toml.example" "$b/pimail.toml.example"
     echo "$KVER" > "$b/pimail-kernel-version.txt"
@@ -388,37 +439,78 @@ assemble_stage() {
     step 8/9 "assemble the SD image (MBR, disk id $DISK_ID)"
     local sq_bytes sq_mb img="$WORK/$NAME.img"
     sq_bytes=$(stat -c %s "$WORK/root.sqfs")
-    sq_mb=$(( (sq_bytes + 1048575) / 1048576 + 4 ))
-    local p1=4 p2=$((4 + BOOT_MB)) p3
-    p3=$((p2 + sq_mb))
-    local total=$((p3 + DATA_MB))
+    sq_mb=$(( (sq_bytes + 1048575) / 1048576 ))
+    if [ "$sq_mb" -gt "$ROOT_SLOT_MB" ]; then
+        echo "the root ($sq_mb MiB) does not fit a slot ($ROOT_SLOT_MB MiB)" >&2; exit 1
+    fi
+    local p1=4 p2=$((4 + BOOT_MB)) p3 p4
+    p3=$((p2 + ROOT_SLOT_MB))
+    p4=$((p3 + ROOT_SLOT_MB))
+    local total=$((p4 + DATA_MB))
     rm -f "$img"; truncate -s "${total}M" "$img"
+    # Slot B (p3) ships empty: zeros cost nothing in the .xz.
     sfdisk -q "$img" <<SF
 label: dos
 label-id: $DISK_ID
 unit: sectors
 start=$((p1 * 2048)), size=$((BOOT_MB * 2048)), type=c, bootable
-start=$((p2 * 2048)), size=$((sq_mb * 2048)), type=83
-start=$((p3 * 2048)), type=83
+start=$((p2 * 2048)), size=$((ROOT_SLOT_MB * 2048)), type=83
+start=$((p3 * 2048)), size=$((ROOT_SLOT_MB * 2048)), type=83
+start=$((p4 * 2048)), type=83
 SF
     dd if="$WORK/boot.vfat" of="$img" bs=1M seek="$p1" conv=notrunc,sparse status=none
     dd if="$WORK/root.sqfs" of="$img" bs=1M seek="$p2" conv=notrunc status=none
     rm -rf "$WORK/data.ext4" "$WORK/data-empty"; mkdir -p "$WORK/data-empty"
     mkfs.ext4 -q -L PIMAIL-SD -E root_owner=990:990 -d "$WORK/data-empty" "$WORK/data.ext4" "${DATA_MB}M"
-    dd if="$WORK/data.ext4" of="$img" bs=1M seek="$p3" conv=notrunc,sparse status=none
-    echo "    $total MiB: boot ${BOOT_MB} MiB @${p1}, root ${sq_mb} MiB @${p2}, data ${DATA_MB} MiB @${p3}"
+    dd if="$WORK/data.ext4" of="$img" bs=1M seek="$p4" conv=notrunc,sparse status=none
+    echo "    $total MiB: boot ${BOOT_MB} MiB @${p1}, root A ${ROOT_SLOT_MB} MiB @${p2} ($sq_mb used)," \
+         "root B ${ROOT_SLOT_MB} MiB @${p3}, data ${DATA_MB} MiB @${p4}"
     cat > "$WORK/$NAME.layout" <<LAY
 disk_id=${DISK_ID#0x}
 kernel_version=$KVER
+version=$VERSION
+compatible=$COMPATIBLE
 image_mib=$total
 boot_offset_mib=$p1
 boot_mib=$BOOT_MB
 root_offset_mib=$p2
-root_mib=$sq_mb
+root_mib=$ROOT_SLOT_MB
 root_fs_bytes=$sq_bytes
-data_offset_mib=$p3
+root_b_offset_mib=$p3
+data_offset_mib=$p4
 data_mib=$DATA_MB
 LAY
+}
+
+# --- 8b (issue 17) --------------------------------------------------------------
+# The update bundle: slot A's root and boot files, signed with $KEYS/key.pem.
+# RAUC's verity format: the manifest (and the dm-verity root hash of the payload)
+# is inside the signature, so `rauc info` reads it on the device without
+# unsquashfs (not in the image); the install reads the payload through dm-verity.
+# RAUC writes root.sqfs to the inactive root partition; its post-install handler
+# (overlay/usr/local/lib/pimail/rauc-post-install) copies boot/ to /slot-X.
+bundle_stage() {
+    local c="$WORK/bundle"
+    rm -rf "$c"; mkdir -p "$c/boot"
+    cp "$WORK/root.sqfs" "$c/root.sqfs"
+    cp "$ROOT/boot/vmlinuz-$KVER" "$c/boot/vmlinuz"
+    cp "$ROOT/boot/initrd.img-$KVER" "$c/boot/initrd.img"
+    cat > "$c/manifest.raucm" <<MAN
+[update]
+compatible=$COMPATIBLE
+version=$VERSION
+description=pimail $VERSION
+
+[bundle]
+format=verity
+
+[image.rootfs]
+filename=root.sqfs
+MAN
+    rm -f "$WORK/$NAME.raucb"
+    rauc bundle --cert="$KEYS/cert.pem" --key="$KEYS/key.pem" "$c" "$WORK/$NAME.raucb" >/dev/null
+    rm -rf "$c"
+    ls -l "$WORK/$NAME.raucb" | awk '{printf "    bundle %s: %d MB\n", $9, $5/1048576}'
 }
 
 # --- 9 -----------------------------------------------------------------------
@@ -431,9 +523,14 @@ compress_stage() {
 
 publish() {
     mkdir -p "$OUT"
-    for f in "$NAME.img" "$NAME.img.xz" "$NAME.img.xz.sha256" "$NAME.layout"; do
+    for f in "$NAME.img" "$NAME.img.xz" "$NAME.img.xz.sha256" "$NAME.layout" "$NAME.raucb"; do
         ln -f "$FINAL/$f" "$OUT/$f" 2>/dev/null || cp -f "$FINAL/$f" "$OUT/$f"
     done
+    # The bundle also under its versioned name (what a user downloads).
+    local v
+    v=$(sed -n 's/^version=//p' "$FINAL/$NAME.layout")
+    rm -f "$OUT/$NAME"-*.raucb
+    ln -f "$OUT/$NAME.raucb" "$OUT/$NAME-$v.raucb" 2>/dev/null || cp -f "$OUT/$NAME.raucb" "$OUT/$NAME-$v.raucb"
     echo "==> $OUT/$NAME.img.xz ($(cut -d' ' -f1 "$OUT/$NAME.img.xz.sha256"))"
 }
 
@@ -452,21 +549,27 @@ main() {
     # and a developer, or several worktrees) must not delete each other's.
     WORK="$CACHE/work-$(echo "$REPO" | sha256sum | cut -c1-8)"
     rm -rf "$WORK"; mkdir -p "$WORK"
+    # The release: pimail's version and the build time (a later build is a newer
+    # version; PIMAIL_VERSION overrides it).
+    VERSION=${PIMAIL_VERSION:-$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$REPO/app/pimail/__init__.py")+$(date -u +%Y%m%d%H%M%S)}
     root_stage
     python_stage
     overlay_stage
     boot_time_wifi_stage
     boot_time_stage
     resolver_av_stage
+    update_stage
     trim_stage
     prune_stage
     squashfs_stage
     unprune_stage
     boot_stage
     assemble_stage
+    bundle_stage
     compress_stage
     rm -rf "$FINAL"; mkdir -p "$FINAL"
-    mv "$WORK/$NAME.img" "$WORK/$NAME.img.xz" "$WORK/$NAME.img.xz.sha256" "$WORK/$NAME.layout" "$FINAL/"
+    mv "$WORK/$NAME.img" "$WORK/$NAME.img.xz" "$WORK/$NAME.img.xz.sha256" "$WORK/$NAME.layout" \
+       "$WORK/$NAME.raucb" "$FINAL/"
     echo "$key" > "$FINAL/done"
     # Keep the two newest images.
     ls -dt "$CACHE"/image-* | tail -n +3 | xargs -r rm -rf

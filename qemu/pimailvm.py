@@ -2,8 +2,13 @@
 without a Pi (`./build.sh qemu`) and for the end-to-end tests (tests/qemu/).
 
 Two boards:
-  virt      (default) the kernel and initrd passed directly, virtio disks and
-            network: quick, and any memory size (512 MB: a Pi Zero 2 W)
+  virt      (default) the kernel and initrd passed directly (slot A's, from
+            the boot partition's /slot-a), virtio disks and network: quick, and
+            any memory size (512 MB: a Pi Zero 2 W). With bootloader="uboot" the
+            image's real boot path instead: U-Boot (Debian's qemu_arm64, as
+            -bios) runs the boot partition's boot.scr, which picks slot A or B
+            (A/B updates) and sets the kernel command line; a watchdog
+            (i6300esb) resets the machine when the guest stops feeding it
   raspi3b   the Pi's own boot path as far as QEMU has one: QEMU's raspi3b has
             no GPU firmware, so what the firmware would do is done here from
             the boot partition (config.txt's kernel= and initramfs, the
@@ -19,7 +24,7 @@ What a machine is made of, all under one work directory:
                 partition (pimail.toml, pimail-selftest) with mtools, no mounts
   data.img      a separate disk with an ext4 filesystem labelled PIMAIL-DATA:
                 the guest mounts it on /data (as it would a USB disk on a Pi)
-  vmlinuz, initrd.img   taken from the image's boot partition
+  vmlinuz, initrd.img   taken from the image's boot partition (not with U-Boot)
   console-N.log the serial console of the N-th boot
   qmp.sock      QMP, for a clean power-down (system_powerdown)
 Networking is QEMU user networking with restrict=on (the guest reaches
@@ -42,7 +47,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = REPO / "out" / "pimail-arm64.img"
-ROOT_PARTUUID = "706d6169-02"
+ROOT_PARTUUID = "706d6169-02"  # slot A
+UBOOT_QEMU = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 # Guest ports forwarded to 127.0.0.1 (name -> guest port).
 GUEST_PORTS = {
     "smtp": 25,
@@ -122,7 +128,16 @@ def split_boot_partition(sd: Path, boot_disk: Path | None = None) -> None:
         end = (first["start"] + first["size"]) * 512
         subprocess.run(["cp", "--sparse=always", str(sd), str(boot_disk)], check=True)
         # sfdisk keeps the other entries' numbers: p1 stays p1 (PARTUUID ...-01).
-        subprocess.run(["sfdisk", "-q", "--delete", str(boot_disk), "2", "3"], check=True)
+        subprocess.run(
+            [
+                "sfdisk",
+                "-q",
+                "--delete",
+                str(boot_disk),
+                *[str(p) for p in range(2, 1 + len(partitions(sd)))],
+            ],
+            check=True,
+        )
         os.truncate(boot_disk, end)
     subprocess.run(["sfdisk", "-q", "--delete", str(sd), "1"], check=True)
 
@@ -147,6 +162,8 @@ def raspi_boot_files(config_txt: str) -> tuple[str, str]:
             kernel = line.partition("=")[2].strip()
         elif line.startswith("initramfs "):
             initrd = line.split()[1]
+    if kernel == "u-boot.bin":
+        return kernel, ""  # U-Boot loads the initrd (boot.scr)
     if not kernel or not initrd:
         raise ValueError("config.txt names no kernel= or initramfs")
     return kernel, initrd
@@ -298,6 +315,9 @@ class Machine:
     board: str = "virt"
     # raspi3b: what the GPU firmware would have read from the boot partition.
     cmdline: str = ""
+    # virt: "kernel" (QEMU loads slot A's kernel and initrd, -append) or "uboot"
+    # (the image's U-Boot path; extra_append is not possible then).
+    bootloader: str = "kernel"
 
     @property
     def sd(self) -> Path:
@@ -321,10 +341,9 @@ class Machine:
             boot_write(self.sd, name, content)
         if self.board == "raspi3b":
             self._prepare_raspi()
-        else:
-            kver = boot_read(self.sd, "pimail-kernel-version.txt").decode().strip()
-            boot_copy_out(self.sd, f"vmlinuz-{kver}", self.workdir / "vmlinuz")
-            boot_copy_out(self.sd, f"initrd.img-{kver}", self.workdir / "initrd.img")
+        elif self.bootloader == "kernel":
+            boot_copy_out(self.sd, "slot-a/vmlinuz", self.workdir / "vmlinuz")
+            boot_copy_out(self.sd, "slot-a/initrd.img", self.workdir / "initrd.img")
         if self.data_disk and (fresh_data or not self.data.exists()):
             make_data_disk(self.data)
         if not self.ports:
@@ -341,6 +360,11 @@ class Machine:
         card = 1 << (size - 1).bit_length()
         subprocess.run(["truncate", "-s", str(card), str(self.sd)], check=True)
         kernel, initrd = raspi_boot_files(boot_read(self.sd, "config.txt").decode())
+        if kernel == "u-boot.bin":
+            # The firmware starts U-Boot, whose boot.scr loads slot A's kernel and
+            # initrd on a card fresh from the image: QEMU's raspi3b starts those
+            # (with cmdline.txt, slot A's command line) directly.
+            kernel, initrd = "slot-a/vmlinuz", "slot-a/initrd.img"
         boot_copy_out(self.sd, kernel, self.workdir / "vmlinuz")
         boot_copy_out(self.sd, initrd, self.workdir / "initrd.img")
         boot_copy_out(self.sd, RASPI3B_DTB, self.workdir / "board.dtb")
@@ -357,10 +381,21 @@ class Machine:
         )
         if self.board == "raspi3b":
             return self._raspi_command(fwd)
-        append = (
-            f"root=PARTUUID={ROOT_PARTUUID} rootfstype=squashfs ro rootwait "
-            f"console=ttyAMA0 net.ifnames=0 {self.extra_append}"
-        ).strip()
+        if self.bootloader == "uboot":
+            if self.extra_append:
+                raise ValueError("extra_append needs bootloader='kernel' (boot.scr sets it)")
+            boot = [
+                "-bios", str(UBOOT_QEMU),
+                # systemd feeds it (RuntimeWatchdogSec); a hung guest is reset,
+                # and U-Boot's boot counter sees one more try.
+                "-device", "i6300esb", "-action", "watchdog=reset",
+            ]  # fmt: skip
+        else:
+            boot = [
+                "-kernel", str(self.workdir / "vmlinuz"),
+                "-initrd", str(self.workdir / "initrd.img"),
+                "-append", self._append(),
+            ]  # fmt: skip
         restrict = "on" if self.restrict else "off"
         return [
             "qemu-system-aarch64",
@@ -368,9 +403,7 @@ class Machine:
             "-cpu", "cortex-a72",
             "-smp", str(self.cpus),
             "-m", str(self.memory_mb),
-            "-kernel", str(self.workdir / "vmlinuz"),
-            "-initrd", str(self.workdir / "initrd.img"),
-            "-append", append,
+            *boot,
             "-drive", f"file={self.sd},format=raw,if=none,id=sd",
             "-device", "virtio-blk-pci,drive=sd",
             *(self._data_disk_args() if self.data_disk and self.data_bus != "usb" else []),
@@ -413,6 +446,13 @@ class Machine:
                 "-device", f"usb-storage,bus=xhci.0,drive={name},id={name}-dev",
             ]  # fmt: skip
         return args
+
+    def _append(self) -> str:
+        """The kernel command line without U-Boot: slot A's, as boot.scr sets it."""
+        return (
+            f"root=PARTUUID={ROOT_PARTUUID} rootfstype=squashfs ro rootwait "
+            f"console=ttyAMA0 net.ifnames=0 {self.extra_append}"
+        ).strip()
 
     def _raspi_command(self, fwd: str) -> list[str]:
         # raspi3b: 1 GB and 4 Cortex-A53 cores, fixed by the board. The first

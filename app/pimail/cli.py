@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, admin_ops, config, db
 from .auth.accounts import Directory, DirectoryError
 from .auth.passwords import hash_password
+from .update import cli as update_cli
 
 if TYPE_CHECKING:
     from .queue.store import QueueStore
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_queue_delete)
 
     _backup_parsers(sub)
+    update_cli.add_parsers(sub)
 
     c = sub.add_parser("config", help="settings").add_subparsers(metavar="ACTION")
     x = c.add_parser("show", help="print the settings in force")

@@ -328,6 +328,19 @@ class BackupSettings:
 
 
 @dataclass
+class UpdateSettings:
+    """System updates (update/, issue 17): RAUC bundles into the other root slot."""
+
+    # A signed manifest naming the newest bundle, for the admin page's "check for
+    # an update" (HTTPS). Empty (the default): the box never asks anyone.
+    manifest_url: str = ""
+    # Where the system keeps these (image/build.sh); other paths for tests.
+    keyring: str = "/etc/rauc/keyring.pem"
+    release_file: str = "/etc/pimail-release"
+    rauc: str = "rauc"
+
+
+@dataclass
 class Settings:
     profile: str = DEV
     data_dir: Path = Path("./var")
@@ -349,6 +362,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
+    update: UpdateSettings = field(default_factory=UpdateSettings)
 
     @property
     def db_path(self) -> Path:

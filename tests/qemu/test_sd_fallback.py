@@ -27,8 +27,9 @@ def test_sd_card_data_partition_grows_and_serves_mail() -> None:
             s.sendmail("a@remote.test", [ADMIN], b"Subject: on the SD card\r\n\r\nhello\r\n")
         report = m.selftest()
         fstype, source, _options = report["data_fstype"].split(",", 2)
-        # The SD card is the only disk (vda); its partition 3 holds /data.
-        assert (fstype, source) == ("ext4", "/dev/vda3")
+        # The SD card is the only disk (vda); its partition 4 (label PIMAIL-SD,
+        # after the A/B root slots 2 and 3) holds /data.
+        assert (fstype, source) == ("ext4", "/dev/vda4")
         assert report["data_owner"] == "pimail"
         # The partition and its filesystem grew into the added space.
         assert int(report["data_bytes"]) > ORIGINAL_DATA_BYTES + GROW_MB * 1024 * 1024 // 2

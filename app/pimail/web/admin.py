@@ -17,6 +17,7 @@ accounts), and every change goes through the functions the CLI uses
     /admin/dns[/{domain}]       the DNS records to publish, checked live (web/dnscheck.py)
     /admin/throttle             addresses and accounts the login throttle holds back; lift one
     /admin/backup               the last backup, its settings, "back up now" (admin_backup.py)
+    /admin/update               system updates: upload, fetch, roll back (admin_update.py)
     /admin/welcome              after the setup wizard: what to do next
 
 A POST answers with the page it came from, with what was done or what was
@@ -70,6 +71,7 @@ SECTIONS = (
     ("/admin/log", "Log"),
     ("/admin/throttle", "Login throttle"),
     ("/admin/backup", "Backups"),
+    ("/admin/update", "System update"),
 )
 
 
@@ -157,9 +159,10 @@ class Admin:
         ]
         for method, path, handler in routes:
             self.web.page(method, path, handler, admin=True)
-        from . import admin_backup
+        from . import admin_backup, admin_update
 
         admin_backup.register(self)
+        admin_update.register(self)
 
     def render(
         self, request: aioweb.Request, template: str, status: int = 200, **context: Any

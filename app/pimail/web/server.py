@@ -62,7 +62,9 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 MAX_BODY = 40 * 1024 * 1024  # an upload of attachments; base64 makes 25 MB of files ~34 MB
 # Routes that take files (logged in only); every other body is a small form.
-UPLOAD_PATHS = frozenset({"/mail/compose"})
+UPLOAD_PATHS = frozenset({"/mail/compose", "/admin/update/upload"})
+# Uploads that may be larger than MAX_BODY: a system update bundle (~150 MB).
+UPLOAD_LIMITS = {"/admin/update/upload": 400 * 1024 * 1024}
 AUTODISCOVER_PATHS = frozenset({autoconfig.AUTODISCOVER_PATH, "/Autodiscover/Autodiscover.xml"})
 SERVER_NAME = "pimail"  # the Server header: no version to look up exploits for
 # aiohttp's own answers (a malformed request line, say) name it and its version.
@@ -260,7 +262,7 @@ class Web:
             return body.Budget(w.max_body_anonymous, w.anonymous_body_timeout, rate, grace, False)
         length = request.content_length
         if request.path in UPLOAD_PATHS and (length is None or length > w.max_body_form):
-            return body.Budget(MAX_BODY, None, rate, grace, True)
+            return body.Budget(UPLOAD_LIMITS.get(request.path, MAX_BODY), None, rate, grace, True)
         return body.Budget(w.max_body_form, None, rate, grace, False)
 
     async def _with_form(
