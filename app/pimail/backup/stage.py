@@ -55,7 +55,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 # On the appliance, /data also holds other services' state, owned by them (a restore
 # running as pimail cannot move their directories) and remade on any box: ClamAV's
 # signatures, unbound's trust anchor, timesyncd's clock, the network (Wi-Fi) settings
-# of this card, the self-test's reports.
+# of this card, the self-test's reports; and this card's system-update state.
 SKIP_TOP = {
     "pimail.lock",
     "spool",
@@ -69,6 +69,8 @@ SKIP_TOP = {
     "network",
     "selftest.txt",
     "selftest-journal.txt",
+    "update",  # this box's update state: its slots' snapshots and markers (update/)
+    "rauc",  # RAUC's status of this card's slots
 }
 SKIP_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")
 LINKED_TOP = {"mail", "queue"}  # their message files are immutable: hard links
