@@ -168,6 +168,15 @@ def test_headless_setup_apply(admin: PimailServer, tmp_path: Path) -> None:
     m = imaplib.IMAP4_SSL("localhost", admin.imaps_port, ssl_context=admin.client_tls())
     assert m.login("admin@box.example", "boot-password")[0] == "OK"
     m.logout()
+    # RFC 5321 4.5.1: postmaster (any case) takes mail on a box set up headlessly too.
+    assert "alias postmaster@box.example -> admin@box.example" in out
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", admin.smtp_port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.mail("someone@remote.test")
+        for rcpt in ("postmaster@box.example", "PostMaster@BOX.example"):
+            assert s.rcpt(rcpt)[0] == 250, rcpt
 
 
 def test_headless_setup_stores_settings(admin: PimailServer, tmp_path: Path) -> None:

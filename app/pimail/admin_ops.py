@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import config
-from .auth.accounts import Account, Directory, DirectoryError, split_address
+from .auth.accounts import Account, Directory, DirectoryError, normalize_domain, split_address
 
 if TYPE_CHECKING:
     from .dns.records import Record
@@ -209,6 +209,10 @@ def apply_setup(
         if directory.account(setup["admin"]) is None:
             account = directory.add_account(setup["admin"], stored, is_admin=True)
             say(f"added account {account.address} (admin)")
+        if "domain" in setup and (
+            line := ensure_postmaster(directory, setup["domain"], setup["admin"])
+        ):
+            say(line)
     if "settings" in setup:
         values = setup["settings"]
         if not isinstance(values, dict):
@@ -223,6 +227,17 @@ def apply_setup(
         write_private(settings.data_dir / "setup-token", str(setup["setup_token"]) + "\n")
         say("setup token stored")
     return done
+
+
+def ensure_postmaster(directory: Directory, domain: str, admin: str) -> str | None:
+    """RFC 5321 4.5.1: postmaster@ every local domain must take mail (DMARC and
+    TLS reports, bounces' replies go there): an alias to the administrator when no
+    account or alias has the name. The change made, or None."""
+    postmaster = f"postmaster@{normalize_domain(domain)}"
+    if directory.account(postmaster) is not None or postmaster in dict(directory.aliases()):
+        return None
+    directory.add_alias(postmaster, [admin])
+    return f"alias {postmaster} -> {admin}"
 
 
 def write_private(path: Path, text: str) -> None:

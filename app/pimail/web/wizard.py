@@ -600,12 +600,8 @@ class Wizard:
             if wizard.mailbox:
                 directory.add_account(wizard.mailbox, wizard.mailbox_hash)
                 changes.append(f"added account {wizard.mailbox}")
-            postmaster = f"postmaster@{wizard.domain}"
-            aliases = dict(directory.aliases())
-            if directory.account(postmaster) is None and postmaster not in aliases:
-                # RFC 5321 4.5.1: postmaster must exist; DMARC and TLS reports go there.
-                directory.add_alias(postmaster, [wizard.admin])
-                changes.append(f"alias {postmaster} -> {wizard.admin}")
+            if line := admin_ops.ensure_postmaster(directory, wizard.domain, wizard.admin):
+                changes.append(line)
             changes += self._store_settings(con, wizard)
             mark_done(self.settings, wizard.admin)
             return changes
