@@ -511,6 +511,14 @@ MAN
     rauc bundle --cert="$KEYS/cert.pem" --key="$KEYS/key.pem" "$c" "$WORK/$NAME.raucb" >/dev/null
     rm -rf "$c"
     ls -l "$WORK/$NAME.raucb" | awk '{printf "    bundle %s: %d MB\n", $9, $5/1048576}'
+    # The signed manifest a box reads to learn of a newer release (update.manifest_url,
+    # app/pimail/update/manifest.py): publish it beside $NAME-<version>.raucb.
+    printf '{"compatible": "%s", "version": "%s", "bundle": "%s-%s.raucb", "size": %d}\n' \
+        "$COMPATIBLE" "$VERSION" "$NAME" "$VERSION" "$(stat -c %s "$WORK/$NAME.raucb")" \
+        > "$WORK/$NAME.manifest.json"
+    openssl cms -sign -binary -nodetach -md sha256 -in "$WORK/$NAME.manifest.json" \
+        -signer "$KEYS/cert.pem" -inkey "$KEYS/key.pem" -outform PEM -out "$WORK/$NAME.manifest"
+    rm -f "$WORK/$NAME.manifest.json"
 }
 
 # --- 9 -----------------------------------------------------------------------
@@ -523,7 +531,7 @@ compress_stage() {
 
 publish() {
     mkdir -p "$OUT"
-    for f in "$NAME.img" "$NAME.img.xz" "$NAME.img.xz.sha256" "$NAME.layout" "$NAME.raucb"; do
+    for f in "$NAME.img" "$NAME.img.xz" "$NAME.img.xz.sha256" "$NAME.layout" "$NAME.raucb" "$NAME.manifest"; do
         ln -f "$FINAL/$f" "$OUT/$f" 2>/dev/null || cp -f "$FINAL/$f" "$OUT/$f"
     done
     # The bundle also under its versioned name (what a user downloads).
@@ -569,7 +577,7 @@ main() {
     compress_stage
     rm -rf "$FINAL"; mkdir -p "$FINAL"
     mv "$WORK/$NAME.img" "$WORK/$NAME.img.xz" "$WORK/$NAME.img.xz.sha256" "$WORK/$NAME.layout" \
-       "$WORK/$NAME.raucb" "$FINAL/"
+       "$WORK/$NAME.raucb" "$WORK/$NAME.manifest" "$FINAL/"
     echo "$key" > "$FINAL/done"
     # Keep the two newest images.
     ls -dt "$CACHE"/image-* | tail -n +3 | xargs -r rm -rf

@@ -11,7 +11,9 @@ from pathlib import Path
 from conftest import PimailServer
 from web.browser import Browser, wait_for
 
-from .conftest import COMPATIBLE, RUNNING, Keys, make_bundle
+from .conftest import COMPATIBLE, RUNNING, Keys, _Files, make_bundle
+from .test_manifest import content as manifest_content
+from .test_manifest import sign
 
 ADMIN = "admin@example.org"
 PASSWORD = "admin-password-1"
@@ -43,7 +45,9 @@ def multipart(csrf: str, name: str, content: bytes) -> tuple[bytes, dict[str, st
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def site(make_server, tmp_path: Path, keys: dict[str, Keys]) -> tuple[PimailServer, Path]:
+def site(
+    make_server, tmp_path: Path, keys: dict[str, Keys], manifest_url: str = ""
+) -> tuple[PimailServer, Path]:
     system = tmp_path / "system"
     system.mkdir()
     (system / "release").write_text(f"version={RUNNING}\ncompatible={COMPATIBLE}\n")
@@ -62,7 +66,8 @@ def site(make_server, tmp_path: Path, keys: dict[str, Keys]) -> tuple[PimailServ
     rauc.chmod(0o755)
     server: PimailServer = make_server(
         sections={"update": {"keyring": str(keys["build"].cert), "rauc": str(rauc),
-                             "release_file": str(system / "release")}}
+                             "release_file": str(system / "release"),
+                             "manifest_url": manifest_url}}
     )  # fmt: skip
     server.cli("domain", "add", "example.org")
     server.cli("user", "add", ADMIN, "--admin", input=PASSWORD + "\n")
@@ -82,7 +87,9 @@ def test_upload_check_install_and_roll_back(make_server, tmp_path: Path, keys) -
     page = b.get("/admin/update")
     assert page.status == 200
     assert RUNNING in page.text and "<td>B</td><td>unknown</td>" in page.text
+    assert "No update manifest is set" in page.text  # the default: the box asks no one
     csrf = page.csrf
+    assert b.post("/admin/update/check", {"csrf": csrf}).status == 400
 
     # Refused, each with its reason, and nothing installed.
     stranger = make_bundle(tmp_path / "s.raucb", keys["stranger"], NEWER).read_bytes()
@@ -146,3 +153,27 @@ def test_not_for_users_who_are_not_admins(make_server, tmp_path: Path, keys) -> 
 def _finished(b: Browser) -> dict | None:
     job = json.loads(b.get("/admin/update/progress").body)
     return None if job["running"] or job["stage"] == "idle" else job
+
+
+def test_check_for_an_update_offers_the_newer_bundle(
+    make_server, tmp_path: Path, keys, https: tuple[str, Path, type[_Files]], monkeypatch
+) -> None:
+    base, ca_file, handler = https
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the server trusts the test's HTTPS
+    handler.files["/stable.manifest"] = sign(manifest_content(NEWER), keys["build"])
+    server, log = site(make_server, tmp_path, keys, manifest_url=f"{base}/stable.manifest")
+    b = Browser(f"https://127.0.0.1:{server.https_port}", server.client_tls())
+    assert b.login(ADMIN, PASSWORD).status == 200
+    page = b.get("/admin/update")
+    assert "Check for an update" in page.text and 'id="offer"' not in page.text
+    assert b.post("/admin/update/check", {"csrf": "wrong"}).status == 403
+    offered = b.post("/admin/update/check", {"csrf": page.csrf})
+    assert offered.status == 200 and f"pimail {NEWER} is available" in offered.text
+    assert f'value="{base}/pimail-arm64-{NEWER}.raucb"' in offered.text  # the fetch form
+    handler.files["/stable.manifest"] = sign(manifest_content(RUNNING), keys["build"])
+    same = b.post("/admin/update/check", {"csrf": page.csrf})
+    assert f"Up to date: the newest is {RUNNING}" in same.text and 'id="offer"' not in same.text
+    handler.files["/stable.manifest"] = sign(manifest_content(NEWER), keys["stranger"])
+    forged = b.post("/admin/update/check", {"csrf": page.csrf})
+    assert forged.status == 502 and "signature does not verify" in forged.text
+    assert installs(log) == []

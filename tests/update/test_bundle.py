@@ -4,19 +4,13 @@ reaches `rauc install`."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
-from testca import TestCA
-
-from .conftest import COMPATIBLE, RUNNING, Keys, System, make_bundle
+from .conftest import COMPATIBLE, RUNNING, Keys, System, _Files, make_bundle
 
 NEWER = "0.1.0+20261208020000"
 
@@ -139,40 +133,6 @@ def test_no_release_file_is_refused(system: System, keys: dict[str, Keys], tmp_p
 
 
 # -- from a URL ---------------------------------------------------------------
-
-
-class _Files(http.server.BaseHTTPRequestHandler):
-    files: ClassVar[dict[str, bytes]] = {}
-    lie_length: ClassVar[dict[str, int]] = {}
-
-    def do_GET(self) -> None:
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(self.lie_length.get(self.path, len(body))))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def https(tmp_path: Path) -> Iterator[tuple[str, Path, type[_Files]]]:
-    ca = TestCA(tmp_path / "ca")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    server.socket = ca.server_context("127.0.0.1").wrap_socket(server.socket, server_side=True)
-    handler = type("Files", (_Files,), {"files": {}, "lie_length": {}})
-    server.RequestHandlerClass = handler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}", ca.ca_file, handler
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_url_is_downloaded_to_the_spool_and_installed(

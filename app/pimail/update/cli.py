@@ -2,6 +2,8 @@
 
 pimail update FILE|URL   check a bundle and install it into the inactive slot
 pimail update status     the running release and both slots
+pimail update check      is there a newer release? (the signed manifest at
+                         the setting update.manifest_url; none by default)
 pimail update rollback   boot the other slot from the next reboot on
 pimail update prepare    (pimail-update-prepare.service, before pimail starts)
                          snapshot or restore the databases (update.snapshot)
@@ -15,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from . import bundle, install, snapshot
+from . import bundle, install, manifest, snapshot
 
-ACTIONS = ("status", "rollback", "prepare")
+ACTIONS = ("status", "check", "rollback", "prepare")
 
 
 def add_parsers(sub: Any) -> None:
@@ -27,7 +29,7 @@ def add_parsers(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    x.add_argument("target", metavar="FILE|URL|status|rollback|prepare")
+    x.add_argument("target", metavar="FILE|URL|status|check|rollback|prepare")
     # Where the system keeps these (image/build.sh); other paths for tests.
     # Default: the settings' update.keyring, update.release_file, update.rauc.
     x.add_argument("--keyring", type=Path, help=argparse.SUPPRESS)
@@ -54,6 +56,8 @@ def cmd_update(settings: config.Settings, args: argparse.Namespace) -> int:
     try:
         if args.target == "status":
             return _status(args)
+        if args.target == "check":
+            return _check(settings, args)
         if args.target == "rollback":
             print(install.rollback(args.rauc) or "the other slot boots next: reboot to use it")
             return 0
@@ -80,6 +84,21 @@ def cmd_update(settings: config.Settings, args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"pimail update: {e}", file=sys.stderr)
         return 1
+
+
+def _check(settings: config.Settings, args: argparse.Namespace) -> int:
+    url = settings.update.manifest_url
+    if not url:
+        print("pimail update: no update.manifest_url is set: nothing to ask", file=sys.stderr)
+        return 1
+    release = bundle.Release.read(args.release)
+    found = manifest.check(url, release, args.keyring, timeout=args.timeout)
+    if found.newer:
+        print(f"pimail {found.version} is available (running {release.version}):")
+        print(f"  pimail update {found.bundle_url}")
+    else:
+        print(f"up to date: running {release.version}, the newest is {found.version}")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@
     POST /admin/update/upload     a bundle (multipart, streamed to the data spool)
     POST /admin/update/url        fetch a bundle from an HTTPS URL, then install
     POST /admin/update/rollback   boot the other slot from the next restart on
+    POST /admin/update/check      read the signed manifest at update.manifest_url:
+                                  is there a newer release? (offers its bundle's URL)
 
 One job at a time, run in a thread (download, `rauc info` checks, `rauc install`):
 the page shows its progress and reloads itself while it runs. A refused bundle
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web as aioweb
 
-from ..update import bundle, install
+from ..update import bundle, install, manifest
 
 if TYPE_CHECKING:
     from .admin import Admin
@@ -60,9 +62,15 @@ class UpdatePage:
         web.page("POST", "/admin/update/upload", self.upload, admin=True)
         web.page("POST", "/admin/update/url", self.url, admin=True)
         web.page("POST", "/admin/update/rollback", self.rollback, admin=True)
+        web.page("POST", "/admin/update/check", self.check, admin=True)
 
     async def show(
-        self, request: aioweb.Request, status: int = 200, notice: str = "", error: str = ""
+        self,
+        request: aioweb.Request,
+        status: int = 200,
+        notice: str = "",
+        error: str = "",
+        offer: manifest.Offer | None = None,
     ) -> aioweb.Response:
         loop = asyncio.get_running_loop()
 
@@ -87,6 +95,7 @@ class UpdatePage:
         return self.admin.render(
             request, "update.html", status=status, notice=notice, error=error, job=self.job,
             running=running, slots=slots, slots_error=slots_error, last_failure=last_failure,
+            offer=offer, manifest_url=self.settings.update.manifest_url,
         )  # fmt: skip
 
     async def progress(self, request: aioweb.Request) -> aioweb.Response:
@@ -155,6 +164,23 @@ class UpdatePage:
             return await self.show(request, 409, error="An update is running already.")
         log.info("admin update url=%s by=%s", address[:200], request["account"].address)
         return await self.show(request, notice="Fetching the bundle.")
+
+    async def check(self, request: aioweb.Request) -> aioweb.Response:
+        url = self.settings.update.manifest_url
+        if not url:
+            return await self.show(request, 400, error="No update manifest URL is set.")
+
+        def ask() -> manifest.Offer:
+            release = bundle.Release.read(self.release_file)
+            return manifest.check(url, release, self.keyring)
+
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, ask)
+        except bundle.Refused as e:
+            return await self.show(request, 502, error=str(e))
+        if not found.newer:
+            return await self.show(request, notice=f"Up to date: the newest is {found.version}.")
+        return await self.show(request, notice=f"pimail {found.version} is available.", offer=found)
 
     async def rollback(self, request: aioweb.Request) -> aioweb.Response:
         if self.job.running:
