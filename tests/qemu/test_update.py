@@ -248,6 +248,23 @@ def restart(vm: pimailvm.Machine) -> float:
     return time.monotonic() - stopped
 
 
+def test_the_builds_manifest_offers_its_bundle() -> None:
+    """out/pimail-arm64.manifest, as ./build.sh image signs it, read as a box reads
+    it (update/manifest.py: openssl cms -verify against the image's keyring)."""
+    from pimail.update import bundle, manifest
+
+    version = layout()["version"]
+    content = manifest.verify(
+        (IMAGE.parent / "pimail-arm64.manifest").read_bytes(), KEYS / "cert.pem"
+    )
+    assert content["version"] == version and content["compatible"] == "pimail-arm64"
+    assert content["bundle"] == f"pimail-arm64-{version}.raucb"
+    assert (IMAGE.parent / content["bundle"]).stat().st_size == content["size"]
+    older = bundle.Release("0.0.1", "pimail-arm64")
+    offer = manifest.offer(content, "https://updates.example/pimail/stable.manifest", older)
+    assert offer.newer and offer.bundle_url.endswith(f"/pimail/pimail-arm64-{version}.raucb")
+
+
 def test_slot_a_boots_through_uboot_and_is_confirmed(vm: pimailvm.Machine) -> None:
     vm.wait_console("PIMAIL-UPDATE result=", timeout=BOOT_TIMEOUT)
     console = vm.console.read_text(errors="replace")
