@@ -303,21 +303,3 @@ def resolver(zone: DnsServer) -> Resolver:
     """pimail's resolver pointed at `zone`; a new one per test: an empty cache."""
     return Resolver([zone.address], timeout=2.0)
 
-
-# -- parallel runs (pytest-xdist, `./build.sh test` runs two workers) -----------------
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With `--dist loadgroup`: the QEMU tests are one group, run first and in order on
-    one worker (one VM at a time: they share boots per module and a 2-core machine runs
-    one emulated guest well), while the other worker takes the rest module by module
-    (module-scoped servers are started once)."""
-    if not getattr(config.option, "numprocesses", None):
-        return
-    qemu = [item for item in items if "/tests/qemu/" in str(item.path)]
-    rest = [item for item in items if "/tests/qemu/" not in str(item.path)]
-    for item in qemu:
-        item.add_marker(pytest.mark.xdist_group("qemu"))
-    for item in rest:
-        item.add_marker(pytest.mark.xdist_group(item.path.stem))
-    items[:] = qemu + rest
