@@ -63,13 +63,14 @@ class Browser:
         data: dict[str, str] | bytes | None = None,
         headers: dict[str, str] | None = None,
         follow: bool = True,
+        timeout: float = 30.0,
     ) -> Page:
         url = path if "://" in path else self.base + path
         body = urllib.parse.urlencode(data).encode() if isinstance(data, dict) else data
         request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
         opener = self._follow if follow else self._stay
         try:
-            with opener.open(request, timeout=30) as response:
+            with opener.open(request, timeout=timeout) as response:
                 return Page(response.status, response.url, response.headers, response.read())
         except urllib.error.HTTPError as e:
             return Page(e.code, url, e.headers, e.read(), e.headers.get("Location"))
