@@ -39,6 +39,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,7 +195,16 @@ def test_backup_to_a_usb_disk_and_restore_on_a_fresh_card(figures: dict) -> None
     try:
         new.wait_banner(timeout=900)
         w = Browser(f"https://{HOST}:{new.ports['https']}", tls())
-        page = w.get("/setup")
+
+        def setup_page():  # type: ignore[no-untyped-def]
+            # The web listener starts after SMTP's banner (and IMAP, POP3): until
+            # then QEMU's forward resets the connection.
+            try:
+                return w.get("/setup")
+            except (urllib.error.URLError, ConnectionError):
+                return None
+
+        page = wait_for("the web to answer", setup_page, 300)
         assert page.status == 200 and 'name="token"' in page.text, page.text[:2000]
         # Without the token the restore does not start.
         wrong = w.post("/setup/restore", {"csrf": page.csrf, "token": "not-it",

@@ -127,13 +127,21 @@ def served_certificate(vm: pimailvm.Machine, timeout: float = 300) -> x509.Certi
             time.sleep(2)
 
 
-def https_get(vm: pimailvm.Machine, path: str) -> tuple[int, str]:
+def https_get(vm: pimailvm.Machine, path: str, wait: float = 300.0) -> tuple[int, str]:
+    """GET over HTTPS; while the web listener is not up yet (it starts after SMTP's
+    banner, IMAP and POP3), QEMU's forward resets the connection: asked again."""
     url = f"https://{vm.host}:{vm.ports['https']}{path}"
-    try:
-        with urllib.request.urlopen(url, context=tls(), timeout=60) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with urllib.request.urlopen(url, context=tls(), timeout=60) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except (urllib.error.URLError, ConnectionError) as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} never answered: {e}") from e
+            time.sleep(2)
 
 
 def contains(path: Path, needle: bytes) -> bool:
