@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .store.maildir import fsync_dir as _fsync_dir
+
 log = logging.getLogger(__name__)
 
 TOML_NAME = "pimail.toml"
@@ -241,14 +243,6 @@ def write_private(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def scrub(path: Path, replacement: bytes | None) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from .. import db
 from ..backup.stage import StageReport, _copy_database
 from ..queue.store import QUEUE_MIGRATIONS
+from ..store.maildir import fsync_dir as _fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +215,3 @@ def _same_trial(data_dir: Path, meta: Path) -> bool:
         return meta.stat().st_mtime >= pending.stat().st_mtime
     except OSError:
         return False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
