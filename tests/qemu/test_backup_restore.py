@@ -28,24 +28,21 @@ Nothing here asserts on time; every wait is bounded.
 from __future__ import annotations
 
 import imaplib
-import os
 import re
 import shutil
 import smtplib
-import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "qemu"))
-sys.path.insert(0, str(REPO / "tests" / "web"))
-import pimailvm  # noqa: E402
-from browser import Browser  # noqa: E402
+from .test_appliance import IMAGE, REPO, tls  # the image, checked there
 
-IMAGE = Path(os.environ.get("PIMAIL_IMAGE", REPO / "out" / "pimail-arm64.img"))
+sys.path.insert(0, str(REPO / "tests" / "web"))
+import pimailvm
+from browser import Browser
+
 WORKDIR = REPO / "test-output" / "qemu-backup"
 DOMAIN = "example.org"
 ADMIN = "admin@example.org"
@@ -54,19 +51,6 @@ BACKUP_PASSWORD = "qemu-backup-repository-password"
 TOKEN = "qemu-restore-token-17"
 REPOSITORY = "/media/pimail-backup/pimail"
 HOST = "127.0.0.1"
-
-if not IMAGE.exists() or not shutil.which("qemu-system-aarch64"):
-    raise RuntimeError(
-        f"{IMAGE} or qemu-system-aarch64 is missing: run ./build.sh image, or leave "
-        "these tests out with PIMAIL_SKIP_QEMU=1 ./build.sh test"
-    )
-
-
-def tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def wait_for(what: str, check, timeout: float, every: float = 2.0):  # type: ignore[no-untyped-def]

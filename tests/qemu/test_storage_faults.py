@@ -29,22 +29,18 @@ import os
 import re
 import shutil
 import smtplib
-import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pimailvm
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "qemu"))
-import pimailvm  # noqa: E402
+from .test_appliance import IMAGE, REPO, tls  # the image, checked there
 
-IMAGE = Path(os.environ.get("PIMAIL_IMAGE", REPO / "out" / "pimail-arm64.img"))
 WORKDIR = REPO / "test-output" / "qemu-storage"
 DOMAIN = "example.org"
 ADMIN = "admin@example.org"
@@ -57,19 +53,6 @@ RESERVE_PERCENT, RESERVE_MIB = 2.0, 64
 # What the ballast leaves free above the reserve: a few big messages fill it.
 HEADROOM = 20 * MIB
 BIG = 4 * MIB
-
-if not IMAGE.exists() or not shutil.which("qemu-system-aarch64"):
-    raise RuntimeError(
-        f"{IMAGE} or qemu-system-aarch64 is missing: run ./build.sh image, or leave "
-        "these tests out with PIMAIL_SKIP_QEMU=1 ./build.sh test"
-    )
-
-
-def tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def raw_message(message_id: str, body: bytes = b"hello from the host\r\n") -> bytes:
